@@ -1,0 +1,95 @@
+"""Does the model know these facts? Per-fact scores every later module builds on.
+
+For each fact we run ``prompt + target`` once (teacher forcing) and read, at the positions that
+predict the target tokens:
+
+- ``log_prob``: log p(target | prompt), the sum over target tokens;
+- ``first_token_correct``: the top-1 prediction after the prompt is the target's first token;
+- ``exact_match``: every target token is the top-1 prediction given the ones before it, which is
+  exactly "greedy decoding reproduces the target".
+
+Works with a TransformerBridge (its own tokenizer) or a plain Hugging Face model (pass the
+tokenizer). Scores are returned per fact, in the KnowledgeSet's order, as a frozen dataclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from loka.data import KnowledgeSet
+from loka.models import logits as model_logits
+
+__all__ = ["FactScores", "score_facts"]
+
+
+@dataclass(frozen=True)
+class FactScores:
+    """Per-fact scores of one model on one KnowledgeSet (same order as the set)."""
+
+    fact_ids: tuple[str, ...]
+    log_prob: Float[Tensor, " fact"]
+    n_target_tokens: Float[Tensor, " fact"]
+    n_correct_tokens: Float[Tensor, " fact"]
+    first_token_correct: Bool[Tensor, " fact"]
+    exact_match: Bool[Tensor, " fact"]
+
+    def __len__(self) -> int:
+        return len(self.fact_ids)
+
+    @property
+    def first_token_accuracy(self) -> float:
+        return self.first_token_correct.float().mean().item()
+
+    @property
+    def exact_match_rate(self) -> float:
+        return self.exact_match.float().mean().item()
+
+    @property
+    def mean_log_prob(self) -> float:
+        return self.log_prob.mean().item()
+
+    @property
+    def token_accuracy(self) -> float:
+        """Fraction of target tokens predicted top-1 (teacher forcing), over all facts' tokens."""
+        return (self.n_correct_tokens.sum() / self.n_target_tokens.sum()).item()
+
+
+@torch.no_grad()
+def score_facts(
+    model: Any,
+    knowledge: KnowledgeSet,
+    *,
+    tokenizer: Any = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> FactScores:
+    """Score every fact of ``knowledge`` under ``model`` (a TransformerBridge or HF causal LM)."""
+    encoder = tokenizer if tokenizer is not None else model
+    device = next(model.parameters()).device
+    log_probs, n_tokens, first, exact, n_correct = [], [], [], [], []
+    batches = knowledge.batches(encoder, batch_size)
+    total = -(-len(knowledge) // batch_size)
+    for batch in tqdm(batches, total=total, disable=not progress, desc="scoring facts", leave=False):
+        batch = batch.to(device)
+        logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)
+        token_log_probs = batch.target_log_probs(logits)
+        correct = batch.target_correct(logits)
+        log_probs.append(token_log_probs.sum(-1).float().cpu())
+        n_tokens.append(batch.target_mask.sum(-1).float().cpu())
+        first.append(correct[:, 0].cpu())
+        exact.append(correct.all(-1).cpu())
+        n_correct.append((correct & batch.target_mask).sum(-1).float().cpu())
+    return FactScores(
+        fact_ids=knowledge.ids,
+        log_prob=torch.cat(log_probs),
+        n_target_tokens=torch.cat(n_tokens),
+        n_correct_tokens=torch.cat(n_correct),
+        first_token_correct=torch.cat(first),
+        exact_match=torch.cat(exact),
+    )
