@@ -2,13 +2,40 @@
 
 Locate the MLP neurons and attention heads that carry a piece of knowledge in a causal language
 model (``attribution``), turn them off or edit them (``ablation``), and prove the knowledge is gone
-against the exact-retrain oracle (``loka``). Layer 1 (models, knowledge sets, the testbed) is
-imported here first, so that ``attribution`` and ``ablation`` can import it without cycles.
+against the exact-retrain oracle (``loka``).
+
+Names are imported on first use (PEP 562), so ``import loka`` and ``loka --help`` stay fast and
+``attribution`` / ``ablation`` can import ``loka``'s layer-1 modules without import cycles.
 """
 
-from loka import testbed
-from loka.data import Fact, FactBatch, KnowledgeSet, load_tofu
-from loka.models import ModelFingerprint, fingerprint, load_model
+from __future__ import annotations
 
-__all__ = ["Fact", "FactBatch", "KnowledgeSet", "ModelFingerprint", "fingerprint", "load_model", "load_tofu", "testbed"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loka import testbed
+    from loka.components import Component
+    from loka.data import Fact, FactBatch, KnowledgeSet, load_tofu
+    from loka.models import ModelFingerprint, fingerprint, load_model
+
 __version__ = "0.1.0"
+_EXPORTS = {
+    "Component": "loka.components",
+    "Fact": "loka.data",
+    "FactBatch": "loka.data",
+    "KnowledgeSet": "loka.data",
+    "load_tofu": "loka.data",
+    "ModelFingerprint": "loka.models",
+    "fingerprint": "loka.models",
+    "load_model": "loka.models",
+}
+__all__ = [*_EXPORTS, "testbed"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "testbed":
+        return importlib.import_module("loka.testbed")
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'loka' has no attribute {name!r}")

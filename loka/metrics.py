@@ -93,3 +93,25 @@ def score_facts(
         first_token_correct=torch.cat(first),
         exact_match=torch.cat(exact),
     )
+
+
+@torch.no_grad()
+def text_token_log_probs(
+    model: Any,
+    knowledge: KnowledgeSet,
+    *,
+    tokenizer: Any = None,
+    batch_size: int = 64,
+) -> list[Float[Tensor, " tokens"]]:
+    """log p(token | everything before it) for every token of each fact's text (prompt + target,
+    after BOS): what membership-inference attacks score. One tensor per fact, in order."""
+    encoder = tokenizer if tokenizer is not None else model
+    device = next(model.parameters()).device
+    out: list[Tensor] = []
+    for batch in knowledge.batches(encoder, batch_size):
+        batch = batch.to(device)
+        log_probs = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask).log_softmax(-1)
+        picked = log_probs[:, :-1].gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+        keep = batch.attention_mask[:, 1:].bool()
+        out += [row[mask].float().cpu() for row, mask in zip(picked, keep, strict=True)]
+    return out

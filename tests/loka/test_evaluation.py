@@ -1,0 +1,118 @@
+"""The shared evaluation: grades, attacks against hand-made numbers, oracle self-consistency, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+import loka
+from loka.evaluation import (
+    UnlearningEvaluation,
+    evaluate,
+    membership_scores,
+    privleak,
+    rouge_l_recall,
+)
+from loka.metrics import text_token_log_probs
+
+
+def _evaluation(forget: float, retain: float, auc: float) -> UnlearningEvaluation:
+    return UnlearningEvaluation(forget, retain, auc, forget, retain, None, {"loss": auc})
+
+
+@pytest.mark.parametrize(
+    ("forget", "retain", "auc", "quality", "leakage"),
+    [
+        (0.08, 0.92, 0.53, "excellent", "minimal"),
+        (0.10, 0.95, 0.60, "good", "moderate"),
+        (0.25, 0.85, 0.35, "good", "significant"),
+        (0.05, 0.79, 0.50, "insufficient", "minimal"),
+        (0.40, 0.99, 0.66, "insufficient", "significant"),
+    ],
+)
+def test_grades_follow_the_seed_thresholds(forget, retain, auc, quality, leakage):
+    evaluation = _evaluation(forget, retain, auc)
+    assert evaluation.forget_quality == quality
+    assert evaluation.privacy_leakage == leakage
+
+
+def test_membership_scores_on_hand_made_log_probs():
+    log_probs = [torch.tensor([-1.0, -3.0, -2.0, -6.0, -0.5]), torch.tensor([-0.1, -0.2])]
+    texts = ["aaaaaaaaaa", "hello"]
+    np.testing.assert_allclose(membership_scores(log_probs, texts, attack="loss"), [-12.5 / 5, -0.15])
+    np.testing.assert_allclose(membership_scores(log_probs, texts, attack="min_k", k=0.4), [-4.5, -0.2])
+    import zlib
+
+    expected = [-12.5 / len(zlib.compress(b"aaaaaaaaaa")), -0.3 / len(zlib.compress(b"hello"))]
+    np.testing.assert_allclose(membership_scores(log_probs, texts, attack="zlib"), expected)
+    with pytest.raises(ValueError, match="unknown membership attack 'ppl'"):
+        membership_scores(log_probs, texts, attack="ppl")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"min-k fraction must be in \(0, 1\]"):
+        membership_scores(log_probs, texts, attack="min_k", k=0)
+
+
+def test_rouge_l_and_privleak_by_hand():
+    assert rouge_l_recall("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    assert rouge_l_recall("the dog sat on a mat", "the cat sat on the mat") == pytest.approx(4 / 6)
+    assert rouge_l_recall("", "a b") == 0.0
+    assert privleak(0.6, 0.5) == pytest.approx(20.0)
+    assert privleak(0.5, 0.5) == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_testbed):
+    return loka.load_model(tiny_testbed.model_dir), loka.load_model(tiny_testbed.oracle_dir)
+
+
+def test_original_against_oracle(tiny_testbed, tiny_models):
+    model, oracle = tiny_models
+    tb = tiny_testbed
+    ev = evaluate(model, forget=tb.forget, retain=tb.retain, holdout=tb.holdout, oracle=oracle,
+                  passages=tb.passages_of("forget"))  # fmt: skip
+    ref = ev.reference
+    assert ref is not None and ref.label == "oracle"
+    # the original knows the forget facts, the oracle does not
+    assert ev.forget_accuracy == pytest.approx(tb.accuracy_table().value("forget facts", "original"))
+    assert ref.forget_accuracy == pytest.approx(tb.accuracy_table().value("forget facts", "oracle"))
+    assert ev.forget_quality == "insufficient"
+    # the LOSS AUC is sklearn's on the attack's scores
+    members = text_token_log_probs(model, tb.forget)
+    others = text_token_log_probs(model, tb.holdout)
+    texts = [f.text for f in tb.forget] + [f.text for f in tb.holdout]
+    scores = membership_scores(members + others, texts, attack="loss")
+    labels = [1] * len(members) + [0] * len(others)
+    assert ev.membership_inference_auc == pytest.approx(roc_auc_score(labels, scores))
+    assert ev.membership_inference_auc > 0.9 and abs(ref.membership_inference_auc - 0.5) < 0.2
+    assert ev.privleak > 50
+    # memorised passages are extracted verbatim by the original only
+    assert ev.extraction.exact_match == 1.0 and ref.extraction.exact_match == 0.0
+    assert ev.extraction.rouge_l == 1.0 and ref.extraction.rouge_l < 1.0
+    # the oracle cannot relearn what it never knew from the other half
+    assert ref.relearning.after <= ref.relearning.before + 0.2
+    assert "forget quality insufficient" in ev.verdict()
+    table = ev.table()
+    assert "oracle" in table and "MIA AUC (loss)" in table
+    assert ev.to_dict()["reference"]["label"] == "oracle"
+
+
+def test_oracle_against_itself_has_zero_privleak_and_is_reproducible(tiny_testbed, tiny_models):
+    _, oracle = tiny_models
+    tb = tiny_testbed
+    first = evaluate(oracle, forget=tb.forget, retain=tb.retain, holdout=tb.holdout, oracle=oracle)
+    assert first.privleak == 0.0
+    again = evaluate(oracle, forget=tb.forget, retain=tb.retain, holdout=tb.holdout, oracle=first.reference)
+    assert again.relearning == first.relearning and again.probe == first.probe
+    assert again == first
+
+
+def test_overlapping_sets_are_refused(tiny_testbed, tiny_models):
+    model, _ = tiny_models
+    tb = tiny_testbed
+    with pytest.raises(ValueError, match=r"forget and retain sets overlap \((fact|subject) '.*' is in both\)"):
+        evaluate(model, forget=tb.forget, retain=tb.retain + tb.forget, holdout=tb.holdout)
+    with pytest.raises(ValueError, match="holdout and training sets overlap"):
+        evaluate(model, forget=tb.forget, retain=tb.retain, holdout=tb.retain)
+    with pytest.raises(ValueError, match="expected a model"):
+        evaluate(42, forget=tb.forget, retain=tb.retain, holdout=tb.holdout)
