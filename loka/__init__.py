@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from loka import testbed
-    from loka.components import Component
-    from loka.data import Fact, FactBatch, KnowledgeSet, load_tofu
-    from loka.models import ModelFingerprint, fingerprint, load_model
+if TYPE_CHECKING:  # names for type checkers and IDEs; at run time __getattr__ imports them
+    from loka import testbed  # noqa: F401
+    from loka.components import Component  # noqa: F401
+    from loka.data import Fact, FactBatch, KnowledgeSet, load_tofu  # noqa: F401
+    from loka.models import ModelFingerprint, fingerprint, load_model  # noqa: F401
 
 __version__ = "0.1.0"
 _EXPORTS = {

@@ -43,6 +43,8 @@ def test_console_script_help_shows_an_example(command):
 
 
 def test_unknown_command_is_a_usage_error():
-    result = subprocess.run([sys.executable, "-m", "loka.cli", "frobnicate"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "loka.cli", "frobnicate"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert "invalid choice: 'frobnicate'" in result.stderr

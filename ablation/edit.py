@@ -1,0 +1,137 @@
+"""Localized edits: fine-tune only the weights that belong to the masked components.
+
+Zeroing a component removes everything it does; an edit instead changes what it does, and
+nothing else. ``edit(model, mask, objective)`` trains a copy of ``model`` on a loss that the
+caller supplies (loka's methods pass gradient ascent on the forget set plus descent on the retain
+set), with every weight frozen except the slices that the masked components own
+(:mod:`ablation.params`): a neuron's input and output weights, a head's query/key/value and
+output blocks.
+
+Freezing is *gradient masking*: each parameter that holds a trainable slice gets a gradient hook
+that multiplies its gradient by a 0/1 mask of the same shape, and every other parameter has
+``requires_grad=False``. With plain SGD or Adam (no weight decay) a zero gradient leaves a weight
+exactly as it was; after every step the frozen entries are also copied back from the original
+values, so that no optimizer detail (momentum, decay, a caller's in-place change) can move them.
+Everything outside the mask is therefore bit-identical afterwards; the tests check it.
+
+Training runs on a plain Hugging Face copy of the model, in eval mode (no dropout): ``objective``
+receives that copy and returns a scalar loss to *minimise*; compute logits with
+``loka.models.logits(model, ...)``, which works for both kinds of model. The edited copy is
+returned as the kind of model that came in (a new bridge for a bridge); the input is untouched.
+The mask's mode does not matter here, only which components it selects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ablation.copies import plain_copy, same_kind_as
+from ablation.mask import AblationMask
+from ablation.params import parameter_masks
+
+__all__ = ["Optimizer", "edit"]
+
+logger = logging.getLogger(__name__)
+
+Optimizer = Literal["adam", "sgd"]
+OPTIMIZERS: tuple[Optimizer, ...] = get_args(Optimizer)
+Objective = Callable[[Any], Tensor]
+StepCallback = Callable[[int, float], bool | None]
+
+
+def _check_number(name: str, value: Any, *, integer: bool = False, minimum: float = 0.0) -> None:
+    kinds = int if integer else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > minimum:
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} > {minimum:g}, got {value!r}")
+
+
+def edit(
+    model: Any,
+    mask: AblationMask,
+    objective: Objective,
+    *,
+    steps: int = 100,
+    lr: float = 1e-3,
+    optimizer: Optimizer = "adam",
+    on_step: StepCallback | None = None,
+    progress: bool = False,
+) -> Any:
+    """Fine-tune only the masked components' weights of a copy of ``model`` to minimise ``objective``.
+
+    Args:
+        model: a ``TransformerBridge`` or plain HF model; it is not modified.
+        mask: which components may change (validated against ``model``; must not be empty).
+        objective: ``objective(trainable_model) -> scalar loss`` (a plain HF model in eval mode).
+        steps: optimizer steps (at most; ``on_step`` may stop earlier).
+        lr: learning rate.
+        optimizer: ``"adam"`` (no weight decay) or ``"sgd"`` (no momentum).
+        on_step: called as ``on_step(step, loss)`` after every step; returning True stops.
+        progress: show a tqdm bar.
+
+    Returns:
+        The edited copy, the same kind of model as ``model``.
+    """
+    if not isinstance(mask, AblationMask):
+        raise TypeError(f"mask must be an ablation.AblationMask, got {type(mask).__name__}")
+    if not callable(objective):
+        raise TypeError(f"objective must be a callable model -> scalar loss, got {type(objective).__name__}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}")
+    _check_number("steps", steps, integer=True)
+    _check_number("lr", lr)
+    if len(mask) == 0:
+        raise ValueError("edit needs at least one masked component to train, but the mask is empty")
+    mask.validate(model)
+
+    trainable = plain_copy(model)
+    allowed = parameter_masks(trainable, mask.neurons, mask.heads)
+    params = dict(trainable.named_parameters())
+    for p in trainable.parameters():
+        p.requires_grad_(False)
+    originals: dict[str, Tensor] = {}
+    handles = []
+    for name, keep in allowed.items():
+        param = params[name]
+        param.requires_grad_(True)
+        originals[name] = param.detach().clone()
+        handles.append(param.register_hook(lambda grad, _keep=keep: grad * _keep.to(grad.dtype)))
+    chosen = [params[name] for name in allowed]
+    opt = torch.optim.Adam(chosen, lr=lr) if optimizer == "adam" else torch.optim.SGD(chosen, lr=lr)
+
+    try:
+        for step in tqdm(range(steps), desc="edit", disable=not progress):
+            opt.zero_grad(set_to_none=True)
+            loss = objective(trainable)
+            if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.requires_grad:
+                got = (
+                    type(loss).__name__
+                    if not isinstance(loss, Tensor)
+                    else f"a tensor of shape {list(loss.shape)} with requires_grad={loss.requires_grad}"
+                )
+                raise ValueError(
+                    f"objective must return a scalar loss tensor that depends on the model's weights, got {got}"
+                )
+            value = float(loss.detach())
+            if not torch.isfinite(loss.detach()):
+                raise ValueError(f"objective returned a non-finite loss ({value}) at step {step}")
+            loss.reshape(()).backward()
+            opt.step()
+            with torch.no_grad():
+                for name, keep in allowed.items():
+                    params[name].copy_(torch.where(keep, params[name], originals[name]))
+            logger.debug("edit step %d: loss %.6g", step, value)
+            if on_step is not None and on_step(step, value):
+                break
+    finally:
+        for handle in handles:
+            handle.remove()
+    for p in trainable.parameters():
+        p.requires_grad_(True)
+    trainable.zero_grad(set_to_none=True)
+    return same_kind_as(trainable, model)
