@@ -37,7 +37,6 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from ablation.copies import plain_copy, same_kind_as
 from ablation.mask import BAKEABLE_MODES, AblationMask
 from loka.models import (
     WeightSlice,
@@ -46,6 +45,8 @@ from loka.models import (
     hf_model,
     hf_state_dict,
     neuron_output_weights,
+    plain_copy,
+    same_kind_as,
 )
 
 __all__ = ["MissingBias", "bake"]

@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ablation.copies import plain_copy, same_kind_as
 from ablation.mask import AblationMask
 from ablation.params import parameter_masks
+from loka.models import plain_copy, same_kind_as
 
 __all__ = ["Optimizer", "edit"]
 

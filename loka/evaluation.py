@@ -41,11 +41,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from loka.data import KnowledgeSet
 from loka.metrics import score_facts, text_token_log_probs
-from loka.models import hf_model, hf_state_dict, load_model
+from loka.models import hf_model, load_model, plain_copy
 from loka.models import logits as model_logits
 
 __all__ = [
@@ -287,16 +286,6 @@ def _tokenizer(model: Any, tokenizer: Any) -> Any:
     if tokenizer is None:
         raise ValueError("this model has no tokenizer attached; pass tokenizer=...")
     return tokenizer
-
-
-def plain_copy(model: Any) -> PreTrainedModel:
-    """A standalone Hugging Face copy of ``model`` (bridge or HF): same weights, no hooks."""
-    source = hf_model(model)
-    config = source.config.__class__.from_dict(source.config.to_dict())
-    config.output_attentions = False
-    copy = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    copy.load_state_dict({k: v.detach().clone() for k, v in hf_state_dict(model).items()}, strict=False)
-    return copy.to(next(source.parameters()).device).eval()
 
 
 def _mia(model: Any, tokenizer: Any, forget: KnowledgeSet, holdout: KnowledgeSet, k: float) -> dict[str, float]:

@@ -31,10 +31,9 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from ablation.copies import plain_copy, same_kind_as
 from loka.data import KnowledgeSet
 from loka.metrics import score_facts
-from loka.models import hf_state_dict, load_model
+from loka.models import hf_state_dict, load_model, plain_copy, same_kind_as
 
 __all__ = ["METHODS", "UnlearningResult", "unlearn"]
 

@@ -11,9 +11,17 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from ablation import AblationMask, bake, edit, mean_activations
-from ablation.copies import plain_copy, same_kind_as
 from ablation.params import head_input_weights, parameter_masks
-from loka.models import WeightSlice, fingerprint, hf_state_dict, load_model, logits, neuron_input_weights
+from loka.models import (
+    WeightSlice,
+    fingerprint,
+    hf_state_dict,
+    load_model,
+    logits,
+    neuron_input_weights,
+    plain_copy,
+    same_kind_as,
+)
 from tests.checkpoints import ARCHITECTURES, D_MLP, N_HEADS, VOCAB_SIZE, build_tiny_checkpoint
 
 COMPONENTS = [("neuron", 0, 3), ("neuron", 1, 40), ("head", 1, 0), ("head", 1, 1), ("head", 0, 2)]
