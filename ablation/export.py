@@ -26,6 +26,7 @@ source checkpoint's own directory (or any directory containing it) is always ref
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -149,8 +150,28 @@ def _check_target(out_dir: Path, dirs: list[Path], overwrite: bool) -> None:
                 f"{out_dir} exists and is not a loka export (no {EDIT_FILE}); "
                 "refusing to replace it even with overwrite=True"
             )
-    if not out_dir.parent.is_dir():
-        raise FileNotFoundError(f"cannot export to {out_dir}: its parent directory {out_dir.parent} does not exist")
+    if out_dir.parent.exists() and not out_dir.parent.is_dir():
+        raise FileExistsError(f"cannot export to {out_dir}: {out_dir.parent} is a file, not a directory")
+
+
+def _make_parents(out_dir: Path) -> list[Path]:
+    """Create ``out_dir``'s missing parent directories (as ``save_pretrained`` does); return them, deepest first."""
+    missing = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _remove_empty(missing)
+        raise PermissionError(
+            f"cannot export to {out_dir}: cannot create {out_dir.parent} ({err.strerror or err})"
+        ) from err
+    return missing
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Undo ``_make_parents`` after a failure: remove the directories it created, if still empty."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _temp_dir_beside(out_dir: Path, what: str) -> Path:
@@ -233,7 +254,7 @@ def export_checkpoint(
 
     Args:
         model: the edited model (from ``bake`` or ``edit``, or any bridge / HF model).
-        out_dir: a new directory (its parent must exist).
+        out_dir: a new directory (missing parents are created, and removed again if the export fails).
         mask: the mask that was applied; saved as ``loka_mask.json`` (+ values) and summarised.
         source: the source checkpoint's directory or model (default: the directory ``model``
             was loaded from, when known); its fingerprint is recorded (else the mask's).
@@ -250,8 +271,7 @@ def export_checkpoint(
     Raises:
         FileExistsError: ``out_dir`` exists (without ``overwrite``, or is not a previous export).
         ValueError: ``out_dir`` is (or contains) the source directory; a bad argument.
-        PermissionError: ``out_dir``'s parent is not writable.
-        FileNotFoundError: ``out_dir``'s parent does not exist.
+        PermissionError: ``out_dir``'s parent cannot be created or written.
     """
     hf_model(model)  # TypeError for anything that is not a model
     out_dir = Path(out_dir).expanduser()
@@ -267,7 +287,12 @@ def export_checkpoint(
     _check_target(out_dir, dirs, overwrite)
     source_json = _source_record(source, mask, dirs)
 
-    tmp = _temp_dir_beside(out_dir, "tmp")
+    created = _make_parents(out_dir)
+    try:
+        tmp = _temp_dir_beside(out_dir, "tmp")
+    except BaseException:
+        _remove_empty(created)
+        raise
     try:
         _write_weights(model, tmp, dirs)
         tokenizer_origin = _write_tokenizer(model, tokenizer, tmp, dirs)
@@ -295,6 +320,7 @@ def export_checkpoint(
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
     logger.info("exported %s (%s)", out_dir, ", ".join(sorted(p.name for p in out_dir.iterdir())))
     return out_dir

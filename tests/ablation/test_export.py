@@ -180,8 +180,21 @@ def test_unwritable_parent_is_a_clear_error(baked: TransformerBridge, tmp_path: 
         assert not (locked / "edited").exists()
     finally:
         (tmp_path / "locked").chmod(0o700)
-    with pytest.raises(FileNotFoundError, match="its parent directory .* does not exist"):
-        export_checkpoint(baked, tmp_path / "missing" / "edited")
+
+
+def test_missing_parents_are_created_and_removed_on_failure(
+    baked: TransformerBridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nested = export_checkpoint(baked, tmp_path / "missing" / "deeper" / "edited")  # as save_pretrained does
+    assert (nested / "config.json").is_file()
+
+    def refuse(out_dir: Path, what: str) -> Path:
+        raise PermissionError(f"cannot export to {out_dir}: cannot write in {out_dir.parent} (simulated)")
+
+    monkeypatch.setattr("ablation.export._temp_dir_beside", refuse)
+    with pytest.raises(PermissionError, match=r"cannot write in .* \(simulated\)"):
+        export_checkpoint(baked, tmp_path / "gone" / "deeper" / "edited")
+    assert not (tmp_path / "gone").exists()
 
 
 def _can_create(directory: Path) -> bool:
