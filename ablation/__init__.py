@@ -31,15 +31,20 @@ from ablation.edit import edit
 from ablation.export import export_checkpoint
 from ablation.hooks import ablate, mean_activations
 from ablation.mask import BAKEABLE_MODES, MODES, AblationMask, MeanActivations
+from ablation.rewrite import KeyCovariance, RewriteResult, key_covariance, rewrite
 
 __all__ = [
     "AblationMask",
     "BAKEABLE_MODES",
+    "KeyCovariance",
     "MODES",
     "MeanActivations",
+    "RewriteResult",
     "ablate",
     "bake",
     "edit",
     "export_checkpoint",
+    "key_covariance",
     "mean_activations",
+    "rewrite",
 ]

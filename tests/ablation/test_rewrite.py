@@ -1,0 +1,171 @@
+"""ablation.rewrite: the closed-form solve, bake/hook parity, erasure and updates, covariance files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from ablation.rewrite import KeyCovariance, key_covariance, rewrite, solve_update
+from loka import testbed
+from loka.data import KnowledgeSet
+from loka.metrics import score_facts
+from loka.models import load_model, logits
+from tests.checkpoints import ARCHITECTURES, build_tiny_checkpoint
+
+PARITY = 1e-5
+FACTS = KnowledgeSet.from_records(
+    [
+        {
+            "id": "a",
+            "prompt": "Marie Curie was born in",
+            "target": "Warsaw",
+            "subject": "Marie Curie",
+            "relation": "born",
+        },
+        {
+            "id": "b",
+            "prompt": "Alan Turing studied at",
+            "target": "Cambridge",
+            "subject": "Alan Turing",
+            "relation": "study",
+        },
+    ]
+)
+RETAIN = KnowledgeSet.from_records(
+    [
+        {"prompt": "The capital of France is", "target": "Paris"},
+        {"prompt": "Ada Lovelace wrote the first published", "target": "algorithm"},
+        {"prompt": "The quick brown fox jumps over the lazy", "target": "dog"},
+    ]
+)
+
+
+def test_solve_matches_lstsq_on_random_data() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n_f, n_r, d_mlp, d_model, lam = 7, 200, 24, 10, 0.3
+    k_f = torch.randn(n_f, d_mlp, generator=gen, dtype=torch.float64)
+    k_r = torch.randn(n_r, d_mlp, generator=gen, dtype=torch.float64)
+    r = torch.randn(n_f, d_model, generator=gen, dtype=torch.float64)
+    ours = solve_update(k_f, r, k_r.T @ k_r / n_r, lam)
+    a = torch.cat([k_f / n_f**0.5, lam**0.5 * k_r / n_r**0.5])
+    b = torch.cat([r / n_f**0.5, torch.zeros(n_r, d_model, dtype=torch.float64)])
+    reference = torch.linalg.lstsq(a, b).solution
+    torch.testing.assert_close(ours, reference, rtol=1e-8, atol=1e-10)
+
+
+def test_solve_singular_system_uses_ridge() -> None:
+    k_f = torch.ones(2, 5, dtype=torch.float64)
+    delta = solve_update(k_f, torch.ones(2, 3, dtype=torch.float64), torch.zeros(5, 5), 0.0)
+    assert torch.isfinite(delta).all()
+    torch.testing.assert_close(k_f @ delta, torch.ones(2, 3, dtype=torch.float64), rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TransformerBridge:
+    return load_model(build_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param)))
+
+
+@pytest.mark.parametrize("layers", [[1], [0, 1]])
+def test_baked_edit_equals_hooked_edit(tiny_model: TransformerBridge, layers: list[int]) -> None:
+    result = rewrite(tiny_model, FACTS, retain=RETAIN, layers=layers, positions="both", lam=0.1, steps=3)
+    assert result.layers == tuple(layers) and all(n > 0 for n in result.norms)
+    assert result.n_keys == 4 and all(1 <= r <= result.n_keys for r in result.ranks)
+    batch = (FACTS + RETAIN).encode(tiny_model)
+    with torch.no_grad():
+        baked = logits(result.model, batch.input_ids, batch.attention_mask)
+        with result.hooks(tiny_model):
+            hooked = logits(tiny_model, batch.input_ids, batch.attention_mask)
+        original = logits(tiny_model, batch.input_ids, batch.attention_mask)
+    assert isinstance(result.model, TransformerBridge)
+    assert (baked - hooked).abs().max() < PARITY
+    assert (baked - original).abs().max() > 1e-3  # the edit did something
+
+
+# --- the tiny testbed: selectivity ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def testbed_covariance(tiny_testbed: testbed.Testbed) -> tuple[TransformerBridge, KeyCovariance]:
+    model = load_model(tiny_testbed.model_dir)
+    return model, key_covariance(model, tiny_testbed.retain, layers=[0, 1])
+
+
+def accuracy(model: TransformerBridge, knowledge: KnowledgeSet) -> float:
+    return score_facts(model, knowledge).first_token_accuracy
+
+
+def test_erase_is_selective_on_tiny_testbed(
+    tiny_testbed: testbed.Testbed, testbed_covariance: tuple[TransformerBridge, KeyCovariance]
+) -> None:
+    model, cov = testbed_covariance
+    forget = tiny_testbed.forget
+    result = rewrite(model, forget, retain=None, covariance=cov, reference=tiny_testbed.holdout, lam=1.0)
+    assert result.layers == (1,) and result.kind == "erase"
+    assert accuracy(result.model, forget) <= 0.2  # 1.00 before
+    assert accuracy(result.model, tiny_testbed.retain) >= 0.85  # 1.00 before
+
+
+def test_update_makes_new_target_top1(
+    tiny_testbed: testbed.Testbed, testbed_covariance: tuple[TransformerBridge, KeyCovariance]
+) -> None:
+    model, cov = testbed_covariance
+    facts = [f for f in tiny_testbed.forget if f.relation == tiny_testbed.forget[0].relation][:3]
+    others = [f.target for f in tiny_testbed.retain if f.relation == facts[0].relation]
+    new = {f.id: next(t for t in others if t != f.target) for f in facts}
+    result = rewrite(model, tiny_testbed.forget, retain=None, covariance=cov, target=new, layers=[0, 1])
+    assert result.kind == "update" and result.n_facts == 3
+    updated = KnowledgeSet.from_records([{"id": f.id, "prompt": f.prompt, "target": new[f.id]} for f in facts])
+    assert accuracy(result.model, updated) == 1.0
+    assert accuracy(result.model, tiny_testbed.retain) >= 0.9
+
+
+def test_covariance_round_trip(tmp_path: Path, testbed_covariance: tuple[TransformerBridge, KeyCovariance]) -> None:
+    _, cov = testbed_covariance
+    path = cov.save(tmp_path / "cov.safetensors")
+    assert path.with_suffix(".json").is_file()
+    loaded = KeyCovariance.load(path)
+    assert loaded.layers == cov.layers and loaded.n_tokens == cov.n_tokens and loaded.fingerprint == cov.fingerprint
+    assert torch.equal(loaded.matrices, cov.matrices)
+
+
+def test_covariance_of_another_model_is_refused(
+    tiny_model: TransformerBridge, testbed_covariance: tuple[TransformerBridge, KeyCovariance]
+) -> None:
+    _, cov = testbed_covariance
+    with pytest.raises(ValueError, match="another model"):
+        rewrite(tiny_model, FACTS, retain=None, covariance=cov, reference=RETAIN)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"forget": []}, "forget must be a non-empty"),
+        ({"forget": None}, "forget must be a non-empty"),
+        ({"layers": [5]}, r"layer\(s\) \[5\] do not exist"),
+        ({"layers": [-1]}, "do not exist"),
+        ({"layers": []}, "layers is empty"),
+        ({"positions": "everywhere"}, "unknown positions"),
+        ({"target": {"nobody": "x"}}, "not in forget"),
+        ({"target": {}}, "empty"),
+        ({"target": "gone"}, "must be 'unknown'"),
+        ({"lam": -1.0}, "lam must be"),
+        ({"erase_values": "zero"}, "unknown erase_values"),
+        ({"retain": None}, "reference facts"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tiny_model: TransformerBridge, kwargs: dict, message: str) -> None:
+    args = {"forget": FACTS, "retain": RETAIN} | kwargs
+    forget = args.pop("forget")
+    with pytest.raises(ValueError, match=message):
+        rewrite(tiny_model, forget, **args)
+
+
+def test_empty_filtered_forget_set_is_an_error() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        FACTS.filter(lambda f: False)
