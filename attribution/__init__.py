@@ -1,1 +1,57 @@
-"""attribution: which MLP neurons and attention heads carry this knowledge? (reads a model, never changes it)"""
+"""attribution: which MLP neurons and attention heads carry this knowledge? (reads a model, never changes it)
+
+The question is answered by intervening: replace a component's activation with a baseline (zero,
+a mean, another fact's run, a corrupted run) and read how the metric of "knowing the fact" moves
+(the log-probability of its target, or a logit difference against a contrast answer).
+
+- :func:`attribute` scores every neuron (``blocks.{l}.mlp.hook_post``, ``[n_layers, d_mlp]``) and
+  head (``blocks.{l}.attn.hook_z``, ``[n_layers, n_heads]``), exactly (``"activation_patching"``,
+  batched) or by the first-order estimate (``"grad_x_act"``, one backward pass per batch), and
+  returns :class:`AttributionScores` (``.top()``, ``.contrast()``, ``.plot()``, ``.save()``).
+- :func:`patch_components` patches chosen components exactly, per fact.
+- :func:`layer_scan` is ROME's causal tracing: per layer and token position, the effect of the
+  residual stream, attention output and MLP output.
+- :func:`metric_values` is the metric itself, per fact.
+
+Sign convention: a score is metric(intervened) - metric(unpatched); when ablating, the components
+a fact needs are negative. See :mod:`attribution.scores`.
+"""
+
+from attribution.api import METHODS, ComponentEffects, Method, attribute, patch_components
+from attribution.baselines import BASELINES, DIRECTIONS, Baseline, Direction, corrupted_run
+from attribution.corruption import CORRUPTIONS, Corruption, CorruptionKind
+from attribution.metric import METRICS, FactMetric, MetricName, MetricValues, metric_values
+from attribution.positions import POSITION_CLASSES, POSITIONS, Positions
+from attribution.scores import AttributionScores, ContrastKind, ScoresMetadata
+from attribution.tracing import SITES, LayerScan, Site, layer_scan
+
+__all__ = [
+    "attribute",
+    "AttributionScores",
+    "ScoresMetadata",
+    "ContrastKind",
+    "patch_components",
+    "ComponentEffects",
+    "layer_scan",
+    "LayerScan",
+    "Site",
+    "SITES",
+    "metric_values",
+    "MetricValues",
+    "FactMetric",
+    "MetricName",
+    "METRICS",
+    "Method",
+    "METHODS",
+    "Baseline",
+    "BASELINES",
+    "Direction",
+    "DIRECTIONS",
+    "Corruption",
+    "CorruptionKind",
+    "corrupted_run",
+    "CORRUPTIONS",
+    "Positions",
+    "POSITIONS",
+    "POSITION_CLASSES",
+]

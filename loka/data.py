@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["Fact", "FactBatch", "KnowledgeSet", "load_tofu", "TOFU_SPLITS"]
+__all__ = ["Fact", "FactBatch", "KnowledgeSet", "encode_facts", "load_tofu", "TOFU_SPLITS"]
 
 PaddingSide = Literal["left", "right"]
 _FIELDS = ("id", "prompt", "target", "subject", "relation", "paraphrases")

@@ -1,0 +1,369 @@
+"""What an activation is replaced with: the baselines, and the corrupted runs they come from.
+
+Patching a component means running the model with that component's activation replaced by a
+*baseline* value and reading how the metric moves. The baselines:
+
+- ``"zero"``: 0 (zero ablation).
+- ``"mean"``: the mean activation over a reference KnowledgeSet (default: the set being
+  attributed), taken per position class (:func:`attribution.positions.position_classes`: BOS,
+  subject tokens, last prompt token, target tokens, ...), so that a last-token activation is
+  replaced by the mean last-token activation and not by an average over unlike positions.
+- ``"resample"``: the same component's activation on another fact's run (a *donor* from the
+  reference set: another fact, about another subject where subjects are known, of the same
+  prompt length where there is one). Positions are aligned at the last prompt token.
+- ``"corrupt"``: the same component's activation on a *corrupted* run of the same fact, where the
+  subject is obscured, ROME-style (:mod:`attribution.corruption`: Gaussian noise on the subject's
+  embeddings, or another subject of the same token length).
+
+Two directions (``direction``):
+
+- ``"ablate"``: run the clean fact, replace one component's activation by its baseline; effect =
+  metric(ablated) - metric(clean). A component the fact needs has a negative effect.
+- ``"denoise"`` (``baseline="corrupt"`` only): run the corrupted fact, restore one component's
+  clean activation; effect = metric(restored) - metric(corrupted), ROME's indirect effect. A
+  component that carries the fact has a positive effect.
+
+With several samples (noise draws, donors), each sample is its own run and effects are averaged
+over samples, then over facts. Rows are laid out sample-major: row ``s * n_facts + i`` is sample
+``s`` of fact ``i``. All randomness is seeded per fact (by the seed and the fact's id), so results
+do not depend on how facts are batched.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import einops
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from attribution.corruption import (
+    Corruption,
+    CorruptionKind,
+    allowed,
+    embedding_std,
+    fact_seed,
+    noise_run,
+    subject_replaced_run,
+)
+from attribution.metric import FactMetric, Targets
+from attribution.positions import POSITION_CLASSES, Positions, position_classes, position_mask
+from attribution.runs import Run, forward, record
+from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
+
+__all__ = [
+    "Baseline",
+    "BASELINES",
+    "Direction",
+    "DIRECTIONS",
+    "Baselines",
+    "Setup",
+    "corrupted_run",
+]
+
+Baseline = Literal["zero", "mean", "resample", "corrupt"]
+BASELINES: tuple[Baseline, ...] = get_args(Baseline)
+Direction = Literal["ablate", "denoise"]
+DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
+
+
+@dataclass(frozen=True, eq=False)  # holds tensors: compare fields, not objects
+class Setup:
+    """One batch of facts, ready to intervene on.
+
+    ``base`` is the run interventions are applied to (``samples * n_facts`` rows, sample-major):
+    the clean facts repeated per sample for ``"ablate"``, the corrupted runs for ``"denoise"``.
+    ``sources[hook]`` holds, for every row, the values patched in at ``hook``
+    (``[row, pos, ...]``; ``None`` means zeros). When ``base_repeats > 1`` the base rows are that
+    many copies of the first ``n_facts`` rows (so a gradient needs the first block only).
+    """
+
+    facts: tuple[Fact, ...]
+    batch: FactBatch
+    samples: int
+    base: Run
+    targets: Targets
+    mask: Bool[Tensor, "row pos"]
+    sources: dict[str, Tensor | None]
+    base_repeats: int
+    clean_metric: Float[Tensor, " fact"] | None = None
+    """The clean run's metric per fact when the base run is not clean (denoising), else None."""
+
+    @property
+    def n_facts(self) -> int:
+        return len(self.facts)
+
+    def per_fact(self, values: Float[Tensor, "... row"]) -> Float[Tensor, "... fact"]:
+        """Average the trailing row axis over samples."""
+        return einops.reduce(values, "... (sample fact) -> ... fact", "mean", sample=self.samples)
+
+
+class Baselines:
+    """Builds :class:`Setup` s for one attribution: baseline, direction, corruption, reference.
+
+    Construction validates the options against the knowledge set (and, for ``"mean"``, runs the
+    reference set once to average its activations at ``hooks``).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        knowledge: KnowledgeSet,
+        *,
+        hooks: Sequence[str],
+        baseline: str,
+        direction: str,
+        corruption: Corruption | str | None,
+        reference: KnowledgeSet | None,
+        positions: Positions,
+        metric: FactMetric,
+        seed: int = 0,
+        samples: int = 1,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> None:
+        if baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {baseline!r}; use one of {allowed(BASELINES)}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}; use one of {allowed(DIRECTIONS)}")
+        if direction == "denoise" and baseline != "corrupt":
+            raise ValueError(
+                "direction='denoise' restores clean activations into a corrupted run, so it needs "
+                f"baseline='corrupt' (got baseline={baseline!r})"
+            )
+        if baseline != "corrupt" and corruption is not None:
+            raise ValueError(f"a corruption only applies to baseline='corrupt', not baseline={baseline!r}")
+        self.corruption = Corruption.parse(corruption or "noise") if baseline == "corrupt" else None
+        uses_reference = baseline in ("mean", "resample") or (
+            self.corruption is not None and self.corruption.kind == "subject"
+        )
+        if reference is not None and not uses_reference:
+            raise ValueError(
+                "a reference set is only read by baseline='mean', baseline='resample' and the "
+                f"'subject' corruption, not by baseline={baseline!r}"
+            )
+        if reference is not None and not isinstance(reference, KnowledgeSet):
+            raise ValueError(f"reference must be a KnowledgeSet, got {type(reference).__name__}")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"samples must be a positive integer, got {samples!r}")
+        if baseline in ("zero", "mean") and samples != 1:
+            raise ValueError(f"baseline={baseline!r} is deterministic; samples must be 1, got {samples}")
+        if self.corruption is not None and self.corruption.samples is not None and samples != 1:
+            raise ValueError("give the number of corrupted samples once, in Corruption(samples=...)")
+
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.hooks = tuple(hooks)
+        self.baseline: Baseline = baseline  # type: ignore[assignment]
+        self.direction: Direction = direction  # type: ignore[assignment]
+        self.positions = positions
+        self.metric = metric
+        self.seed = seed
+        self.reference = reference if reference is not None else knowledge
+        self.samples = self.corruption.n_samples if self.corruption is not None else samples
+        self.noise_std: float | None = None
+        self.means: dict[str, Tensor] = {}
+        self._pool: tuple[str, ...] = ()
+        self._reference_lengths: list[int] = []
+
+        # Validate everything a batch will need now, not after minutes of work.
+        encoded = encode_facts(knowledge.facts, model)
+        position_mask(encoded, positions)
+        if self.corruption is not None:
+            position_mask(encoded, "subject")  # both corruptions act on the subject
+            if self.corruption.kind == "noise":
+                self.noise_std = embedding_std(self.model, encoded)
+            else:
+                self._pool = self.corruption.subjects or tuple(
+                    dict.fromkeys(knowledge.subjects + self.reference.subjects)
+                )
+        if baseline == "resample":
+            self._reference_lengths = encode_facts(self.reference.facts, model).answer_positions.tolist()
+        if baseline == "mean":
+            self.means = self._class_means(batch_size, progress)
+
+    # ------------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """The options as a JSON-ready dict (for result metadata)."""
+        out: dict[str, Any] = {"baseline": self.baseline, "direction": self.direction, "samples": self.samples}
+        if self.corruption is not None:
+            out["corruption"] = self.corruption.to_dict()
+            if self.noise_std is not None:
+                out["corruption"]["embedding_std"] = self.noise_std
+        if self.baseline in ("mean", "resample") or (self.corruption and self.corruption.kind == "subject"):
+            out["reference"] = {"name": self.reference.name, "n_facts": len(self.reference)}
+        if self.baseline in ("resample", "corrupt"):
+            out["seed"] = self.seed
+        return out
+
+    def setup(self, facts: Sequence[Fact], *, sources: bool = True) -> Setup:
+        """Encode ``facts`` and build their base run; with ``sources``, also run whatever the
+        patched-in values come from (corrupted runs, donors, or the clean run when denoising)."""
+        facts = tuple(facts)
+        batch = encode_facts(facts, self.model).to(self.device)
+        clean = Run(batch.input_ids, batch.attention_mask)
+        targets = self.metric.targets(facts, batch, self.model)
+        mask = position_mask(batch, self.positions)
+        s = self.samples
+        corrupted = self._corrupted_run(facts, batch) if self.baseline == "corrupt" else None
+        if self.direction == "denoise":
+            assert corrupted is not None
+            base, base_repeats = corrupted, 1
+        else:
+            base, base_repeats = clean.repeat(s), s
+        found: dict[str, Tensor | None] = {}
+        clean_metric = None
+        if sources and self.direction == "denoise":
+            acts, values = self._capture(clean, targets)
+            found = {name: act.repeat(s, *[1] * (act.ndim - 1)) for name, act in acts.items()}
+            clean_metric = values.cpu()
+        elif sources:
+            found = self._sources(facts, batch, corrupted, targets)
+        return Setup(
+            facts=facts,
+            batch=batch,
+            samples=s,
+            base=base,
+            targets=targets.repeat(s),
+            mask=mask.repeat(s, 1),
+            sources=found,
+            base_repeats=base_repeats,
+            clean_metric=clean_metric,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    def _capture(self, run: Run, targets: Targets) -> tuple[dict[str, Tensor], Tensor]:
+        """The activations at ``self.hooks`` on ``run``, and the metric of its rows."""
+        store: dict[str, Tensor] = {}
+        values = forward(self.model, run, targets, hooks=[record(store, name) for name in self.hooks])[0]
+        return store, values
+
+    def _sources(
+        self, facts: tuple[Fact, ...], batch: FactBatch, corrupted: Run | None, targets: Targets
+    ) -> dict[str, Tensor | None]:
+        """Ablation sources: what replaces each clean activation, for every row."""
+        s = self.samples
+        if self.baseline == "zero":
+            return dict.fromkeys(self.hooks)
+        if self.baseline == "mean":
+            classes = position_classes(batch).clamp(min=0)  # padding reads class 0; it never matters
+            return {name: self.means[name][classes].repeat(s, *[1] * (self.means[name].ndim)) for name in self.hooks}
+        if self.baseline == "corrupt":
+            assert corrupted is not None
+            return dict(self._capture(corrupted, targets.repeat(s))[0])
+        return self._donor_sources(facts, batch)
+
+    # corruption -------------------------------------------------------------------------------
+    def _corrupted_run(self, facts: tuple[Fact, ...], batch: FactBatch) -> Run:
+        assert self.corruption is not None
+        if self.corruption.kind == "noise":
+            assert self.noise_std is not None
+            return noise_run(self.model, facts, batch, self.corruption, std=self.noise_std, seed=self.seed)
+        return subject_replaced_run(self.model, facts, batch, self.corruption, pool=self._pool, seed=self.seed)
+
+    # resample ---------------------------------------------------------------------------------
+    def _donors(self, fact: Fact, length: int) -> list[int]:
+        """Indices into the reference set of ``samples`` donors for ``fact``."""
+        candidates = [
+            j
+            for j, other in enumerate(self.reference.facts)
+            if other.id != fact.id and (fact.subject is None or other.subject != fact.subject)
+        ]
+        if not candidates:
+            raise ValueError(
+                f"baseline='resample' needs another fact to take activations from; the reference set "
+                f"{self.reference.name!r} has none for fact {fact.id!r} (pass a larger reference=...)"
+            )
+        same = [j for j in candidates if self._reference_lengths[j] == length]
+        pool = same or candidates
+        rng = random.Random(fact_seed(self.seed, fact.id))
+        return [pool[rng.randrange(len(pool))] for _ in range(self.samples)]
+
+    def _donor_sources(self, facts: tuple[Fact, ...], batch: FactBatch) -> dict[str, Tensor | None]:
+        answer = batch.answer_positions
+        donors = [self._donors(fact, int(answer[i])) for i, fact in enumerate(facts)]
+        donor_facts = [self.reference.facts[donors[i][s]] for s in range(self.samples) for i in range(len(facts))]
+        donor_batch = encode_facts(donor_facts, self.model).to(self.device)
+        donor_run = Run(donor_batch.input_ids, donor_batch.attention_mask)
+        acts, _ = self._capture(donor_run, metric_free_targets(donor_batch))
+        # Align at the last prompt token: position p of the fact reads position p - a + a' of the donor.
+        width = batch.input_ids.shape[1]
+        index = torch.arange(width, device=self.device)[None] - answer.repeat(self.samples)[:, None]
+        index = index + donor_batch.answer_positions[:, None]
+        index = index.clamp(min=0).minimum(donor_batch.attention_mask.sum(-1, keepdim=True) - 1)
+        out: dict[str, Tensor | None] = {}
+        for name, act in acts.items():
+            expanded = index.view(*index.shape, *[1] * (act.ndim - 2)).expand(-1, -1, *act.shape[2:])
+            out[name] = act.gather(1, expanded)
+        return out
+
+    # mean -------------------------------------------------------------------------------------
+    def _class_means(self, batch_size: int, progress: bool) -> dict[str, Tensor]:
+        """Per hook, the mean activation of every position class over the reference set
+        (``[n_classes, ...]``); a class the reference never has gets the mean over all tokens."""
+        n_classes = len(POSITION_CLASSES)
+        sums: dict[str, Tensor] = {}
+        shapes: dict[str, torch.Size] = {}
+        counts = torch.zeros(n_classes, device=self.device)
+        starts = range(0, len(self.reference), batch_size)
+        for start in tqdm(starts, disable=not progress, desc="mean activations", leave=False):
+            facts = self.reference.facts[start : start + batch_size]
+            batch = encode_facts(facts, self.model).to(self.device)
+            acts, _ = self._capture(Run(batch.input_ids, batch.attention_mask), metric_free_targets(batch))
+            classes = position_classes(batch)
+            real = classes >= 0
+            one_hot = torch.nn.functional.one_hot(classes[real], n_classes).float()  # [token, class]
+            counts += one_hot.sum(0)
+            for name, act in acts.items():
+                shapes[name] = act.shape[2:]
+                flat = act[real].float().flatten(1)  # [token, features]
+                total = einops.einsum(one_hot, flat, "token c, token f -> c f")
+                sums[name] = sums[name] + total if name in sums else total
+        means = {}
+        for name, total in sums.items():
+            overall = total.sum(0) / counts.sum()
+            per_class = total / counts.clamp(min=1)[:, None]
+            per_class[counts == 0] = overall
+            means[name] = per_class.view(n_classes, *shapes[name])
+        return means
+
+
+def metric_free_targets(batch: FactBatch) -> Targets:
+    """Targets for a run whose metric nobody reads (the log-prob of the batch's own targets)."""
+    return Targets("log_prob", batch.prediction_positions, batch.target_ids, batch.target_mask)
+
+
+def corrupted_run(
+    model: Any,
+    knowledge: KnowledgeSet,
+    corruption: Corruption | CorruptionKind = "noise",
+    *,
+    reference: KnowledgeSet | None = None,
+    seed: int = 0,
+) -> Run:
+    """The corrupted runs of every fact of ``knowledge``, exactly as attribution builds them:
+    ``samples * len(knowledge)`` rows, sample-major, right-padded to the longest fact.
+
+    For ``"subject"`` the rows hold the replaced token ids; for ``"noise"`` the clean ids plus
+    ``embed_noise`` (added to ``hook_embed``). Useful to inspect a corruption, or to feed the
+    same corrupted inputs to another tool.
+    """
+    corruption = Corruption.parse(corruption)
+    baselines = Baselines(
+        model,
+        knowledge,
+        hooks=(),
+        baseline="corrupt",
+        direction="denoise",
+        corruption=corruption,
+        reference=reference if corruption.kind == "subject" else None,
+        positions="all",
+        metric=FactMetric(),
+        seed=seed,
+    )
+    return baselines.setup(knowledge.facts, sources=False).base

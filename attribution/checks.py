@@ -1,0 +1,62 @@
+"""Checks at the boundary: every public function validates its inputs here, with a ValueError
+that says what is wrong and what is allowed, before any model runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from loka.data import Fact, KnowledgeSet
+
+__all__ = ["check_model", "check_knowledge", "check_batch_size", "finite_or_raise", "batches"]
+
+
+def check_model(model: Any) -> TransformerBridge:
+    """``model`` if it is a TransformerBridge in eval mode, else a ValueError saying why not."""
+    if not isinstance(model, TransformerBridge):
+        raise ValueError(
+            f"attribution reads a TransformerLens TransformerBridge (loka.load_model(path)), got {type(model).__name__}"
+        )
+    if model.training:
+        raise ValueError(
+            "the model is in training mode (dropout would make every patched run different); call model.eval() first"
+        )
+    return model
+
+
+def check_knowledge(knowledge: Any) -> KnowledgeSet:
+    """A non-empty KnowledgeSet (a sequence of Facts is wrapped), else a ValueError."""
+    if isinstance(knowledge, KnowledgeSet):
+        return knowledge
+    if isinstance(knowledge, Sequence) and not isinstance(knowledge, str):
+        if len(knowledge) == 0:
+            raise ValueError("the knowledge set is empty: attribution needs at least one fact")
+        if all(isinstance(f, Fact) for f in knowledge):
+            return KnowledgeSet(tuple(knowledge))
+    raise ValueError(f"expected a KnowledgeSet (or a sequence of Facts), got {type(knowledge).__name__}")
+
+
+def check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size
+
+
+def finite_or_raise(values: Tensor, what: str, fact_ids: Sequence[str] | None = None) -> None:
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad) == 0:
+        return
+    where = f", e.g. fact {fact_ids[int(bad[0, -1])]!r}" if fact_ids is not None else ""
+    raise ValueError(
+        f"{what} is not finite for {len(bad)} entr{'y' if len(bad) == 1 else 'ies'}{where}; "
+        "a metric of -inf or nan (e.g. a target the model gives probability 0, or a model with "
+        "non-finite weights) makes every effect meaningless"
+    )
+
+
+def batches(knowledge: KnowledgeSet, batch_size: int) -> list[tuple[Fact, ...]]:
+    return [knowledge.facts[i : i + batch_size] for i in range(0, len(knowledge), batch_size)]

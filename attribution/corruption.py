@@ -1,0 +1,184 @@
+"""Corrupted runs: the same fact with its subject obscured, the way ROME traces causes.
+
+A *corrupted* run of a fact is the baseline that keeps everything about the prompt except the
+one thing it is about. ``"corrupt"`` patching takes a component's activation from that run
+(ablation direction), or restores the clean activation into it (denoising, ROME's indirect
+effect). Two corruptions, both acting on the subject tokens only:
+
+- ``"noise"`` (Meng et al. 2022): add Gaussian noise to the token embeddings of the subject
+  (``hook_embed``), with standard deviation ``noise_scale`` (3) times the standard deviation of the
+  embeddings of the subjects' tokens across the set, ``samples`` (10) times with independent
+  noise. Positions and tokens are unchanged, so every activation lines up with the clean run.
+- ``"subject"``: replace the subject by another subject (from the set, the reference set, or
+  ``Corruption.subjects``) such that the prompt tokenizes to the same length and every non-subject
+  token is unchanged, so positions line up again. ``samples`` replacements per fact (default 1).
+
+Noise and the order in which replacement subjects are tried are seeded per fact (by the seed
+and the fact's id), so a fact's corrupted runs do not depend on the batch it is in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, get_args
+
+import einops
+import torch
+from torch import Tensor
+
+from attribution.positions import position_mask
+from attribution.runs import Run
+from loka.data import Fact, FactBatch, encode_facts
+
+__all__ = [
+    "CorruptionKind",
+    "CORRUPTIONS",
+    "Corruption",
+    "embedding_std",
+    "noise_run",
+    "subject_replaced_run",
+    "fact_seed",
+]
+
+CorruptionKind = Literal["noise", "subject"]
+CORRUPTIONS: tuple[CorruptionKind, ...] = get_args(CorruptionKind)
+DEFAULT_SAMPLES: dict[str, int] = {"noise": 10, "subject": 1}
+
+
+def allowed(values: Sequence[str]) -> str:
+    """``'a', 'b', 'c'``: the choices an error message lists."""
+    return ", ".join(map(repr, values))
+
+
+def fact_seed(seed: int, fact_id: str) -> int:
+    """A 63-bit seed for one fact, from the run's seed and the fact's id."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{fact_id}".encode()).digest()[:8], "little") >> 1
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """How the corrupted run of a fact obscures its subject (see the module docstring).
+
+    ``samples`` defaults to 10 for ``"noise"`` (ROME) and 1 for ``"subject"``. ``subjects`` is the
+    pool of replacement subjects for ``"subject"`` (default: the subjects of the attributed set
+    and of the reference set).
+    """
+
+    kind: CorruptionKind = "noise"
+    samples: int | None = None
+    noise_scale: float = 3.0
+    subjects: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.subjects is not None:
+            object.__setattr__(self, "subjects", tuple(self.subjects))
+        if self.kind not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption {self.kind!r}; use one of {allowed(CORRUPTIONS)}")
+        if self.samples is not None and (isinstance(self.samples, bool) or self.samples < 1):
+            raise ValueError(f"corruption samples must be a positive integer, got {self.samples!r}")
+        if not self.noise_scale > 0:
+            raise ValueError(f"noise_scale must be positive, got {self.noise_scale}")
+        if self.subjects is not None and not self.subjects:
+            raise ValueError("corruption subjects, when given, must not be empty")
+
+    @classmethod
+    def parse(cls, value: Corruption | str) -> Corruption:
+        if isinstance(value, Corruption):
+            return value
+        if value not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption {value!r}; use one of {allowed(CORRUPTIONS)} or a Corruption")
+        return cls(kind=value)  # type: ignore[arg-type]
+
+    @property
+    def n_samples(self) -> int:
+        return self.samples if self.samples is not None else DEFAULT_SAMPLES[self.kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["samples"] = self.n_samples
+        out["subjects"] = None if self.subjects is None else list(self.subjects)
+        return out
+
+
+def embedding_std(model: Any, batch: FactBatch) -> float:
+    """ROME's unit of noise: the std of the token embeddings of the subjects' tokens in ``batch``."""
+    ids = batch.input_ids[batch.subject_mask].to(model.W_E.device)
+    with torch.no_grad():
+        return model.W_E[ids].float().std().item()
+
+
+def noise_run(
+    model: Any, facts: Sequence[Fact], batch: FactBatch, corruption: Corruption, *, std: float, seed: int
+) -> Run:
+    """``samples * len(facts)`` rows (sample-major): the clean tokens, with Gaussian noise of
+    ``noise_scale * std`` to add to the subject tokens' embeddings."""
+    s = corruption.n_samples
+    width, d_model = batch.input_ids.shape[1], model.cfg.d_model
+    noise = torch.zeros(s, len(facts), width, d_model)
+    lengths = batch.attention_mask.sum(-1).tolist()
+    for i, (fact, length) in enumerate(zip(facts, lengths, strict=True)):
+        # Drawn per fact over its own length: the noise does not depend on the batch.
+        generator = torch.Generator().manual_seed(fact_seed(seed, fact.id))
+        noise[:, i, :length] = torch.randn(s, length, d_model, generator=generator)
+    subject = position_mask(batch, "subject").cpu()
+    noise = noise * subject[None, :, :, None] * (corruption.noise_scale * std)
+    device = batch.input_ids.device
+    return Run(
+        batch.input_ids.repeat(s, 1),
+        batch.attention_mask.repeat(s, 1),
+        einops.rearrange(noise, "s f pos d -> (s f) pos d").to(device, model.W_E.dtype),
+    )
+
+
+def subject_replaced_run(
+    model: Any,
+    facts: Sequence[Fact],
+    batch: FactBatch,
+    corruption: Corruption,
+    *,
+    pool: Sequence[str],
+    seed: int,
+) -> Run:
+    """``samples * len(facts)`` rows (sample-major): each fact with its subject replaced by
+    another subject of ``pool`` that keeps every other token and the length."""
+    rows = [_replaced(model, fact, batch, i, corruption.n_samples, pool, seed) for i, fact in enumerate(facts)]
+    input_ids = torch.stack([torch.stack(fact_rows) for fact_rows in rows], dim=1)  # [sample, fact, pos]
+    return Run(
+        einops.rearrange(input_ids, "s f pos -> (s f) pos").to(batch.input_ids.device),
+        batch.attention_mask.repeat(corruption.n_samples, 1),
+    )
+
+
+def _replaced(
+    model: Any, fact: Fact, batch: FactBatch, row: int, samples: int, pool: Sequence[str], seed: int
+) -> list[Tensor]:
+    """``samples`` token rows of ``fact`` with its subject replaced (cycling if fewer fit)."""
+    assert fact.subject is not None
+    length = int(batch.attention_mask[row].sum())
+    original = batch.input_ids[row, :length].cpu()
+    keep = ~position_mask(batch, "subject")[row, :length].cpu()
+    candidates = [subject for subject in pool if subject != fact.subject]
+    random.Random(fact_seed(seed, fact.id)).shuffle(candidates)
+    found: list[Tensor] = []
+    for subject in candidates:
+        prompt = fact.prompt.replace(fact.subject, subject, 1)
+        n_prompt = len(model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if n_prompt != int(batch.answer_positions[row]):  # BOS + prompt ends at the answer position
+            continue
+        ids = encode_facts([replace(fact, prompt=prompt, subject=subject)], model).input_ids[0]
+        if len(ids) == length and torch.equal(ids[keep], original[keep]):
+            row_ids = batch.input_ids[row].cpu().clone()  # keeps the original padding
+            row_ids[:length] = ids
+            found.append(row_ids)
+            if len(found) == samples:
+                break
+    if not found:
+        raise ValueError(
+            f"corruption 'subject': no replacement for {fact.subject!r} (fact {fact.id!r}) gives a prompt of "
+            f"the same token length among {len(candidates)} candidate subject(s); pass a larger pool as "
+            "reference=... or Corruption(subjects=...)"
+        )
+    return [found[k % len(found)] for k in range(samples)]

@@ -1,0 +1,221 @@
+"""What "the model knows this fact" means as a number: the metric every attribution moves.
+
+Two metrics, both per fact and read under teacher forcing from one forward pass over
+``[BOS] + prompt + target``:
+
+- ``"log_prob"``: log p(target | prompt), the sum over the target's tokens of the log-probability
+  of each token given the prompt and the target tokens before it. It is what
+  :func:`loka.metrics.score_facts` calls ``log_prob``; higher means the fact is known better.
+- ``"logit_diff"``: the logit of the target's first token minus the logit of a *contrast* answer's
+  first token, both read at the last prompt token (the logit difference of IOI-style circuit
+  work). It needs a contrast for every fact, passed as a mapping ``fact id -> contrast target``
+  (e.g. ``{"Ann Lee/birthplace": "Oslo"}``); the contrast is tokenized exactly like a target,
+  joined to the prompt. Extra ids in the mapping are ignored, so one mapping can serve several
+  sets.
+
+A set of facts is summarised by the mean of its per-fact values (:class:`MetricValues`). Inside
+attribution the metric is evaluated on many patched copies of a batch at once; :class:`Targets`
+holds what it reads for one batch of rows and computes it from the logits at the prediction
+positions only (:func:`gather_hook` hands the unembedding just those rows, so a patched forward
+never builds a ``[batch, pos, d_vocab]`` tensor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, get_args
+
+import einops
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
+
+__all__ = [
+    "MetricName",
+    "METRICS",
+    "FactMetric",
+    "MetricValues",
+    "Targets",
+    "gather_hook",
+    "metric_values",
+]
+
+MetricName = Literal["log_prob", "logit_diff"]
+METRICS: tuple[MetricName, ...] = get_args(MetricName)
+UNEMBED_INPUT = "unembed.hook_in"
+"""The hook whose activation (the final residual, after the last norm) the unembedding reads."""
+
+
+@dataclass(frozen=True)
+class FactMetric:
+    """Which metric, and for ``"logit_diff"`` the contrast answer of each fact (by fact id)."""
+
+    name: MetricName = "log_prob"
+    contrast: Mapping[str, str] | None = None
+
+    @classmethod
+    def resolve(cls, metric: str | None, contrast: Mapping[str, str] | None) -> FactMetric:
+        """Validate the user's choice. ``metric=None`` means ``"logit_diff"`` when a contrast is
+        given, else ``"log_prob"``."""
+        if metric is None:
+            metric = "log_prob" if contrast is None else "logit_diff"
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(map(repr, METRICS))}")
+        if metric == "logit_diff" and contrast is None:
+            raise ValueError("metric='logit_diff' needs contrast={fact id: contrast target, ...} for every fact")
+        if metric == "log_prob" and contrast is not None:
+            raise ValueError("a contrast is only read by metric='logit_diff'; drop it or set metric='logit_diff'")
+        if contrast is not None and not isinstance(contrast, Mapping):
+            raise ValueError(f"contrast must map fact ids to contrast targets, got {type(contrast).__name__}")
+        return cls(metric, None if contrast is None else dict(contrast))  # type: ignore[arg-type]
+
+    def check(self, knowledge: KnowledgeSet) -> None:
+        """ValueError if a fact of ``knowledge`` has no contrast (``"logit_diff"`` only)."""
+        if self.contrast is None:
+            return
+        missing = [fact_id for fact_id in knowledge.ids if fact_id not in self.contrast]
+        if missing:
+            raise ValueError(
+                f"metric='logit_diff' needs a contrast for every fact; {len(missing)} of {len(knowledge)} "
+                f"have none, e.g. {missing[0]!r}"
+            )
+
+    def targets(self, facts: Sequence[Fact], batch: FactBatch, model: Any) -> Targets:
+        """What this metric reads from ``batch`` (the encoding of ``facts``)."""
+        contrast_ids = None
+        if self.contrast is not None:
+            contrast_facts = [replace(f, target=self.contrast[f.id]) for f in facts]
+            try:
+                contrast_ids = encode_facts(contrast_facts, model).target_ids[:, 0].to(batch.target_ids.device)
+            except ValueError as err:
+                raise ValueError(f"bad contrast: {err}") from None
+            same = (contrast_ids == batch.target_ids[:, 0]).nonzero().flatten().tolist()
+            if same:
+                fact = facts[same[0]]
+                raise ValueError(
+                    f"fact {fact.id!r}: contrast {self.contrast[fact.id]!r} starts with the same token as the "
+                    f"target {fact.target!r}, so their logit difference is 0 whatever the model does"
+                )
+        return Targets(
+            metric=self.name,
+            prediction_positions=batch.prediction_positions,
+            target_ids=batch.target_ids,
+            target_mask=batch.target_mask,
+            contrast_ids=contrast_ids,
+        )
+
+
+@dataclass(frozen=True, eq=False)  # holds tensors: compare fields, not objects
+class Targets:
+    """What the metric reads from one batch of rows: where, which target tokens, which contrast."""
+
+    metric: MetricName
+    prediction_positions: Int[Tensor, "row target"]
+    target_ids: Int[Tensor, "row target"]
+    target_mask: Bool[Tensor, "row target"]
+    contrast_ids: Int[Tensor, " row"] | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.target_ids.shape[0]
+
+    def repeat(self, n: int) -> Targets:
+        """The targets of ``n`` stacked copies of these rows (copy-major: row ``c * rows + r``)."""
+        return Targets(
+            metric=self.metric,
+            prediction_positions=self.prediction_positions.repeat(n, 1),
+            target_ids=self.target_ids.repeat(n, 1),
+            target_mask=self.target_mask.repeat(n, 1),
+            contrast_ids=None if self.contrast_ids is None else self.contrast_ids.repeat(n),
+        )
+
+    def first(self, n: int) -> Targets:
+        """The targets of the first ``n`` rows."""
+        return Targets(
+            metric=self.metric,
+            prediction_positions=self.prediction_positions[:n],
+            target_ids=self.target_ids[:n],
+            target_mask=self.target_mask[:n],
+            contrast_ids=None if self.contrast_ids is None else self.contrast_ids[:n],
+        )
+
+    def __call__(self, target_logits: Float[Tensor, "copy_row target d_vocab"]) -> Float[Tensor, " copy_row"]:
+        """The metric of every row, from the logits at its prediction positions.
+
+        ``target_logits`` has ``copies * rows`` rows (copy-major), as a patched forward returns them.
+        """
+        copies = target_logits.shape[0] // self.rows
+        target_logits = target_logits.float()
+        if self.metric == "log_prob":
+            target_ids = self.target_ids.repeat(copies, 1)
+            picked = target_logits.log_softmax(-1).gather(-1, target_ids[..., None])[..., 0]
+            return (picked * self.target_mask.repeat(copies, 1)).sum(-1)
+        assert self.contrast_ids is not None
+        first = target_logits[:, 0]
+        target = first.gather(-1, self.target_ids[:, :1].repeat(copies, 1))[:, 0]
+        contrast = first.gather(-1, self.contrast_ids.repeat(copies)[:, None])[:, 0]
+        return target - contrast
+
+
+def gather_hook(targets: Targets) -> tuple[str, Callable[[Tensor, Any], Tensor]]:
+    """A forward hook on the unembedding's input that keeps only the prediction positions.
+
+    The model then returns logits ``[copies * rows, n_target, d_vocab]`` instead of
+    ``[copies * rows, pos, d_vocab]``; the unembedding is position-wise, so the values are the
+    same rows of the full logits.
+    """
+
+    def keep_prediction_positions(resid: Float[Tensor, "copy_row pos d_model"], hook: Any) -> Tensor:
+        copies = resid.shape[0] // targets.rows
+        index = targets.prediction_positions.repeat(copies, 1)
+        return resid.gather(1, einops.repeat(index, "row target -> row target d", d=resid.shape[-1]))
+
+    return UNEMBED_INPUT, keep_prediction_positions
+
+
+@dataclass(frozen=True, eq=False)  # holds tensors: compare fields, not objects
+class MetricValues:
+    """The metric of every fact of a set (same order as the set) and their mean."""
+
+    fact_ids: tuple[str, ...]
+    values: Float[Tensor, " fact"]
+    metric: MetricName
+
+    def __len__(self) -> int:
+        return len(self.fact_ids)
+
+    @property
+    def mean(self) -> float:
+        return self.values.mean().item()
+
+    def by_id(self) -> dict[str, float]:
+        return dict(zip(self.fact_ids, self.values.tolist(), strict=True))
+
+
+@torch.no_grad()
+def metric_values(
+    model: Any,
+    knowledge: KnowledgeSet,
+    *,
+    metric: MetricName | None = None,
+    contrast: Mapping[str, str] | None = None,
+    batch_size: int = 32,
+) -> MetricValues:
+    """The metric of every fact of ``knowledge`` under ``model`` (a TransformerBridge), unpatched."""
+    fact_metric = FactMetric.resolve(metric, contrast)
+    fact_metric.check(knowledge)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = next(model.parameters()).device
+    values = []
+    for start in range(0, len(knowledge), batch_size):
+        facts = knowledge.facts[start : start + batch_size]
+        batch = encode_facts(facts, model).to(device)
+        targets = fact_metric.targets(facts, batch, model)
+        with model.hooks(fwd_hooks=[gather_hook(targets)]):
+            target_logits = model(batch.input_ids, attention_mask=batch.attention_mask)
+        values.append(targets(target_logits).cpu())
+    return MetricValues(knowledge.ids, torch.cat(values), fact_metric.name)
