@@ -12,6 +12,15 @@ evaluation (:func:`loka.evaluate`) can compare them on equal terms.
   ``tau = theta_finetuned - theta`` and return ``theta - scale * tau`` (Ilharco et al. 2023). The
   scale is chosen on validation: the largest on the grid that keeps validation-retain accuracy
   above ``retain_floor``.
+- ``"loka"``: localized knowledge ablation. *Locate*: attribution patching (gradient x
+  activation on a subject-noised run, denoising direction, at the answer position) scores every
+  MLP neuron for the forget facts; the layers whose neurons restore the most are the candidates.
+  *Edit*: a closed-form, retain-covariance-constrained rewrite of those layers' MLP output
+  projections (:func:`ablation.rewrite`) maps the forget facts' keys to what the model outputs for
+  people it does not know. *Budget*: candidates are tried from the smallest intervention up (one
+  layer before two; the strongest retain constraint ``lam`` first), and the first that brings
+  forget accuracy to ``target_forget_accuracy`` while validation-retain accuracy stays above
+  ``retain_floor`` is returned; if none does, the one with the best retain-minus-forget margin.
 - ``"retrain"``: the exact-retrain oracle (pass ``oracle=`` a model directory, e.g. the testbed's
   ``oracle_dir``), so that the gold standard sits in every comparison table.
 
@@ -31,6 +40,8 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+import attribution
+from ablation import key_covariance, rewrite
 from loka.data import KnowledgeSet
 from loka.metrics import score_facts
 from loka.models import hf_state_dict, load_model, plain_copy, same_kind_as
@@ -38,7 +49,7 @@ from loka.models import hf_state_dict, load_model, plain_copy, same_kind_as
 __all__ = ["METHODS", "UnlearningResult", "unlearn"]
 
 logger = logging.getLogger(__name__)
-Method = Literal["gradient_ascent", "task_vector", "retrain"]
+Method = Literal["loka", "gradient_ascent", "task_vector", "retrain"]
 
 
 @dataclass(frozen=True)
@@ -174,10 +185,78 @@ def _task_vector(
     return best, config, log
 
 
-METHODS: tuple[Method, ...] = ("gradient_ascent", "task_vector", "retrain")
+def _loka(
+    model: Any,
+    forget: KnowledgeSet,
+    retain: KnowledgeSet,
+    *,
+    tokenizer: Any,
+    seed: int,
+    progress: bool,
+    validation_retain: KnowledgeSet,
+    reference: KnowledgeSet | None = None,
+    target_forget_accuracy: float = 0.1,
+    retain_floor: float = 0.9,
+    max_layers: int = 2,
+    lams: tuple[float, ...] = (10.0, 3.0, 1.0, 0.3, 0.1),
+) -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
+    _check("target_forget_accuracy", target_forget_accuracy, high=1.0)
+    _check("retain_floor", retain_floor, high=1.0)
+    _check("max_layers", max_layers, low=1, integer=True)
+    if not lams or any(not isinstance(v, int | float) or v < 0 for v in lams):
+        raise ValueError(f"lams must be non-negative numbers, got {lams!r}")
+    scores = attribution.attribute(
+        model, forget, method="grad_x_act", components=("neurons",), baseline="corrupt",
+        direction="denoise", positions="last", seed=seed, progress=progress,
+    )  # fmt: skip
+    per_layer = scores.neurons.clamp(min=0).sum(-1)
+    config: dict[str, Any] = dict(
+        target_forget_accuracy=target_forget_accuracy, retain_floor=retain_floor, max_layers=max_layers,
+        lams=list(lams), layer_attribution=[round(v, 6) for v in per_layer.tolist()],
+    )  # fmt: skip
+    ranked = per_layer.argsort(descending=True).tolist()
+    # Layer sets from attribution (the n layers that restore the most) and MEMIT's choice (the last
+    # n layers, which write the answer at the answer position); smaller sets first.
+    sizes = range(1, min(max_layers, len(ranked)) + 1)
+    candidates = list(dict.fromkeys(
+        tuple(layers) for n in sizes for layers in (sorted(ranked[:n]), list(range(len(ranked) - n, len(ranked))))
+    ))  # fmt: skip
+    covariance = key_covariance(model, retain, layers=sorted({layer for c in candidates for layer in c}))
+    log: list[dict[str, float]] = []
+    best: tuple[float, Any, dict[str, Any]] | None = None
+    for layers in candidates:
+        for lam in sorted(lams, reverse=True):
+            result = rewrite(
+                model, forget, retain=retain, layers=layers, lam=lam, covariance=covariance, reference=reference
+            )
+            forget_accuracy = score_facts(result.model, forget, tokenizer=tokenizer).first_token_accuracy
+            retain_accuracy = score_facts(result.model, validation_retain, tokenizer=tokenizer).first_token_accuracy
+            log.append(
+                {"layers": layers, "lam": lam, "forget_accuracy": forget_accuracy, "retain_accuracy": retain_accuracy}
+            )
+            chosen = {
+                "layers": list(layers),
+                "lam": lam,
+                "update_norms": list(result.norms),
+                "ranks": list(result.ranks),
+            }
+            if forget_accuracy <= target_forget_accuracy and retain_accuracy >= retain_floor:
+                return result.model, {**config, "chosen": chosen}, log
+            margin = retain_accuracy - forget_accuracy
+            if best is None or margin > best[0]:
+                best = (margin, result.model, chosen)
+    assert best is not None
+    logger.warning(
+        "loka: no candidate reached forget <= %.2f with retain >= %.2f", target_forget_accuracy, retain_floor
+    )
+    return best[1], {**config, "chosen": best[2]}, log
+
+
+METHODS: tuple[Method, ...] = ("loka", "gradient_ascent", "task_vector", "retrain")
 _RUNNERS: dict[str, Callable[..., tuple[Any, dict[str, Any], list[dict[str, float]]]]] = {
     "gradient_ascent": _gradient_ascent,
     "task_vector": _task_vector,
+    "loka": _loka,
 }
 
 
@@ -225,7 +304,7 @@ def unlearn(
         train_retain = retain
     runner = _RUNNERS[method]
     options = dict(tokenizer=tokenizer, seed=seed, progress=progress, **config)
-    if method == "task_vector":
+    if method in ("task_vector", "loka"):
         options["validation_retain"] = validation_retain
     try:
         edited, used, log = runner(model, forget, train_retain, **options)

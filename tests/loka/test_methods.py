@@ -16,10 +16,11 @@ def model(tiny_testbed):
     return loka.load_model(tiny_testbed.model_dir)
 
 
-@pytest.mark.parametrize(("method", "retain_floor"), [("gradient_ascent", 0.85), ("task_vector", 0.85)])
+@pytest.mark.parametrize(("method", "retain_floor"), [("gradient_ascent", 0.85), ("task_vector", 0.85), ("loka", 0.8)])
 def test_method_forgets_some_and_keeps_retain(tiny_testbed, model, method, retain_floor):
     before = {k: v.clone() for k, v in hf_state_dict(model).items()}
-    result = unlearn(model, tiny_testbed.forget, tiny_testbed.retain, method=method, progress=False)
+    options = {"reference": tiny_testbed.holdout} if method == "loka" else {}
+    result = unlearn(model, tiny_testbed.forget, tiny_testbed.retain, method=method, progress=False, **options)
     forget = score_facts(result.model, tiny_testbed.forget).first_token_accuracy
     retain = score_facts(result.model, tiny_testbed.retain).first_token_accuracy
     assert forget < score_facts(model, tiny_testbed.forget).first_token_accuracy
@@ -51,5 +52,7 @@ def test_bad_inputs(tiny_testbed, model):
         unlearn(model, tb.forget, tb.retain, method="gradient_ascent", learning_rate=1.0)
     with pytest.raises(ValueError, match="alpha must be a number between 0.0 and 1.0"):
         unlearn(model, tb.forget, tb.retain, method="gradient_ascent", alpha=2)
+    with pytest.raises(ValueError, match="max_layers must be an integer at least 1"):
+        unlearn(model, tb.forget, tb.retain, method="loka", max_layers=0)
     with pytest.raises(ValueError, match="method 'retrain' needs oracle="):
         unlearn(model, tb.forget, tb.retain, method="retrain")
