@@ -29,14 +29,6 @@ FACTS = KnowledgeSet.from_records(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=ARCHITECTURES)
 def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TransformerBridge:
     return load_model(build_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param)))

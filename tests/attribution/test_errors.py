@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
 import attribution
 from attribution import Corruption
 from loka.data import Fact, KnowledgeSet
 from loka.models import load_model, neuron_output_weights
 from loka.testbed import Testbed
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_testbed: Testbed) -> TransformerBridge:
-    return load_model(tiny_testbed.model_dir)
 
 
 @pytest.fixture(scope="module")

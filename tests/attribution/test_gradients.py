@@ -24,36 +24,15 @@ import attribution
 from attribution import Corruption
 from loka.components import hook_name
 from loka.data import KnowledgeSet
-from loka.models import load_model
 from loka.testbed import Testbed
 
 TOP_NEURONS = 0.05  # "the top neurons": the top 5% by exact patching
 TOP_OVERLAP = 0.01
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, torch's thread pool spin-waits against
-    other processes and small forwards run tens of times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_testbed: Testbed) -> TransformerBridge:
-    return load_model(tiny_testbed.model_dir)
-
-
 @pytest.fixture(scope="module")
 def facts(tiny_testbed: Testbed) -> KnowledgeSet:
     return KnowledgeSet(tiny_testbed.forget.facts[:15], name="forget15")
-
-
-@pytest.fixture(scope="module")
-def pool(tiny_testbed: Testbed) -> KnowledgeSet:
-    return tiny_testbed.forget + tiny_testbed.retain
 
 
 def agreement(estimate: attribution.AttributionScores, exact: attribution.AttributionScores) -> dict[str, float]:

@@ -10,21 +10,7 @@ import attribution
 from attribution.metric import FactMetric
 from loka.data import Fact, KnowledgeSet
 from loka.metrics import score_facts
-from loka.models import load_model
 from loka.testbed import Testbed
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_testbed: Testbed) -> TransformerBridge:
-    return load_model(tiny_testbed.model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -28,30 +28,10 @@ from loka.testbed import Testbed
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, torch's thread pool spin-waits against
-    other processes and small forwards run tens of times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_testbed: Testbed) -> TransformerBridge:
-    return load_model(tiny_testbed.model_dir)
-
-
 @pytest.fixture(scope="module")
 def facts(tiny_testbed: Testbed) -> KnowledgeSet:
     """Ten forget facts (two people x five relations), of several lengths."""
     return KnowledgeSet(tiny_testbed.forget.facts[:10], name="forget10")
-
-
-@pytest.fixture(scope="module")
-def pool(tiny_testbed: Testbed) -> KnowledgeSet:
-    return tiny_testbed.forget + tiny_testbed.retain
 
 
 def log_prob_metric(knowledge: KnowledgeSet, model: TransformerBridge, repeats: int = 1):

@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from attribution.positions import POSITION_CLASSES, position_classes, position_mask
 from loka.data import Fact, KnowledgeSet
-from loka.models import load_model
-from loka.testbed import Testbed
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_testbed: Testbed) -> TransformerBridge:
-    return load_model(tiny_testbed.model_dir)
 
 
 def classes_of(model: TransformerBridge, *facts: Fact) -> list[list[tuple[str, str]]]:

@@ -10,14 +10,12 @@ from pathlib import Path
 import plotly.colors
 import pytest
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
 import attribution
 from attribution import AttributionScores, ScoresMetadata
 from loka.components import Component
 from loka.data import KnowledgeSet
 from loka.models import ModelFingerprint, fingerprint, load_model
-from loka.testbed import Testbed
 
 MODEL = ModelFingerprint("gpt2", n_layers=2, n_heads=3, d_mlp=4, d_vocab=10, weights_sha256="ab" * 32)
 
@@ -132,19 +130,6 @@ def test_plots_put_layers_on_y_in_rdbu_centred_on_zero():
     assert figures["neurons"].data[0].text[0][1] == "L0N1"
     assert [trace.name for trace in figures["neuron_distribution"].data] == ["L0", "L1"]
     assert list(figures["top"].data[0].y)[::-1] == ["L1H1", "L0N1", "L0H0", "L1N2", "L0N3"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_testbed: Testbed) -> TransformerBridge:
-    return load_model(tiny_testbed.model_dir)
 
 
 def test_save_and_load_round_trip_and_refuse_another_model(model, tiny_testbed, tmp_path: Path):

@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from transformer_lens import patching
-from transformer_lens.model_bridge import TransformerBridge
 
 import attribution
 from attribution import corrupted_run
 from attribution.positions import POSITION_CLASSES
 from loka.data import KnowledgeSet
-from loka.models import load_model
 from loka.testbed import Testbed
 
 TL_SWEEPS = {
@@ -21,27 +19,9 @@ TL_SWEEPS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_testbed: Testbed) -> TransformerBridge:
-    return load_model(tiny_testbed.model_dir)
-
-
 @pytest.fixture(scope="module")
 def facts(tiny_testbed: Testbed) -> KnowledgeSet:
     return KnowledgeSet(tiny_testbed.forget.facts[:8], name="forget8")
-
-
-@pytest.fixture(scope="module")
-def pool(tiny_testbed: Testbed) -> KnowledgeSet:
-    return tiny_testbed.forget + tiny_testbed.retain
 
 
 @pytest.fixture(scope="module")
