@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from transformer_lens.model_bridge import TransformerBridge
+from transformers import AutoModelForCausalLM
 
+from ablation import export_checkpoint
 from ablation.rewrite import KeyCovariance, key_covariance, rewrite, solve_update
 from loka import testbed
 from loka.data import KnowledgeSet
@@ -120,6 +123,22 @@ def test_update_makes_new_target_top1(
     updated = KnowledgeSet.from_records([{"id": f.id, "prompt": f.prompt, "target": new[f.id]} for f in facts])
     assert accuracy(result.model, updated) == 1.0
     assert accuracy(result.model, tiny_testbed.retain) >= 0.9
+
+
+def test_rewrite_exports_as_a_plain_checkpoint_with_its_record(
+    tiny_testbed: testbed.Testbed, testbed_covariance: tuple[TransformerBridge, KeyCovariance], tmp_path: Path
+) -> None:
+    model, cov = testbed_covariance
+    result = rewrite(model, tiny_testbed.forget, retain=None, covariance=cov, reference=tiny_testbed.holdout)
+    out = export_checkpoint(result.model, tmp_path / "rewritten", method="rewrite", settings=result.settings())
+    record = json.loads((out / "loka_edit.json").read_text())
+    assert record["method"] == "rewrite" and record["settings"]["layers"] == list(result.layers)
+    assert record["settings"]["kind"] == "erase" and record["settings"]["norms"] == list(result.norms)
+    reloaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    ids = tiny_testbed.forget.encode(model).input_ids
+    with torch.no_grad():
+        # float32 rounding scales with the logits, which the rewrite's large updates make large
+        torch.testing.assert_close(reloaded(ids).logits, logits(result.model, ids), atol=1e-4, rtol=1e-5)
 
 
 def test_covariance_round_trip(tmp_path: Path, testbed_covariance: tuple[TransformerBridge, KeyCovariance]) -> None:
