@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ablation.mask import AblationMask
+from ablation.mask_file import file_sha256
 from loka.models import ModelFingerprint, fingerprint, hf_model, hf_state_dict, quiet_transformers
 
 __all__ = ["EDIT_FILE", "MASK_FILE", "export_checkpoint"]
@@ -64,14 +64,6 @@ _TOKENIZER_PATTERNS = (
     "chat_template.*",
 )
 _UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _as_json(name: str, value: Any) -> Any:
@@ -310,7 +302,7 @@ def export_checkpoint(
             "settings": settings_json,
             "source": source_json,
             "fingerprint": fingerprint(model).to_dict(),
-            "weights_sha256": {p.name: _sha256(p) for p in weight_files},
+            "weights_sha256": {p.name: file_sha256(p) for p in weight_files},
             "tokenizer": tokenizer_origin,
             "mask": mask_json,
             "evaluation": evaluation_json,

@@ -63,12 +63,10 @@ def values_path(path: str | os.PathLike[str]) -> Path:
     return Path(path).with_suffix(".safetensors")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, as hex (recorded beside saved values and exported weights)."""
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _compact_int_lists(text: str) -> str:
@@ -108,7 +106,7 @@ def save_mask(mask: AblationMask, path: str | os.PathLike[str]) -> Path:
         target = values_path(path)
         # one metadata key: safetensors writes metadata from a hash map, so several keys have no fixed order
         save_file(tensors, str(target), metadata={"format": f"{FORMAT}/{SCHEMA_VERSION}"})
-        values_file, sha = target.name, _sha256(target)
+        values_file, sha = target.name, file_sha256(target)
     text = json.dumps(mask_to_json(mask, values_file, sha), indent=2)
     path.write_text(_compact_int_lists(text) + "\n")
     return path
@@ -165,7 +163,7 @@ def _values(path: Path, spec: Any) -> dict[str, torch.Tensor]:
     target = path.parent / name
     if not target.is_file():
         raise _fail(path, f"its values file {target} does not exist (a mean or scale mask needs it)")
-    if _sha256(target) != spec["sha256"]:
+    if file_sha256(target) != spec["sha256"]:
         raise _fail(path, f"{target} does not match the sha256 recorded in the mask (it was changed or replaced)")
     try:
         loaded = load_file(str(target))
