@@ -635,9 +635,12 @@ def plain_copy(
     return new
 
 
-def same_kind_as(new: PreTrainedModel, original: Any) -> Any:
-    """``new`` as the kind of model ``original`` is: a fresh ``TransformerBridge`` (eval mode,
-    a copy of the original's tokenizer) for a bridge, ``new`` itself for a plain HF model."""
+def same_kind_as(new: Model, original: Any) -> Any:
+    """``new`` as the kind of model ``original`` is: a ``TransformerBridge`` (eval mode, a copy of
+    the original's tokenizer) for a bridge, a plain HF model otherwise. A bridge is never wrapped
+    in another bridge."""
+    if isinstance(new, TransformerBridge):
+        return new if isinstance(original, TransformerBridge) else hf_model(new)
     if not isinstance(original, TransformerBridge):
         return new
     device, dtype = _device_and_dtype(new)

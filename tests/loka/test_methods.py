@@ -27,6 +27,7 @@ def test_method_forgets_some_and_keeps_retain(tiny_testbed, model, method, retai
     assert retain >= retain_floor
     assert result.method == method and result.seconds > 0 and result.log
     assert isinstance(result.model, type(model))
+    assert not isinstance(result.model.original_model, type(model))  # never a bridge inside a bridge
     # the input model is untouched
     assert all(torch.equal(before[k], v) for k, v in hf_state_dict(model).items())
 
