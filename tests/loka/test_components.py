@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loka.components import Component, ComponentShapes, from_masks, hook_name, to_masks
@@ -46,6 +46,7 @@ def test_check_against_shapes():
         hook_name("mlp", 0)  # type: ignore[arg-type]
 
 
+@settings(deadline=None)  # no per-example time limit: CI machines may be busy
 @given(
     st.sets(
         st.one_of(
