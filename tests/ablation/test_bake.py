@@ -12,21 +12,11 @@ from transformers import AutoModelForCausalLM
 
 from ablation import AblationMask, ablate, bake, mean_activations
 from loka.models import fingerprint, hf_model, hf_state_dict, load_model, logits
-from tests.checkpoints import ARCHITECTURES, VOCAB_SIZE, build_tiny_checkpoint
+from tests.checkpoints import VOCAB_SIZE, build_tiny_checkpoint
 
 COMPONENTS = [("neuron", 0, 5), ("neuron", 0, 6), ("neuron", 1, 63), ("head", 0, 1), ("head", 1, 0), ("head", 1, 3)]
 MODES = ("zero", "mean", "scale")
 PARITY = 1e-5
-
-
-@pytest.fixture(scope="module", params=ARCHITECTURES)
-def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint: Path) -> TransformerBridge:
-    return load_model(checkpoint)
 
 
 @pytest.fixture(scope="module")

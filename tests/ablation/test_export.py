@@ -15,21 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ablation.export
 from ablation import AblationMask, bake, export_checkpoint, mean_activations
-from loka.models import fingerprint, load_model, logits
-from tests.checkpoints import ARCHITECTURES, VOCAB_SIZE, build_tiny_checkpoint
+from loka.models import fingerprint, logits
+from tests.checkpoints import VOCAB_SIZE, build_tiny_checkpoint
 
 COMPONENTS = [("neuron", 0, 5), ("neuron", 1, 63), ("head", 0, 1), ("head", 1, 3)]
 PARITY = 1e-5
-
-
-@pytest.fixture(scope="module", params=ARCHITECTURES)
-def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param) / "source")
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint: Path) -> TransformerBridge:
-    return load_model(checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,9 @@ from transformers import AutoModelForCausalLM
 from ablation import AblationMask, ablate, mean_activations
 from loka.data import KnowledgeSet
 from loka.models import load_model, logits
-from tests.checkpoints import ARCHITECTURES, D_MLP, N_HEADS, N_LAYERS, VOCAB_SIZE, build_tiny_checkpoint
+from tests.checkpoints import D_MLP, N_HEADS, N_LAYERS, VOCAB_SIZE, build_tiny_checkpoint
 
 COMPONENTS = [("neuron", 0, 5), ("neuron", 1, 20), ("neuron", 1, 63), ("head", 0, 1), ("head", 1, 2)]
-
-
-@pytest.fixture(scope="module", params=ARCHITECTURES)
-def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint: Path) -> TransformerBridge:
-    return load_model(checkpoint)
 
 
 @pytest.fixture(scope="module")
