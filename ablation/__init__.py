@@ -14,6 +14,8 @@ components matter is attribution's question, and ablation never scores a model i
   zeroed or scaled, means folded into output biases); same logits as the hooked model.
 * :func:`edit` (``edit.py``): fine-tune only the masked components' own weights of a copy,
   with a caller-supplied objective; everything else stays bit-identical.
+* :func:`random_edit_like` (``control.py``): the random control of a weight edit, the same
+  singular values per changed tensor along random directions.
 * :func:`export_checkpoint` (``export.py``): write an edited model as a plain Hugging Face
   directory plus ``loka_edit.json``, atomically.
 
@@ -27,6 +29,7 @@ Typical use::
 """
 
 from ablation.bake import bake
+from ablation.control import random_edit_like
 from ablation.edit import edit
 from ablation.export import export_checkpoint
 from ablation.hooks import ablate, mean_activations
@@ -46,5 +49,6 @@ __all__ = [
     "export_checkpoint",
     "key_covariance",
     "mean_activations",
+    "random_edit_like",
     "rewrite",
 ]

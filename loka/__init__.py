@@ -17,6 +17,9 @@ if TYPE_CHECKING:  # names for type checkers and IDEs; at run time __getattr__ i
     from loka import testbed  # noqa: F401
     from loka.components import Component  # noqa: F401
     from loka.data import Fact, FactBatch, KnowledgeSet, load_tofu  # noqa: F401
+    from loka.comparison import Comparison, compare  # noqa: F401
+    from loka.evaluation import UnlearningEvaluation, evaluate  # noqa: F401
+    from loka.methods import UnlearningResult, unlearn  # noqa: F401
     from loka.models import ModelFingerprint, fingerprint, load_model  # noqa: F401
 
 __version__ = "0.1.0"
@@ -29,6 +32,12 @@ _EXPORTS = {
     "ModelFingerprint": "loka.models",
     "fingerprint": "loka.models",
     "load_model": "loka.models",
+    "unlearn": "loka.methods",
+    "UnlearningResult": "loka.methods",
+    "evaluate": "loka.evaluation",
+    "UnlearningEvaluation": "loka.evaluation",
+    "compare": "loka.comparison",
+    "Comparison": "loka.comparison",
 }
 __all__ = [*_EXPORTS, "testbed"]
 

@@ -1,34 +1,86 @@
 """The ``loka`` command line.
 
-Every command has ``--help`` with an example. A user error (a missing file, a bad option) prints
-one line ``error: ...`` and exits with status 2; ``--debug`` shows the traceback instead.
+Every command has ``--help`` with an example. A user error (a missing file, bad JSON, an unknown
+method, a mask for another model, an output that exists) prints one line ``error: ...`` and exits
+with status 2, having written nothing; ``--debug`` shows the traceback instead. ``--quiet`` turns
+the progress bars off.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
+
+DEMO_OUT = "loka-demo"
 
 
 class UserError(Exception):
     """A mistake in what the user asked for: reported as one line, exit status 2."""
 
 
+# --- shared argument helpers ---------------------------------------------------------------------
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.quiet
+
+
+def _knowledge(path: str | None) -> Any:
+    from loka.data import KnowledgeSet
+
+    return None if path is None else KnowledgeSet.from_jsonl(path)
+
+
+def _model(name: str) -> Any:
+    from loka.models import load_model
+
+    return load_model(name)
+
+
+def _new_output(path: str, *, overwrite: bool, is_dir: bool = True) -> Path:
+    """Refuse an output that exists (unless ``overwrite``) before any work is done."""
+    out = Path(path).expanduser()
+    if out.exists() and not overwrite:
+        raise UserError(f"output {str(out)!r} exists; pass --overwrite to replace it, or choose another path")
+    if out.exists() and is_dir != out.is_dir():
+        raise UserError(f"output {str(out)!r} exists and is a {'file' if is_dir else 'directory'}")
+    return out
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. epochs=5), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 2,3), got {text!r}") from None
+
+
+# --- commands ----------------------------------------------------------------------------------
 def _testbed(args: argparse.Namespace) -> int:
     from loka import testbed
 
     start = time.perf_counter()
-    tb = testbed.load(args.size, seed=args.seed, cache_dir=args.cache_dir, progress=not args.quiet)
+    tb = testbed.load(args.size, seed=args.seed, cache_dir=args.cache_dir, progress=_progress(args))
     print(f"testbed {args.size} (seed {args.seed}): {tb.root}")
     print(
         f"  {len(tb.world.people)} people x {len(tb.world.relations)} relations; "
@@ -45,11 +97,228 @@ def _testbed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _locate(args: argparse.Namespace) -> int:
+    import attribution
+    from loka.report import figures_html
+
+    out = _new_output(args.out, overwrite=args.overwrite)
+    forget = _knowledge(args.forget)
+    retain = _knowledge(args.retain)
+    model = _model(args.model)
+    direction = args.direction or ("denoise" if args.baseline == "corrupt" else "ablate")
+    options = dict(
+        method=args.method, components=tuple(args.components), baseline=args.baseline, direction=direction,
+        positions=args.positions, seed=args.seed, progress=_progress(args),
+    )  # fmt: skip
+    scores = attribution.attribute(model, forget, **options)
+    figures = {f"forget: {name}": fig for name, fig in scores.plot().items()}
+    chosen = scores
+    if retain is not None:
+        retain_scores = attribution.attribute(model, retain, **options)
+        chosen = scores.contrast(retain_scores, kind=args.contrast)
+        figures.update({f"contrast: {name}": fig for name, fig in chosen.plot().items()})
+    out.mkdir(parents=True, exist_ok=True)
+    scores.save(out / "forget")
+    if retain is not None:
+        retain_scores.save(out / "retain")
+    chosen.save(out)
+    (out / "plots.html").write_text(figures_html(f"loka locate: {args.model}", figures), encoding="utf-8")
+    what = "forget-vs-retain contrast" if retain is not None else "forget"
+    print(f"{what} scores ({args.method}, {args.baseline}, {direction}) written to {out}")
+    print("top components: " + ", ".join(c.label for c in chosen.top(10)))
+    return 0
+
+
+def _mask(args: argparse.Namespace) -> int:
+    from ablation import AblationMask
+
+    if args.show is not None:
+        if args.scores is not None or args.out is not None:
+            raise UserError("--show takes only the mask file; do not give SCORES_DIR or --out with it")
+        summary = AblationMask.load(args.show).summary()
+        print(f"mask {args.show}: {summary['total']} components, mode {summary['mode']}")
+        for kind in ("neurons", "heads"):
+            if summary.get(kind):
+                per_layer = "  ".join(f"L{i}:{n}" for i, n in enumerate(summary[kind]["per_layer"]))
+                print(f"  {kind:<8} {summary[kind]['total']:>6}   {per_layer}")
+        if "model" in summary:
+            print(f"  for {summary['model']['architecture']} weights {summary['model']['weights_sha256'][:16]}")
+        return 0
+    import attribution
+
+    if args.scores is None or args.out is None:
+        raise UserError("give SCORES_DIR and --out mask.json (or --show mask.json)")
+    if (args.k is None) == (args.fraction is None):
+        raise UserError("give exactly one of --k N or --fraction F")
+    out = _new_output(args.out, overwrite=args.overwrite, is_dir=False)
+    scores = attribution.AttributionScores.load(args.scores)
+    mask = AblationMask.from_scores(
+        scores, k=args.k, fraction=args.fraction, per_layer_max=args.per_layer_max, kind=args.kind,
+        mode=args.mode, scale=args.scale,
+    )  # fmt: skip
+    mask.save(out)
+    print(f"mask of {len(mask)} components ({mask.mode}) written to {out}")
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from ablation import AblationMask, bake, export_checkpoint
+
+    out = _new_output(args.out, overwrite=args.overwrite)
+    mask = AblationMask.load(args.mask)
+    model = _model(args.model)
+    mask.validate(model)
+    edited = bake(model, mask)
+    export_checkpoint(edited, out, mask=mask, source=model, method="bake", overwrite=args.overwrite)
+    print(f"baked {len(mask)} components ({mask.mode}) into {out}")
+    return 0
+
+
+def _scores(model: Any, knowledge: Any) -> str:
+    from loka.metrics import score_facts
+
+    return f"{score_facts(model, knowledge).first_token_accuracy:.3f}"
+
+
+def _unlearn(args: argparse.Namespace) -> int:
+    from ablation import export_checkpoint
+    from loka.methods import METHODS, unlearn
+
+    if args.method not in METHODS:
+        raise UserError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
+    out = _new_output(args.out, overwrite=args.overwrite)
+    forget, retain = _knowledge(args.forget), _knowledge(args.retain)
+    options = dict(args.option or [])
+    if args.oracle is not None:
+        if args.method != "retrain":
+            raise UserError("--oracle is only for --method retrain")
+        options["oracle"] = args.oracle
+    model = _model(args.model)
+    result = unlearn(model, forget, retain, method=args.method, seed=args.seed, progress=_progress(args), **options)
+    export_checkpoint(
+        result.model, out, mask=result.mask, source=model, method=args.method, settings=result.config,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    print(f"{args.method}: {result.seconds:.1f} s; written to {out}")
+    print(f"  forget accuracy {_scores(model, forget)} -> {_scores(result.model, forget)}")
+    print(f"  retain accuracy {_scores(model, retain)} -> {_scores(result.model, retain)}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from loka.evaluation import evaluate
+
+    out = _new_output(args.json, overwrite=args.overwrite, is_dir=False) if args.json else None
+    sets = {name: _knowledge(getattr(args, name)) for name in ("forget", "retain", "holdout", "passages")}
+    model = _model(args.model)
+    evaluation = evaluate(
+        model, **sets, oracle=args.oracle, probe=not args.no_probe, relearn=not args.no_relearn, seed=args.seed
+    )
+    print(evaluation.table())
+    print(evaluation.verdict())
+    if out is not None:
+        out.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+        print(f"written to {out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from loka.comparison import HTML_FILE, check_output_dir, compare, compare_testbed
+
+    out = Path(args.out).expanduser()
+    check_output_dir(out, overwrite=args.overwrite, marker="comparison.json")
+    methods = args.methods
+    options = {}
+    for key, value in args.option or []:
+        method, dot, name = key.partition(".")
+        if not dot or method not in methods:
+            raise UserError(f"--option {key}: name it METHOD.OPTION with METHOD one of {methods}")
+        options.setdefault(method, {})[name] = value
+    common = dict(methods=methods, options=options, control=not args.no_control, seed=args.seed)
+    common["progress"] = _progress(args)
+    if args.model is not None:
+        missing = [f"--{n}" for n in ("forget", "retain", "holdout") if getattr(args, n) is None]
+        if missing:
+            raise UserError(f"with --model, also give {' '.join(missing)}")
+        sets = {name: _knowledge(getattr(args, name)) for name in ("forget", "retain", "holdout", "passages")}
+        comparison = compare(_model(args.model), **sets, oracle=args.oracle, **common)
+    else:
+        given = [f"--{n}" for n in ("forget", "retain", "holdout", "oracle", "passages") if getattr(args, n)]
+        if given:
+            raise UserError(f"{' '.join(given)} need --model; without it compare runs on the testbed")
+        from loka import testbed
+
+        tb = testbed.load(args.size, seed=args.seed, cache_dir=args.cache_dir, progress=_progress(args))
+        comparison = compare_testbed(tb, **common)
+    comparison.save(out, overwrite=args.overwrite)
+    print(comparison.table())
+    print()
+    for name, verdict in comparison.verdicts().items():
+        print(f"{name}: {verdict}")
+    print(f"\nreport: {out / HTML_FILE}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
-    args.size = args.size or "default"
-    return _testbed(args)
+    for name in ("model", "forget", "retain", "holdout", "oracle", "passages", "option"):
+        setattr(args, name, None)
+    args.methods, args.no_control = ["loka", "gradient_ascent", "task_vector"], False
+    return _compare(args)
 
 
+def _read_updates(path: str) -> tuple[Any, dict[str, str]]:
+    from loka.data import KnowledgeSet
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"updates file {path!r} does not exist (expected a .jsonl file)")
+    records, targets = [], []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("new_target"), str) or not record["new_target"]:
+            raise UserError(f"{path}:{number}: each line needs prompt, target (the old answer) and new_target")
+        targets.append(record.pop("new_target"))
+        records.append(record)
+    if not records:
+        raise UserError(f"updates file {path!r} has no updates")
+    facts = KnowledgeSet.from_records(records, name=file.stem)
+    same = [f.id for f, new in zip(facts, targets, strict=True) if new.strip() == f.target.strip()]
+    if same:
+        raise UserError(f"fact {same[0]!r}: new_target equals the old target; nothing to update")
+    return facts, {f.id: new for f, new in zip(facts, targets, strict=True)}
+
+
+def _update(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ablation import export_checkpoint, rewrite
+    from loka.data import KnowledgeSet
+
+    out = _new_output(args.out, overwrite=args.overwrite)
+    facts, new_targets = _read_updates(args.updates)
+    retain = _knowledge(args.retain)
+    model = _model(args.model)
+    options = {} if args.lam is None else {"lam": args.lam}
+    result = rewrite(
+        model, facts, retain=retain, layers=args.layers, positions=args.positions, target=new_targets, **options
+    )
+    updated = KnowledgeSet(tuple(replace(f, target=new_targets[f.id]) for f in facts), name="updated")
+    export_checkpoint(
+        result.model, out, source=model, method="rewrite", settings=result.settings(), overwrite=args.overwrite
+    )
+    print(f"updated {len(facts)} facts in layers {list(result.layers)}; written to {out}")
+    print(f"  new-target accuracy {_scores(model, updated)} -> {_scores(result.model, updated)}")
+    print(f"  old-target accuracy {_scores(model, facts)} -> {_scores(result.model, facts)}")
+    print(f"  retain accuracy     {_scores(model, retain)} -> {_scores(result.model, retain)}")
+    return 0
+
+
+# --- the parser ----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loka",
@@ -71,26 +340,156 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         return p
 
+    def testbed_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--size", choices=("default", "tiny"), default="default", help="testbed preset")
+        p.add_argument("--seed", type=int, default=0, help="world, training and method seed")
+        p.add_argument(
+            "--cache-dir",
+            default=None,
+            help="where testbeds are cached (default: $LOKA_CACHE_DIR/testbed or ~/.cache/loka/testbed)",
+        )
+
+    def overwrite(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
     tb = command(
         "testbed",
         "build (or load from the cache) the fact-world testbed and print its accuracy table",
         "loka testbed --size tiny --seed 1",
         _testbed,
     )
-    tb.add_argument("--size", choices=("default", "tiny"), default="default")
-    tb.add_argument("--seed", type=int, default=0)
-    tb.add_argument(
-        "--cache-dir",
-        default=None,
-        help="where testbeds are cached (default: $LOKA_CACHE_DIR/testbed or ~/.cache/loka/testbed)",
+    testbed_options(tb)
+
+    locate = command(
+        "locate",
+        "score every MLP neuron and attention head for the forget facts (and contrast with retain)",
+        "loka locate ./model --forget forget.jsonl --retain retain.jsonl --out scores/",
+        _locate,
     )
+    locate.add_argument("model", help="a local Hugging Face model directory (or hub id)")
+    locate.add_argument("--forget", required=True, help="JSONL of facts to locate")
+    locate.add_argument("--retain", help="JSONL of facts to keep: the saved scores become the contrast")
+    locate.add_argument("--method", choices=("grad_x_act", "activation_patching"), default="grad_x_act")
+    locate.add_argument("--baseline", choices=("zero", "mean", "resample", "corrupt"), default="corrupt")
+    locate.add_argument("--direction", choices=("ablate", "denoise"), help="default: denoise for corrupt")
+    locate.add_argument("--positions", choices=("all", "last", "subject"), default="last")
+    locate.add_argument(
+        "--components", nargs="+", choices=("neurons", "heads"), default=["neurons", "heads"], metavar="KIND"
+    )
+    locate.add_argument("--contrast", choices=("ratio", "difference"), default="ratio")
+    locate.add_argument("--seed", type=int, default=0)
+    locate.add_argument("--out", required=True, help="directory for scores (safetensors + JSON) and plots.html")
+    overwrite(locate)
+
+    mask = command(
+        "mask",
+        "make an ablation mask from saved scores, or --show a mask's per-layer summary",
+        "loka mask scores/ --k 100 --per-layer-max 40 --out mask.json   |   loka mask --show mask.json",
+        _mask,
+    )
+    mask.add_argument("scores", nargs="?", metavar="SCORES_DIR", help="a directory written by loka locate")
+    mask.add_argument("--k", type=int, help="ablate the top K components")
+    mask.add_argument("--fraction", type=float, help="ablate the top fraction F of the components")
+    mask.add_argument("--per-layer-max", type=int, help="at most M components per layer and kind")
+    mask.add_argument("--kind", choices=("neuron", "head", "all"), default="all")
+    mask.add_argument("--mode", choices=("zero", "scale"), default="zero")
+    mask.add_argument("--scale", type=float, help="the factor for --mode scale")
+    mask.add_argument("--out", help="the mask file to write (JSON, values beside it)")
+    mask.add_argument("--show", metavar="MASK_JSON", help="print a mask's per-layer summary")
+    overwrite(mask)
+
+    ablate = command(
+        "ablate",
+        "bake a mask into the weights and export the edited Hugging Face checkpoint",
+        "loka ablate ./model mask.json --out ./model-ablated",
+        _ablate,
+    )
+    ablate.add_argument("model")
+    ablate.add_argument("mask", metavar="MASK_JSON")
+    ablate.add_argument("--out", required=True)
+    overwrite(ablate)
+
+    unl = command(
+        "unlearn",
+        "remove the forget facts with one method and export the edited checkpoint",
+        "loka unlearn ./model --forget forget.jsonl --retain retain.jsonl --method loka --out ./model-unlearned",
+        _unlearn,
+    )
+    unl.add_argument("model")
+    unl.add_argument("--forget", required=True)
+    unl.add_argument("--retain", required=True)
+    unl.add_argument("--method", required=True, help="loka, gradient_ascent, task_vector or retrain")
+    unl.add_argument("--oracle", help="for --method retrain: the model trained without the forget facts")
+    unl.add_argument("--option", action="append", type=_option, metavar="KEY=VALUE", help="a method option")
+    unl.add_argument("--seed", type=int, default=0)
+    unl.add_argument("--out", required=True)
+    overwrite(unl)
+
+    ev = command(
+        "evaluate",
+        "the shared evaluation: accuracies, membership inference, relearning, probe (vs the oracle)",
+        "loka evaluate ./model-unlearned --forget f.jsonl --retain r.jsonl --holdout h.jsonl --oracle ./oracle",
+        _evaluate,
+    )
+    ev.add_argument("model")
+    ev.add_argument("--forget", required=True)
+    ev.add_argument("--retain", required=True)
+    ev.add_argument("--holdout", required=True, help="facts the model never trained on (MIA non-members)")
+    ev.add_argument("--oracle", help="the model trained without the forget facts")
+    ev.add_argument("--passages", help="JSONL of prefix -> continuation passages (verbatim extraction)")
+    ev.add_argument("--no-probe", action="store_true")
+    ev.add_argument("--no-relearn", action="store_true")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--json", help="also write the evaluation as JSON here")
+    overwrite(ev)
+
+    def compare_options(p: argparse.ArgumentParser, out: str) -> None:
+        testbed_options(p)
+        p.add_argument("--out", default=out, help=f"directory for report.html and comparison.json (default {out})")
+        overwrite(p)
+
+    cmp = command(
+        "compare",
+        "every method on the same sets, against the oracle and random controls; writes report.html",
+        "loka compare --size tiny --out report/   |   loka compare --model ./m --forget f.jsonl --retain r.jsonl "
+        "--holdout h.jsonl --oracle ./oracle",
+        _compare,
+    )
+    compare_options(cmp, "loka-compare")
+    cmp.add_argument("--model", help="a model directory (default: the testbed's)")
+    for name in ("forget", "retain", "holdout", "passages"):
+        cmp.add_argument(f"--{name}", help=f"JSONL of {name} facts (with --model)")
+    cmp.add_argument("--oracle", help="with --model: the model trained without the forget facts")
+    cmp.add_argument(
+        "--methods", nargs="+", default=["loka", "gradient_ascent", "task_vector"],
+        choices=("loka", "gradient_ascent", "task_vector"), metavar="METHOD",
+    )  # fmt: skip
+    cmp.add_argument("--option", action="append", type=_option, metavar="METHOD.KEY=VALUE")
+    cmp.add_argument("--no-control", action="store_true", help="skip the random-control evaluations")
 
     demo = command(
-        "demo", "the main job on the built-in testbed: build it and print what the models know", "loka demo", _demo
+        "demo",
+        "the main job: every method on the built-in testbed, against the oracle; writes loka-demo/report.html",
+        "loka demo",
+        _demo,
     )
-    demo.add_argument("--size", choices=("default", "tiny"), default="default")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--cache-dir", default=None)
+    compare_options(demo, DEMO_OUT)
+
+    upd = command(
+        "update",
+        "replace facts (old target -> new target) by a closed-form rewrite and export the checkpoint",
+        "loka update ./model --updates updates.jsonl --retain retain.jsonl --out ./model-updated\n"
+        '  (updates.jsonl lines: {"prompt": "Ana lives in", "target": "Oslo", "new_target": "Lima"})',
+        _update,
+    )
+    upd.add_argument("model")
+    upd.add_argument("--updates", required=True, help="JSONL: prompt, target (old), new_target (+ optional fields)")
+    upd.add_argument("--retain", required=True, help="JSONL of facts whose outputs must not move")
+    upd.add_argument("--layers", type=_ints, help="MLP layers to edit, e.g. 2,3 (default: the last)")
+    upd.add_argument("--positions", choices=("answer", "subject", "both"), default="answer")
+    upd.add_argument("--lam", type=float, help="weight of the retain constraint")
+    upd.add_argument("--out", required=True)
+    overwrite(upd)
     return parser
 
 
@@ -101,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (UserError, ValueError, FileNotFoundError) as err:
+    except (UserError, ValueError, OSError) as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -60,6 +60,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 Attack = Literal["loss", "zlib", "min_k"]
+_CURVE_POINTS = 4  # the relearning attack scores the held-out half this many times on its way
 ATTACKS: tuple[Attack, ...] = ("loss", "zlib", "min_k")
 
 
@@ -130,6 +131,7 @@ class Relearning:
     n_test: int
     before: float
     after: float
+    curve: tuple[tuple[int, float], ...] = ()  # (steps taken, held-out accuracy), from 0 to ``steps``
 
 
 @dataclass(frozen=True)
@@ -325,14 +327,18 @@ def _relearn(model: Any, tokenizer: Any, forget: KnowledgeSet, *, steps: int, lr
     batch = train.encode(tokenizer).to(next(attacker.parameters()).device)
     labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
     optimizer = torch.optim.AdamW(attacker.parameters(), lr=lr)
-    for _ in range(steps):
+    checkpoints = {round(steps * i / _CURVE_POINTS) for i in range(1, _CURVE_POINTS + 1)}
+    curve = [(0, float(before))]
+    for step in range(1, steps + 1):
         loss = attacker(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    attacker.eval()
-    after = score_facts(attacker, test, tokenizer=tokenizer).first_token_accuracy
-    return Relearning(steps, lr, len(train), len(test), float(before), float(after))
+        if step in checkpoints:
+            attacker.eval()
+            curve.append((step, float(score_facts(attacker, test, tokenizer=tokenizer).first_token_accuracy)))
+            attacker.train()
+    return Relearning(steps, lr, len(train), len(test), float(before), curve[-1][1], tuple(curve))
 
 
 @torch.no_grad()

@@ -1,0 +1,108 @@
+"""compare(): every method beside the oracle and a random control; report.html is self-contained."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from plotly.offline import get_plotlyjs
+
+from loka.comparison import Comparison, compare, compare_testbed
+from loka.evaluation import evaluate
+from loka.models import load_model
+
+FAST = {"task_vector": {"epochs": 2}}
+
+
+@pytest.fixture(scope="module")
+def comparison(tiny_testbed) -> Comparison:
+    return compare_testbed(tiny_testbed, methods=("task_vector",), options=FAST, progress=False)
+
+
+def test_rows_are_the_original_the_oracle_and_each_method(tiny_testbed, comparison):
+    assert comparison.names == ["original", "oracle", "task_vector"]
+    oracle = comparison["oracle"].evaluation
+    direct = evaluate(
+        tiny_testbed.oracle_dir, forget=tiny_testbed.forget, retain=tiny_testbed.retain,
+        holdout=tiny_testbed.holdout, passages=tiny_testbed.passages_of("forget"), label="oracle",
+    )  # fmt: skip
+    assert oracle == direct  # the oracle row is the shared evaluation of the oracle
+    for name in ("original", "task_vector"):
+        assert comparison[name].evaluation.reference == oracle
+        assert comparison[name].evaluation.privleak is not None
+    assert comparison["oracle"].seconds == tiny_testbed.info["training"]["oracle"]["seconds"]
+    assert comparison["task_vector"].config["chosen_scale"] > 0
+    with pytest.raises(KeyError, match="no method 'loka'"):
+        comparison["loka"]
+
+
+def test_every_method_has_a_random_control_of_the_same_size(comparison):
+    control = comparison["task_vector"].evaluation.control
+    assert control is not None and control.label == "control"
+    assert comparison["original"].evaluation.control is None
+    rows = [label for label, *_ in comparison.rows()]
+    assert rows == ["original", "oracle", "task_vector", "  random control"]
+
+
+def test_relearning_curve_runs_from_before_to_after(comparison):
+    relearning = comparison["original"].evaluation.relearning
+    steps = [s for s, _ in relearning.curve]
+    assert steps[0] == 0 and steps[-1] == relearning.steps and steps == sorted(steps)
+    assert relearning.curve[0][1] == relearning.before and relearning.curve[-1][1] == relearning.after
+
+
+def test_table_and_json(comparison):
+    table = comparison.table()
+    for label, numbers, *_ in comparison.rows():
+        assert label in table
+        forget = numbers["forget"]
+        assert f"{forget:.3f}" in table
+    data = json.loads(json.dumps(comparison.to_dict()))
+    assert data["format"] == "loka-comparison"
+    assert [o["name"] for o in data["outcomes"]] == comparison.names
+    assert data["outcomes"][2]["evaluation"]["control"]["label"] == "control"
+
+
+def test_report_is_self_contained(comparison, tmp_path):
+    out = comparison.save(tmp_path / "report")
+    page = (out / "report.html").read_text()
+    assert get_plotlyjs() in page  # plotly.js inlined ...
+    ours = page.replace(get_plotlyjs(), "")
+    assert not re.search(r"<script[^>]+src=", ours)  # ... and nothing is fetched
+    assert not re.search(r"""(src|href)=["']https?://""", ours)
+    assert "Plotly.newPlot" in page and page.count("<table>") == 1
+    for name in ("metrics", "relearning", "heads", "neurons"):
+        assert f"<h3>{name}</h3>" in page
+    for label, *_ in comparison.rows():
+        assert f"<td>{label.strip()}</td>" in page
+    assert json.loads((out / "comparison.json").read_text())["title"] == comparison.title
+
+
+def test_save_never_replaces_what_loka_did_not_write(comparison, tmp_path):
+    out = comparison.save(tmp_path / "r")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        comparison.save(out)
+    comparison.save(out, overwrite=True)
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="loka did not write it"):
+        comparison.save(other, overwrite=True)
+    assert (other / "notes.txt").read_text() == "keep me" and len(list(other.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"methods": ("frobnicate",)}, "unknown method 'frobnicate' for compare"),
+        ({"methods": ("retrain",)}, "unknown method 'retrain' for compare"),
+        ({"methods": ("task_vector", "task_vector")}, "methods repeat a name"),
+        ({"methods": ("task_vector",), "options": {"loka": {}}}, "options given for 'loka'"),
+    ],
+)
+def test_bad_inputs(tiny_testbed, kwargs, message):
+    model = load_model(tiny_testbed.model_dir)
+    sets = dict(forget=tiny_testbed.forget, retain=tiny_testbed.retain, holdout=tiny_testbed.holdout)
+    with pytest.raises(ValueError, match=message):
+        compare(model, **sets, **kwargs)
