@@ -60,6 +60,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("retain", "retain_accuracy"),
     ("para", "paraphrase_forget_accuracy"),
     ("MIA", "membership_inference_auc"),
+    ("MIA ans", "mia_aucs.loss_answer"),
     ("relearn", "relearning.after"),
     ("probe", "probe.forget_accuracy"),
     ("extract", "extraction.exact_match"),
@@ -70,7 +71,7 @@ def metric(evaluation: UnlearningEvaluation | None, path: str) -> float | None:
     """``evaluation``'s number at a dotted ``path`` (``"relearning.after"``), None where absent."""
     value: Any = evaluation
     for part in path.split("."):
-        value = getattr(value, part, None)
+        value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
     return None if value is None else float(value)
 
 
@@ -107,7 +108,8 @@ class Comparison:
 
     def table(self) -> str:
         """The method x metric table (accuracies are first-token top-1; MIA is the LOSS attack's AUC,
-        forget vs holdout; relearn is held-out forget accuracy after the relearning attack)."""
+        forget vs holdout, on the whole text; MIA ans scores the answer tokens only; relearn is held-out
+        forget accuracy after the relearning attack)."""
         header = f"{'method':<18}" + "".join(f"{c:>9}" for c, _ in _COLUMNS) + f"{'seconds':>9}  quality"
         lines = [self.title, header, "-" * len(header)]
         for label, numbers, seconds, quality in self.rows():

@@ -6,9 +6,12 @@ runs the checks that tell real unlearning from suppression, each compared with t
 oracle (a model that never saw the forget data) whenever one is given:
 
 - **membership inference** (privacy): can an attacker tell the forget facts (members) from holdout
-  facts the model never saw? Three standard attacks score each text: LOSS (Yeom et al. 2018),
-  zlib ratio (Carlini et al. 2021) and Min-K% prob (Shi et al. 2024); their ROC AUC comes from
-  sklearn. An AUC of 0.5 means "cannot tell"; PrivLeak = (AUC - AUC_oracle) / AUC_oracle x 100
+  facts the model never saw? Three standard attacks score each whole text (prompt and answer, so a
+  subject's name that the model still knows gives it away): LOSS (Yeom et al. 2018), zlib ratio
+  (Carlini et al. 2021) and Min-K% prob (Shi et al. 2024); a fourth, ``loss_answer``, is the LOSS
+  attack on the answer tokens given the prompt (TOFU's scoring: is the *fact* recognised?). ROC AUCs
+  come from sklearn; ``membership_inference_auc`` is the whole-text LOSS attack's.
+  An AUC of 0.5 means "cannot tell"; PrivLeak = (AUC - AUC_oracle) / AUC_oracle x 100
   (Shi et al. 2024, MUSE) is 0 for a model that leaks exactly as much as the oracle.
 - **verbatim extraction** (copyright): greedy continuation of each passage's first sentence; the
   exact-match rate and ROUGE-L recall against the true continuation.
@@ -290,15 +293,23 @@ def _tokenizer(model: Any, tokenizer: Any) -> Any:
     return tokenizer
 
 
-def _mia(model: Any, tokenizer: Any, forget: KnowledgeSet, holdout: KnowledgeSet, k: float) -> dict[str, float]:
+def _mia(
+    model: Any, tokenizer: Any, forget: KnowledgeSet, holdout: KnowledgeSet, k: float, forget_scores: Any
+) -> dict[str, float]:
     members = text_token_log_probs(model, forget, tokenizer=tokenizer)
     others = text_token_log_probs(model, holdout, tokenizer=tokenizer)
     texts = [f.text for f in forget] + [f.text for f in holdout]
     labels = np.r_[np.ones(len(members)), np.zeros(len(others))]
-    return {
+    aucs = {
         attack: float(roc_auc_score(labels, membership_scores(members + others, texts, attack=attack, k=k)))
         for attack in ATTACKS
     }
+    # the LOSS attack on the answer tokens only (given the prompt), as TOFU scores it: whether the
+    # facts are recognised, apart from whether the subject's name was seen in training
+    holdout_scores = score_facts(model, holdout, tokenizer=tokenizer)
+    answer = [s.log_prob / s.n_target_tokens for s in (forget_scores, holdout_scores)]
+    aucs["loss_answer"] = float(roc_auc_score(labels, torch.cat(answer).numpy()))
+    return aucs
 
 
 @torch.no_grad()
@@ -448,7 +459,7 @@ def evaluate(
         paraphrases = None
         if any(f.paraphrases for f in forget):
             paraphrases = score_facts(model, forget.paraphrased(), tokenizer=tokenizer).first_token_accuracy
-        aucs = _mia(model, tokenizer, forget, holdout, min_k)
+        aucs = _mia(model, tokenizer, forget, holdout, min_k, forget_scores)
         extraction = _extraction(model, tokenizer, passages) if passages is not None else None
         relearning = (
             _relearn(model, tokenizer, forget, steps=relearn_steps, lr=relearn_lr, seed=seed)

@@ -465,7 +465,9 @@ def _looks_like_path(name: str) -> bool:
     (as in ``from_pretrained``, a local directory wins over a hub id of the same name)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if Path(name).expanduser().exists() or name in (".", "..") or name.startswith(("/", "./", "../", "~")) or "\\" in name:
+    if Path(name).expanduser().exists() or name in (".", ".."):
+        return True
+    if name.startswith(("/", "./", "../", "~")) or "\\" in name:
         return True
     if name.count("/") > 1 or ("/" in name and Path(name.split("/", 1)[0]).exists()):
         return True  # more than owner/repo, or its first part exists on disk

@@ -127,7 +127,8 @@ def report_html(comparison: Comparison) -> str:
     sets = ", ".join(f"{n} {name}" for name, n in comparison.sets.items())
     body = f"""<p class="note">Sets: {html.escape(sets)}. Accuracies are first-target-token top-1.
 MIA is the LOSS attack's ROC AUC, forget facts (members) against holdout facts (never trained);
-0.5 means an attacker cannot tell them apart. "relearn" is the held-out half of the forget facts after
+0.5 means an attacker cannot tell them apart; "MIA ans" is the same attack on the answer tokens only.
+"relearn" is the held-out half of the forget facts after
 fine-tuning on the other half; "probe" is a
 logistic-regression probe's accuracy on the forget values read from the residual stream; "extract" is the exact
 verbatim-continuation rate of the forget passages. Each method's <i>random control</i> is an edit of the same

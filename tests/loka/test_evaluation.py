@@ -15,7 +15,7 @@ from loka.evaluation import (
     privleak,
     rouge_l_recall,
 )
-from loka.metrics import text_token_log_probs
+from loka.metrics import score_facts, text_token_log_probs
 
 
 def _evaluation(forget: float, retain: float, auc: float) -> UnlearningEvaluation:
@@ -85,6 +85,9 @@ def test_original_against_oracle(tiny_testbed, tiny_models):
     labels = [1] * len(members) + [0] * len(others)
     assert ev.membership_inference_auc == pytest.approx(roc_auc_score(labels, scores))
     assert ev.membership_inference_auc > 0.9 and abs(ref.membership_inference_auc - 0.5) < 0.2
+    # the answer-only LOSS attack: mean log-prob of the target tokens given the prompt
+    per_token = [s.log_prob / s.n_target_tokens for s in (score_facts(model, k) for k in (tb.forget, tb.holdout))]
+    assert ev.mia_aucs["loss_answer"] == pytest.approx(roc_auc_score(labels, torch.cat(per_token).numpy()))
     assert ev.privleak > 50
     # memorised passages are extracted verbatim by the original only
     assert ev.extraction.exact_match == 1.0 and ref.extraction.exact_match == 0.0
