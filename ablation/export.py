@@ -63,6 +63,8 @@ _TOKENIZER_PATTERNS = (
     "spiece.model",
     "chat_template.*",
 )
+GENERATION_FILE = "generation_config.json"
+_HOOK_FLAGS = ("output_attentions", "output_hidden_states", "return_dict_in_generate")
 _UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -187,9 +189,24 @@ def _write_weights(model: Any, tmp: Path, dirs: list[Path]) -> None:
     if "output_attentions" not in source_config:
         config.pop("output_attentions", None)  # set by TransformerLens for its hooks, not part of the model
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _fix_generation_config(tmp / GENERATION_FILE, dirs)
     unsafe = [p.name for p in tmp.iterdir() if p.suffix in _UNSAFE_SUFFIXES]
     if unsafe:
         raise RuntimeError(f"refusing to export pickle-based weight files {unsafe}; loka writes safetensors only")
+
+
+def _fix_generation_config(path: Path, dirs: list[Path]) -> None:
+    """The source's generation config when it has one; else the written one without the flags
+    TransformerLens switches on for its hooks (with them, ``generate()`` returns an output object
+    with attentions instead of token ids)."""
+    source = next((d / GENERATION_FILE for d in dirs if (d / GENERATION_FILE).is_file()), None)
+    if source is not None:
+        shutil.copyfile(source, path)
+    elif path.is_file():
+        config = json.loads(path.read_text())
+        for key in _HOOK_FLAGS:
+            config.pop(key, None)
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _write_tokenizer(model: Any, tokenizer: Any, tmp: Path, dirs: list[Path]) -> str:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # names for type checkers and IDEs; at run time __getattr__ imports them
     from loka import testbed  # noqa: F401
+    from loka.comparison import Comparison, compare  # noqa: F401
     from loka.components import Component  # noqa: F401
     from loka.data import Fact, FactBatch, KnowledgeSet, load_tofu  # noqa: F401
-    from loka.comparison import Comparison, compare  # noqa: F401
     from loka.evaluation import UnlearningEvaluation, evaluate  # noqa: F401
     from loka.methods import UnlearningResult, unlearn  # noqa: F401
     from loka.models import ModelFingerprint, fingerprint, load_model  # noqa: F401

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 import attribution
 from ablation import AblationMask, bake, random_edit_like
 from loka.data import KnowledgeSet
@@ -232,7 +234,7 @@ def compare(
             model, forget, method="grad_x_act", baseline="corrupt", direction="denoise", positions="last",
             seed=seed, progress=progress,
         )  # fmt: skip
-    for name in methods:
+    for name in tqdm(methods, desc="compare: methods", disable=not progress, leave=False):
         logger.info("running %s", name)
         start = time.perf_counter()
         result = unlearn(model, forget, retain, method=name, seed=seed, progress=progress, **options.get(name, {}))

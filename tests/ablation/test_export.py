@@ -59,6 +59,19 @@ def test_plain_transformers_reloads_the_baked_logits(exported: Path, baked: Tran
         torch.testing.assert_close(reloaded(ids).logits, logits(baked, ids), atol=PARITY, rtol=0)
 
 
+def test_generate_returns_token_ids(exported: Path, checkpoint: Path, ids: Tensor) -> None:
+    """No TransformerLens flag leaks into generation_config.json (generate() would return an object)."""
+    generation = exported / "generation_config.json"
+    if (checkpoint / "generation_config.json").is_file():
+        assert generation.read_bytes() == (checkpoint / "generation_config.json").read_bytes()
+    if generation.is_file():
+        config = json.loads(generation.read_text())
+        assert not any(config.get(flag) for flag in ("output_attentions", "return_dict_in_generate"))
+    reloaded = AutoModelForCausalLM.from_pretrained(exported).eval()
+    out = reloaded.generate(ids[:1], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert isinstance(out, Tensor) and out.shape == (1, ids.shape[1] + 3)
+
+
 def test_tied_embeddings_stay_tied(exported: Path, checkpoint: Path) -> None:
     reloaded = AutoModelForCausalLM.from_pretrained(exported)
     source = json.loads((checkpoint / "config.json").read_text())
