@@ -266,6 +266,29 @@ def _demo(args: argparse.Namespace) -> int:
     return _compare(args)
 
 
+def _tofu(args: argparse.Namespace) -> int:
+    from loka.benchmarks import tofu
+    from loka.comparison import check_output_dir
+
+    out = Path(args.out).expanduser()
+    check_output_dir(out, overwrite=args.overwrite, marker="tofu.json")
+    options: dict[str, dict[str, Any]] = {}
+    for key, value in args.option or []:
+        method, dot, name = key.partition(".")
+        if not dot or method not in args.methods:
+            raise UserError(f"--option {key}: name it METHOD.OPTION with METHOD one of {args.methods}")
+        options.setdefault(method, {})[name] = value
+    report = tofu.run(
+        args.split, n_retain_authors=args.retain_authors, size=args.size, data_dir=args.data_dir,
+        cache_dir=args.cache_dir, methods=args.methods, method_options=options, progress=_progress(args),
+        seed=args.seed,
+    )  # fmt: skip
+    report.save(out)
+    print(report.table())
+    print(f"\nreport: {out / 'tofu.html'} (numbers in {out / 'tofu.json'})")
+    return 0
+
+
 def _read_updates(path: str) -> tuple[Any, dict[str, str]]:
     from loka.data import KnowledgeSet
 
@@ -474,6 +497,26 @@ def _parser() -> argparse.ArgumentParser:
         _demo,
     )
     compare_options(demo, DEMO_OUT)
+
+    tf = command(
+        "tofu",
+        "TOFU scaled to a CPU: train the original and retain models, unlearn, print TOFU's table",
+        "loka tofu --split forget01 --data-dir ../shared/data/tofu --out tofu-forget01/",
+        _tofu,
+    )
+    tf.add_argument("--split", choices=("forget01", "forget05", "forget10"), default="forget01")
+    tf.add_argument("--retain-authors", type=int, help="other authors both models train on (default: the size preset)")
+    tf.add_argument("--size", choices=("default", "tiny"), default="default")
+    tf.add_argument("--data-dir", help="TOFU's JSONL files (default: $LOKA_TOFU_DIR)")
+    tf.add_argument("--cache-dir", help="where the trained models are kept (default: $LOKA_CACHE_DIR/tofu)")
+    tf.add_argument(
+        "--methods", nargs="+", default=["loka", "gradient_ascent", "task_vector"],
+        choices=("loka", "gradient_ascent", "task_vector"), metavar="METHOD",
+    )  # fmt: skip
+    tf.add_argument("--option", action="append", type=_option, metavar="METHOD.KEY=VALUE")
+    tf.add_argument("--seed", type=int, default=0)
+    tf.add_argument("--out", default="loka-tofu", help="directory for tofu.json and tofu.html")
+    overwrite(tf)
 
     upd = command(
         "update",

@@ -203,3 +203,24 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tiny_testbed, files, t
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+ROOT = Path(__file__).resolve().parents[2]
+TOFU_DIR = next(
+    (d for d in (ROOT / "shared/data/tofu", ROOT.parent / "shared/data/tofu") if (d / "full.jsonl").is_file()), None
+)
+
+
+@pytest.mark.skipif(TOFU_DIR is None, reason="TOFU data not found beside the repository")
+def test_tofu_prints_the_table_and_writes_the_report(tmp_path, capsys):
+    code, out, _ = run(
+        capsys, "tofu", "--size", "tiny", "--data-dir", TOFU_DIR, "--cache-dir", tmp_path / "cache",
+        "--methods", "gradient_ascent", "--option", "gradient_ascent.epochs=1", "--out", tmp_path / "tofu",
+    )  # fmt: skip
+    assert code == 0
+    assert "forget quality" in out and "gradient_ascent" in out and "retain" in out
+    data = json.loads((tmp_path / "tofu" / "tofu.json").read_text())
+    assert "gradient_ascent" in json.dumps(data)
+    assert (tmp_path / "tofu" / "tofu.html").is_file()
+    code, _, err = run(capsys, "tofu", "--size", "tiny", "--data-dir", TOFU_DIR, "--out", tmp_path / "tofu")
+    assert code == 2 and "pass --overwrite" in err

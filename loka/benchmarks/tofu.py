@@ -1,0 +1,971 @@
+"""TOFU on a CPU: the benchmark unlearning papers report, scaled down, with its own metrics.
+
+TOFU (Maini et al. 2024, "TOFU: A Task of Fictitious Unlearning for LLMs", arXiv:2401.06121)
+fine-tunes a model on 200 fictitious authors x 20 QA pairs, asks a method to forget the last 2,
+10 or 20 authors (``forget01`` / ``forget05`` / ``forget10``), and compares the result with a
+*retain model* trained on everything except those authors. Its table has two headline numbers:
+
+- **forget quality**: the KS-test p-value between the forget-set truth ratios of the unlearned
+  model and of the retain model (high = indistinguishable from never having seen the authors);
+- **model utility**: the harmonic mean of probability, ROUGE-L and truth ratio on the retain
+  authors, on real authors and on world facts (nine numbers; see :mod:`loka.benchmarks.tofu_metrics`).
+
+Here the protocol is scaled to a CPU. A pretrained LLM cannot be fine-tuned on two cores, so
+:func:`run` trains a small GPT-2 *from scratch* (the testbed's recipe: :mod:`loka.testbed.training`)
+on the forget split's authors, the first ``n_retain_authors`` other authors and the real-authors
+and world-facts QA (the *original*), and the same recipe with the same seed on the same data minus
+the forget authors (the *retain model*). Both are cached as Hugging Face directories under
+``$LOKA_CACHE_DIR/tofu`` (else ``~/.cache/loka/tofu``), named by a hash of the whole config and
+the data files' hashes, so a second run skips training. Each method then unlearns through
+:func:`loka.methods.unlearn` (forget = the forget authors' QA; retain = the retain authors' QA; for
+``"loka"`` the reference set is the holdout authors', as ``bench/compare_methods.py`` does), and
+every model is scored the same way:
+
+| column | set | definition |
+|---|---|---|
+| forget quality | forget | KS p-value of truth ratios vs the retain model |
+| model utility | retain, real authors, world facts | hmean of 9 numbers |
+| forget ROUGE-L | forget | ROUGE-L recall of the greedy answer |
+| forget prob. | forget | mean of ``exp(-nll)`` of the answer |
+| forget TR | forget | ``mean(min(R, 1/R))`` |
+| MIA AUC | forget vs holdout | LOSS attack (Yeom et al. 2018), sklearn's ROC AUC |
+
+What differs from the paper: models trained from scratch never reach a pretrained model's
+fluency, so absolute numbers (real authors and world facts above all: the model knows only the QA
+it was trained on) are not comparable with the paper's Llama/Phi numbers; the *relations* between
+rows are what the benchmark measures. The retain set of the utility is TOFU's ``retain_perturbed``
+(authors 0-19, which carry paraphrased and perturbed answers) restricted to the trained retain
+authors. Questions are read through ``"Question: {question}\\nAnswer:"`` (no chat template).
+ROUGE-L has no stemming (see :func:`loka.benchmarks.tofu_metrics.rouge_l`).
+
+Sizes (``size=``), with wall times measured on 2 CPU cores shared with other jobs (load 2-5):
+
+- ``"default"``: a 4-layer GPT-2 (d_model 128, d_mlp 512, vocab 2048 byte-level BPE trained on the
+  run's texts, n_ctx 512; 1.1M parameters) trained on the 2 / 10 / 20 forget authors, 10 retain
+  authors and all 100 real-authors + 117 world-facts QA (457 QA for forget01), 30 epochs, batch 32,
+  lr 3e-3, loss on every token. forget01: the two models train in parallel in about 6 min (13 min
+  on a busier machine); gradient ascent and task vector take seconds, LOKA (its default
+  ``edit="finetune"``) about 8 min, scoring one model about 20 s; the whole run about 15 min, 9 once
+  the models are cached. The original model answers its training QA (greedy ROUGE-L recall 0.95
+  on forget and on retain) and the retain model does not know the forget authors (0.04).
+  Timings and the table: ``python bench/tofu.py``.
+- ``"tiny"`` (tests): a 2-layer GPT-2 (d_model 64, vocab 1024), 2 retain authors, 10 real-authors
+  and 10 world-facts QA, 8 epochs, trained in this process; it learns little (ROUGE-L near 0),
+  which is enough to check the plumbing; about 15 s to build.
+
+Every method runs with its own defaults unless ``method_options`` says otherwise; each gets the
+same validation split (a fifth of the retain authors, held out of its training retain set).
+
+>>> report = run("forget01")               # doctest: +SKIP
+>>> print(report.table())                  # doctest: +SKIP
+>>> report.save("out/tofu")                # doctest: +SKIP  (tofu.json + tofu.html)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from loka.benchmarks import tofu_metrics as tm
+from loka.data import Fact, KnowledgeSet, load_tofu
+from loka.methods import unlearn
+from loka.metrics import score_facts, text_token_log_probs
+from loka.models import hf_model, load_model, plain_copy, quiet_transformers
+from loka.testbed import default_cache_dir
+from loka.testbed.training import ModelConfig, TrainConfig, train_model, train_tokenizer
+
+__all__ = [
+    "SPLITS",
+    "SIZES",
+    "METHODS",
+    "TofuConfig",
+    "TofuData",
+    "TofuScores",
+    "TofuReport",
+    "EvalSet",
+    "author_name",
+    "make_config",
+    "load_data",
+    "evaluate_model",
+    "run",
+    "cache_dir_default",
+]
+
+logger = logging.getLogger(__name__)
+
+Split = Literal["forget01", "forget05", "forget10"]
+Size = Literal["default", "tiny"]
+MethodName = Literal["loka", "gradient_ascent", "task_vector"]
+SPLITS: tuple[Split, ...] = ("forget01", "forget05", "forget10")
+SIZES: tuple[Size, ...] = ("default", "tiny")
+METHODS: tuple[MethodName, ...] = ("loka", "gradient_ascent", "task_vector")
+RECIPE_VERSION = 1  # bump when the recipe changes in a way the config does not capture
+
+N_AUTHORS = 200
+QA_PER_AUTHOR = 20
+N_PERTURBED_AUTHORS = 20  # retain_perturbed covers authors 0-19
+TEMPLATE = "Question: {question}\nAnswer:"
+_N_FORGET_AUTHORS = {"forget01": 2, "forget05": 10, "forget10": 20}
+_HOLDOUT = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
+_FILES = (
+    "full",
+    "forget01_perturbed",
+    "forget05_perturbed",
+    "forget10_perturbed",
+    "retain_perturbed",
+    "real_authors_perturbed",
+    "world_facts_perturbed",
+    "holdout01",
+    "holdout05",
+    "holdout10",
+)
+
+
+def cache_dir_default() -> Path:
+    """``$LOKA_CACHE_DIR/tofu`` if set, else ``~/.cache/loka/tofu`` (the testbed cache's sibling)."""
+    return default_cache_dir().parent / "tofu"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TofuConfig:
+    """Everything that determines the two trained models; its hash names the cache directory.
+
+    ``n_utility`` is how many real-authors and how many world-facts questions are used (the
+    first ones of each; ``None``: all 100 and 117). ``data`` holds the SHA-256 of each data file.
+    """
+
+    split: Split
+    n_retain_authors: int
+    n_utility: int | None
+    model: ModelConfig
+    train: TrainConfig
+    vocab_size: int
+    template: str = TEMPLATE
+    data: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def n_forget_authors(self) -> int:
+        return _N_FORGET_AUTHORS[self.split]
+
+    @property
+    def forget_authors(self) -> tuple[int, ...]:
+        return tuple(range(N_AUTHORS - self.n_forget_authors, N_AUTHORS))
+
+    @property
+    def retain_authors(self) -> tuple[int, ...]:
+        return tuple(range(self.n_retain_authors))
+
+    def key(self) -> str:
+        blob = json.dumps({"recipe": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "default": dict(
+        n_retain_authors=10,
+        n_utility=None,
+        model=ModelConfig(n_layers=4, d_model=128, n_heads=4, d_mlp=512, vocab_size=2048, n_ctx=512),
+        train=TrainConfig(epochs=30, batch_size=32, lr=3e-3, passage_repeats=1),
+        vocab_size=2048,
+    ),
+    "tiny": dict(
+        n_retain_authors=2,
+        n_utility=10,
+        model=ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, vocab_size=1024, n_ctx=512),
+        train=TrainConfig(epochs=8, batch_size=16, lr=5e-3, passage_repeats=1),
+        vocab_size=1024,
+    ),
+}
+
+
+def _data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
+    if data_dir is None:
+        data_dir = os.environ.get("LOKA_TOFU_DIR")
+        if not data_dir:
+            raise ValueError("no TOFU data directory: pass data_dir= or set LOKA_TOFU_DIR to a directory of TOFU JSONL")
+    path = Path(data_dir)
+    missing = [f"{name}.jsonl" for name in _FILES if not (path / f"{name}.jsonl").is_file()]
+    if not path.is_dir() or missing:
+        what = "does not exist" if not path.is_dir() else f"lacks {', '.join(missing)}"
+        raise ValueError(
+            f"TOFU data directory {str(path)!r} {what}; it must hold TOFU's JSONL files ({_FILES[0]}.jsonl, ...)"
+        )
+    return path
+
+
+def _file_hashes(directory: Path) -> tuple[tuple[str, str], ...]:
+    out = []
+    for name in _FILES:
+        with (directory / f"{name}.jsonl").open("rb") as f:
+            out.append((name, hashlib.file_digest(f, "sha256").hexdigest()))
+    return tuple(out)
+
+
+def make_config(
+    split: str, *, n_retain_authors: int | None = None, size: str = "default", seed: int = 0, data_hashes: Any = ()
+) -> TofuConfig:
+    """The config of a run, with every argument checked (ValueError says what is allowed)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown TOFU split {split!r}; choose one of {', '.join(SPLITS)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    preset = dict(_PRESETS[size])
+    most = N_AUTHORS - _N_FORGET_AUTHORS[split]
+    if n_retain_authors is None:
+        n_retain_authors = preset["n_retain_authors"]
+    if not isinstance(n_retain_authors, int) or isinstance(n_retain_authors, bool) or not 1 <= n_retain_authors <= most:
+        raise ValueError(f"n_retain_authors must be an integer from 1 to {most} for {split}, got {n_retain_authors!r}")
+    preset.update(n_retain_authors=n_retain_authors, train=replace(preset["train"], seed=seed))
+    return TofuConfig(split=split, data=tuple(data_hashes), **preset)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalSet:
+    """The questions of one TOFU evaluation set, with everything its metrics read.
+
+    ``paraphrased`` is the paraphrased answer (forget, retain) or the answer itself (real authors,
+    world facts, as TOFU does); ``perturbed`` holds the wrong answers, the same number per question.
+    """
+
+    name: str
+    questions: tuple[str, ...]
+    answers: tuple[str, ...]
+    paraphrased: tuple[str, ...]
+    perturbed: tuple[tuple[str, ...], ...]
+    normalized_probability: bool  # TOFU normalises p over the options on real authors / world facts
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+
+@dataclass(frozen=True)
+class TofuData:
+    """The knowledge sets and evaluation sets of one configuration."""
+
+    forget: KnowledgeSet  # forget authors' QA (the set the methods forget)
+    retain: KnowledgeSet  # retain authors' QA (what the methods keep)
+    utility: KnowledgeSet  # real authors + world facts QA that both models train on
+    holdout: KnowledgeSet  # QA of authors never trained on (MIA non-members, LOKA's reference)
+    evals: Mapping[str, EvalSet]  # "forget", "retain", "real_authors", "world_facts"
+
+    def training_pairs(self, which: Literal["original", "retain"]) -> list[tuple[str, str]]:
+        """(prompt, answer) pairs the model trains on; the answer carries its joining space."""
+        sets = (self.forget, self.retain, self.utility) if which == "original" else (self.retain, self.utility)
+        return [(f.prompt, f.text[len(f.prompt) :]) for ks in sets for f in ks]
+
+    def all_text(self) -> list[str]:
+        """Every text that will be tokenized (the tokenizer is trained on it)."""
+        texts = [f.text for ks in (self.forget, self.retain, self.utility, self.holdout) for f in ks]
+        for ev in self.evals.values():
+            texts += list(ev.questions) + list(ev.paraphrased) + [p for ps in ev.perturbed for p in ps]
+        return texts
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+_QUESTION_WORDS = frozenset(
+    "What When Which How Can Who In Is Has Does Did The Where Why Could Are Was Have Do Would Author Apart "
+    "Besides Aside Given Tell Please For Beyond Outside Other Considering Regarding As On With To From "
+    "Describe Name Of Were A An Any Might Will Should Since Within".split()
+)
+
+
+def _word(token: str) -> str:
+    token = token.rstrip('?,:;!"')
+    if len(token) > 2 and token.endswith("."):  # a full stop, not an initial ("Q.")
+        token = token[:-1]
+    for suffix in ("'s", "\u2019s"):
+        if token.endswith(suffix):
+            token = token[: -len(suffix)]
+    return token
+
+
+def author_name(questions: Sequence[str]) -> str | None:
+    """The author a block of TOFU questions is about: the longest capitalised phrase (up to 6
+    words, e.g. ``"Elsie Marais Van der Westhuizen"``) found in at least half as many questions
+    as the most frequent one. ``None`` when no phrase occurs in 5 questions or more."""
+    counts: dict[str, int] = {}
+    for question in questions:
+        words = [_word(w) for w in question.split()]
+        seen = set()
+        for i, first in enumerate(words):
+            if not first.lstrip('("')[:1].isupper() or first in _QUESTION_WORDS:
+                continue
+            for j in range(i + 1, min(len(words), i + 6) + 1):
+                phrase = " ".join(words[i:j])
+                if words[j - 1].lstrip('("')[:1].isupper() and phrase in question:
+                    seen.add(phrase)
+        for phrase in seen:
+            counts[phrase] = counts.get(phrase, 0) + 1
+    if not counts or max(counts.values()) < 5:
+        return None
+    top = max(counts.values())
+    return max((p for p, c in counts.items() if 2 * c >= top), key=lambda p: (len(p.split()), counts[p], p))
+
+
+def _with_subjects(knowledge: KnowledgeSet, rows: Sequence[Mapping[str, Any]]) -> KnowledgeSet:
+    """Give every fact a subject that occurs in its prompt: its author's name (see
+    :func:`author_name`), or, for a question that describes the author without naming them
+    ("the author born in Kuwait City ... on 08/09/1956"), the whole question."""
+    facts = []
+    for start in range(0, len(rows), QA_PER_AUTHOR):
+        block = rows[start : start + QA_PER_AUTHOR]
+        name = author_name([r["question"] for r in block])
+        for fact, row in zip(knowledge.facts[start : start + QA_PER_AUTHOR], block, strict=True):
+            subject = name if name is not None and name in row["question"] else row["question"]
+            facts.append(replace(fact, subject=subject))
+    return KnowledgeSet(tuple(facts), name=knowledge.name)
+
+
+def _eval_set(name: str, rows: Sequence[Mapping[str, Any]], *, paraphrased: bool) -> EvalSet:
+    counts = {len(r["perturbed_answer"]) for r in rows}
+    if len(counts) != 1:
+        raise ValueError(f"TOFU {name}: every question must have the same number of perturbed answers, got {counts}")
+    return EvalSet(
+        name=name,
+        questions=tuple(r["question"] for r in rows),
+        answers=tuple(r["answer"] for r in rows),
+        paraphrased=tuple(r["paraphrased_answer"] if paraphrased else r["answer"] for r in rows),
+        perturbed=tuple(tuple(r["perturbed_answer"]) for r in rows),
+        normalized_probability=not paraphrased,
+    )
+
+
+def load_data(config: TofuConfig, data_dir: str | os.PathLike[str]) -> TofuData:
+    """Read the sets of ``config`` from a directory of TOFU JSONL files (see its README)."""
+    directory = _data_dir(data_dir)
+    template = config.template
+    full_rows = _read(directory / "full.jsonl")
+    if len(full_rows) != N_AUTHORS * QA_PER_AUTHOR:
+        raise ValueError(f"TOFU full.jsonl must have {N_AUTHORS * QA_PER_AUTHOR} rows, got {len(full_rows)}")
+    full = _with_subjects(load_tofu(directory, "full", template=template), full_rows)
+    forget_ids = {f"tofu/a{a:03d}/" for a in config.forget_authors}
+    retain_ids = {f"tofu/a{a:03d}/" for a in config.retain_authors}
+    forget = full.filter(lambda f: f.id[:10] in forget_ids, name=f"tofu-{config.split}")
+    retain = full.filter(lambda f: f.id[:10] in retain_ids, name="tofu-retain")
+
+    holdout_name = _HOLDOUT[config.split]
+    holdout_rows = _read(directory / f"{holdout_name}.jsonl")
+    holdout = _with_subjects(load_tofu(directory, holdout_name, template=template), holdout_rows)
+
+    n = config.n_utility
+    utility_facts: list[Fact] = []
+    evals: dict[str, EvalSet] = {}
+    for name in ("real_authors", "world_facts"):
+        rows = _read(directory / f"{name}_perturbed.jsonl")[:n]
+        utility_facts += [
+            Fact(f"tofu/{name}/{i:03d}", template.format(question=r["question"]), r["answer"])
+            for i, r in enumerate(rows)
+        ]
+        evals[name] = _eval_set(name, rows, paraphrased=False)
+    utility = KnowledgeSet(tuple(utility_facts), name="tofu-utility")
+
+    forget_rows = _read(directory / f"{config.split}_perturbed.jsonl")
+    same = [(r["question"], r["answer"]) for r in forget_rows] == [
+        (r["question"], r["answer"]) for r in full_rows[len(full_rows) - len(forget) :]
+    ]
+    if not same:
+        raise ValueError(f"TOFU {config.split}_perturbed.jsonl does not match the last authors of full.jsonl")
+    evals["forget"] = _eval_set("forget", forget_rows, paraphrased=True)
+    retain_rows = _read(directory / "retain_perturbed.jsonl")
+    n_eval = min(config.n_retain_authors, N_PERTURBED_AUTHORS) * QA_PER_AUTHOR
+    evals["retain"] = _eval_set("retain", retain_rows[:n_eval], paraphrased=True)
+    return TofuData(forget=forget, retain=retain, utility=utility, holdout=holdout, evals=evals)
+
+
+# --------------------------------------------------------------------------------------------
+# Building (training) the two models, cached
+# --------------------------------------------------------------------------------------------
+def _build(config: TofuConfig, data: TofuData, root: Path, *, progress: bool, workers: bool = True) -> None:
+    """Train the original and the retain model at once, each in its own single-threaded worker
+    process (``python -m loka.testbed.worker``), in a temporary directory renamed into place.
+    ``workers=False`` trains them one after the other in this process (for tiny models, where
+    starting two interpreters costs more than the training)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    jobs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        tokenizer = train_tokenizer(data.all_text(), config.vocab_size)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        longest = max(len(tokenizer(t)["input_ids"]) for t in data.all_text()) + 2  # BOS and EOS
+        if longest > config.model.n_ctx:
+            raise ValueError(f"a TOFU text is {longest} tokens, longer than n_ctx={config.model.n_ctx}")
+        if not workers:
+            _train_here(config, data, tmp, progress=progress)
+        for position, name in enumerate(("original", "retain") if workers else ()):
+            job = tmp / f"{name}.job.json"
+            job.write_text(
+                json.dumps(
+                    {
+                        "facts": data.training_pairs(name),  # type: ignore[arg-type]
+                        "passages": [],
+                        "model": asdict(config.model),
+                        "train": asdict(config.train),
+                        "tokenizer": str(tmp / "tokenizer"),
+                        "out": str(tmp / name),
+                        "progress": progress,
+                        "position": position,
+                        "desc": f"TOFU {name} model",
+                    }
+                )
+            )
+            with (tmp / f"{name}.stderr").open("wb") as log:
+                jobs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "loka.testbed.worker", str(job)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=None if progress else log,
+                )
+        logs = {}
+        for name in ("original", "retain") if not workers else ():
+            logs[name] = json.loads((tmp / name / "train_log.json").read_text())
+        for name, process in jobs.items():
+            if process.wait() != 0:
+                tail = (tmp / f"{name}.stderr").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"training the TOFU {name} model failed (exit {process.returncode}):\n{tail}")
+            logs[name] = json.loads((tmp / name / "train_log.json").read_text())
+            (tmp / f"{name}.job.json").unlink()
+            (tmp / f"{name}.stderr").unlink()
+        shutil.rmtree(tmp / "tokenizer")
+        info = {
+            "config": asdict(config),
+            "recipe_version": RECIPE_VERSION,
+            "build_seconds": round(time.perf_counter() - start, 2),
+            "training": logs,
+            "n_training_qa": {
+                "original": len(data.training_pairs("original")),
+                "retain": len(data.training_pairs("retain")),
+            },
+        }
+        (tmp / "build.json").write_text(json.dumps(info, indent=2))
+        if root.exists():  # another process finished first; keep its copy
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, root)
+    except BaseException:
+        for process in jobs.values():
+            process.kill()
+            process.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("built TOFU models %s in %.1f s", root, time.perf_counter() - start)
+
+
+def _train_here(config: TofuConfig, data: TofuData, directory: Path, *, progress: bool) -> None:
+    """What the worker does (train, save, write train_log.json), in this process."""
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
+    for position, name in enumerate(("original", "retain")):
+        model, log = train_model(
+            data.training_pairs(name),  # type: ignore[arg-type]
+            [],
+            tokenizer,
+            config.model,
+            config.train,
+            progress=progress,
+            desc=f"TOFU {name} model",
+            position=position,
+        )
+        model.save_pretrained(directory / name)
+        tokenizer.save_pretrained(directory / name)
+        summary = {"steps": log.steps, "seconds": round(log.seconds, 2), "final_loss": round(log.epoch_losses[-1], 4)}
+        (directory / name / "train_log.json").write_text(json.dumps(summary))
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring one model
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TofuScores:
+    """TOFU's numbers for one model (see :mod:`loka.benchmarks.tofu_metrics` for definitions).
+
+    ``forget_quality`` is None until a retain model's truth ratios are given; ``utility`` holds
+    the nine numbers of the model utility (``"retain/probability"``, ...); ``forget_truth_ratios``
+    the per-question ``R`` on the forget set (what the KS test compares); ``seconds`` the
+    method's wall time (training time for the original and the retain model).
+    """
+
+    name: str
+    model_utility: float
+    forget_rouge_l: float
+    forget_probability: float
+    forget_truth_ratio: float
+    mia_auc: float
+    utility: Mapping[str, float]
+    mia_aucs: Mapping[str, float]
+    forget_truth_ratios: tuple[float, ...]
+    forget_quality: float | None = None
+    seconds: float | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def retain_rouge_l(self) -> float:
+        return self.utility["retain/rouge_l"]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["utility"] = dict(self.utility)
+        out["mia_aucs"] = dict(self.mia_aucs)
+        out["forget_truth_ratios"] = list(self.forget_truth_ratios)
+        out["config"] = _jsonable(self.config)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TofuScores:
+        values = dict(data)
+        values["forget_truth_ratios"] = tuple(values["forget_truth_ratios"])
+        return cls(**values)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, KnowledgeSet):
+        return f"KnowledgeSet({value.name!r}, {len(value)} facts)"
+    return repr(value)
+
+
+def _nll(model: Any, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], batch_size: int) -> np.ndarray:
+    """Mean per-token NLL of each answer given its prompt (BOS + prompt + " " + answer)."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(answers[i]))  # less padding
+    facts = tuple(Fact(f"q{i}", prompts[i], answers[i]) for i in order)
+    scores = score_facts(model, KnowledgeSet(facts), tokenizer=tokenizer, batch_size=batch_size)
+    nll = np.empty(len(order))
+    nll[order] = (-scores.log_prob / scores.n_target_tokens).double().numpy()
+    return nll
+
+
+@torch.no_grad()
+def _greedy(
+    model: Any, tokenizer: Any, prompts: Sequence[str], references: Sequence[str], batch_size: int
+) -> list[str]:
+    """Greedy answers (stopping at EOS), each up to its reference's length + 16 tokens."""
+    device = next(model.parameters()).device
+    n_ctx = hf_model(model).config.n_positions
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        rows = [[tokenizer.bos_token_id, *tokenizer(p, add_special_tokens=False)["input_ids"]] for p in chunk]
+        width = max(map(len, rows))
+        budget = max(len(tokenizer(" " + r)["input_ids"]) for r in references[start : start + batch_size]) + 16
+        budget = max(1, min(budget, n_ctx - width))
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        generated = hf_model(model).generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=budget,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        sequences = getattr(generated, "sequences", generated)  # a GenerateOutput in recent transformers
+        out += tokenizer.batch_decode(sequences[:, width:], skip_special_tokens=True)
+    return out
+
+
+def evaluate_model(
+    model: Any,
+    data: TofuData,
+    *,
+    tokenizer: Any = None,
+    name: str = "model",
+    template: str = TEMPLATE,
+    retain_model_ratios: Sequence[float] | None = None,
+    batch_size: int = 64,
+) -> TofuScores:
+    """Score one model (a TransformerBridge or an HF causal LM) on every TOFU set of ``data``.
+
+    ``retain_model_ratios`` (the retain model's ``forget_truth_ratios``) turns on forget quality.
+    """
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("this model has no tokenizer attached; pass tokenizer=...")
+    plain = plain_copy(model)  # an HF model: generate() and a faster forward than the bridge's hooks
+    utility: dict[str, float] = {}
+    forget: dict[str, Any] = {}
+    for set_name, ev in data.evals.items():
+        prompts = [template.format(question=q) for q in ev.questions]
+        k = len(ev.perturbed[0])
+        nll = _nll(plain, tokenizer, prompts, ev.answers, batch_size)
+        same = ev.paraphrased == ev.answers  # real authors / world facts: TOFU's "paraphrase" is the answer
+        para = nll if same else _nll(plain, tokenizer, prompts, ev.paraphrased, batch_size)
+        flat = [p for ps in ev.perturbed for p in ps]
+        pert = _nll(plain, tokenizer, [p for p in prompts for _ in range(k)], flat, batch_size).reshape(len(ev), k)
+        prob = tm.normalized_probability(nll, pert) if ev.normalized_probability else tm.answer_probability(nll)
+        ratios = tm.truth_ratio(para, pert)
+        answers = _greedy(plain, tokenizer, prompts, ev.answers, batch_size)
+        rouge = float(np.mean([tm.rouge_l(a, r) for a, r in zip(answers, ev.answers, strict=True)]))
+        if set_name == "forget":
+            forget = dict(probability=float(prob.mean()), rouge_l=rouge, ratios=ratios)
+        else:
+            utility[f"{set_name}/probability"] = float(prob.mean())
+            utility[f"{set_name}/rouge_l"] = rouge
+            utility[f"{set_name}/truth_ratio"] = tm.retain_truth_ratio(ratios)
+    members = text_token_log_probs(plain, data.forget, tokenizer=tokenizer, batch_size=batch_size)
+    others = text_token_log_probs(plain, data.holdout, tokenizer=tokenizer, batch_size=batch_size)
+    member_texts, other_texts = [f.text for f in data.forget], [f.text for f in data.holdout]
+    aucs = {a: tm.mia_auc(members, member_texts, others, other_texts, attack=a) for a in ("loss", "zlib", "min_k")}
+    ratios = forget["ratios"]
+    return TofuScores(
+        name=name,
+        model_utility=tm.model_utility(utility),
+        forget_rouge_l=forget["rouge_l"],
+        forget_probability=forget["probability"],
+        forget_truth_ratio=tm.forget_truth_ratio(ratios),
+        mia_auc=aucs["loss"],
+        utility=utility,
+        mia_aucs=aucs,
+        forget_truth_ratios=tuple(float(r) for r in ratios),
+        forget_quality=None if retain_model_ratios is None else tm.forget_quality(ratios, retain_model_ratios),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+_COLUMNS = (  # (title, attribute, format of the value)
+    ("forget quality", "forget_quality", "{:.2e}"),
+    ("utility", "model_utility", "{:.3f}"),
+    ("forget R-L", "forget_rouge_l", "{:.3f}"),
+    ("forget prob", "forget_probability", "{:.3f}"),
+    ("forget TR", "forget_truth_ratio", "{:.3f}"),
+    ("MIA AUC", "mia_auc", "{:.3f}"),
+    ("retain R-L", "retain_rouge_l", "{:.3f}"),
+)
+
+
+@dataclass(frozen=True)
+class TofuReport:
+    """TOFU's table for the original model, the retain model and each method.
+
+    ``models`` are in row order (original, retain, then the methods); ``info`` holds the
+    config, the cache directory, training logs and wall times.
+    """
+
+    split: str
+    size: str
+    n_retain_authors: int
+    seed: int
+    models: tuple[TofuScores, ...]
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> TofuScores:
+        for scores in self.models:
+            if scores.name == name:
+                return scores
+        raise KeyError(f"no model {name!r} in the report; rows are {[m.name for m in self.models]}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+    def table(self) -> str:
+        """TOFU's table as text: one row per model, plus each method's wall seconds."""
+        widths = [max(len(title), 9) + 2 for title, _, _ in _COLUMNS]
+        header = f"{'model':<16}" + "".join(f"{t:>{w}}" for (t, _, _), w in zip(_COLUMNS, widths, strict=True))
+        header += f"{'seconds':>10}"
+        lines = [
+            f"TOFU {self.split} ({self.size}: {len(self.info.get('forget_authors', [])) or '?'} forget authors, "
+            f"{self.n_retain_authors} retain authors, seed {self.seed})",
+            header,
+            "-" * len(header),
+        ]
+        for m in self.models:
+            cells = "".join(
+                f"{'-' if getattr(m, key) is None else fmt.format(getattr(m, key)):>{w}}"
+                for (_, key, fmt), w in zip(_COLUMNS, widths, strict=True)
+            )
+            seconds = f"{m.seconds:>10.1f}" if m.seconds is not None else f"{'-':>10}"
+            lines.append(f"{m.name:<16}{cells}{seconds}")
+        lines.append(
+            "forget quality: KS-test p-value, forget truth ratios vs the retain model's (higher = closer to it)\n"
+            "utility: hmean of prob., ROUGE-L and truth ratio on retain, real authors, world facts\n"
+            "R-L: ROUGE-L recall of the greedy answer; TR: truth ratio; MIA: LOSS attack, forget vs holdout authors\n"
+            "seconds: training (original, retain) or unlearning (methods)"
+        )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "benchmark": "TOFU (Maini et al. 2024), scaled to a CPU",
+            "split": self.split,
+            "size": self.size,
+            "n_retain_authors": self.n_retain_authors,
+            "seed": self.seed,
+            "models": [m.to_dict() for m in self.models],
+            "info": _jsonable(self.info),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TofuReport:
+        return cls(
+            split=data["split"],
+            size=data["size"],
+            n_retain_authors=data["n_retain_authors"],
+            seed=data["seed"],
+            models=tuple(TofuScores.from_dict(m) for m in data["models"]),
+            info=data.get("info", {}),
+        )
+
+    def plot(self) -> Any:
+        """TOFU's figure: model utility against forget quality (log scale), one point per model."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for m in self.models:
+            if m.forget_quality is None:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[max(m.forget_quality, 1e-300)],
+                    y=[m.model_utility],
+                    mode="markers+text",
+                    name=m.name,
+                    text=[m.name],
+                    textposition="top center",
+                    marker={"size": 12},
+                )
+            )
+        fig.update_layout(
+            title=f"TOFU {self.split}: model utility vs forget quality",
+            xaxis={"title": "forget quality (KS-test p-value, log scale)", "type": "log"},
+            yaxis={"title": "model utility"},
+            template="plotly_white",
+        )
+        return fig
+
+    def html(self) -> str:
+        """A self-contained HTML report: the table, the figure (plotly inlined) and the config."""
+        head = "".join(f"<th>{html.escape(t)}</th>" for t in ("model", *[c[0] for c in _COLUMNS], "seconds"))
+        rows = []
+        for m in self.models:
+            cells = [m.name] + ["-" if getattr(m, k) is None else fmt.format(getattr(m, k)) for _, k, fmt in _COLUMNS]
+            cells.append("-" if m.seconds is None else f"{m.seconds:.1f}")
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        utility_names = [f"{s}/{k}" for s in tm.UTILITY_SETS for k in tm.UTILITY_METRICS]
+        uhead = "".join(f"<th>{html.escape(n)}</th>" for n in ("model", *utility_names))
+        urows = [
+            "<tr>"
+            + f"<td>{html.escape(m.name)}</td>"
+            + "".join(f"<td>{m.utility[n]:.3f}</td>" for n in utility_names)
+            + "</tr>"
+            for m in self.models
+        ]
+        figure = self.plot().to_html(include_plotlyjs=True, full_html=False)
+        style = (
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+        )
+        return (
+            "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>TOFU {html.escape(self.split)}</title><style>{style}</style></head><body>"
+            f"<h1>TOFU {html.escape(self.split)} ({html.escape(self.size)}, "
+            f"{self.n_retain_authors} retain authors)</h1>"
+            f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+            "<h2>Model utility, its nine parts</h2>"
+            f"<table><tr>{uhead}</tr>{''.join(urows)}</table>"
+            f"{figure}"
+            f"<h2>Run</h2><pre>{html.escape(json.dumps(_jsonable(self.info), indent=1))}</pre>"
+            "</body></html>"
+        )
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``tofu.json`` and ``tofu.html`` into ``directory`` (created if needed); returns it."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tofu.json").write_text(json.dumps(self.to_dict(), indent=1))
+        (out / "tofu.html").write_text(self.html(), encoding="utf-8")
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# The protocol
+# --------------------------------------------------------------------------------------------
+def _author(fact: Fact) -> str:
+    return fact.id.rsplit("/", 1)[0]  # "tofu/a017/q03" -> "tofu/a017"
+
+
+def _validation_split(retain: KnowledgeSet, seed: int) -> tuple[KnowledgeSet, KnowledgeSet]:
+    """(retain the methods train on, retain that chooses their budget): a fifth of the retain
+    *authors* held out, as :func:`loka.methods.unlearn` does by default with subjects (the subjects
+    here are not one per author: an unnamed author's question is its own subject). With fewer
+    than 3 retain authors nothing can be held out, and both are the whole retain set."""
+    authors = sorted({_author(f) for f in retain})
+    n_validation = round(0.2 * len(authors))
+    if n_validation == 0:
+        return retain, retain
+    held_out = set(random.Random(seed).sample(authors, n_validation))
+    return (
+        retain.filter(lambda f: _author(f) not in held_out, name=f"{retain.name}/train"),
+        retain.filter(lambda f: _author(f) in held_out, name=f"{retain.name}/validation"),
+    )
+
+
+def run(
+    split: str = "forget01",
+    *,
+    n_retain_authors: int | None = None,
+    size: str = "default",
+    data_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    methods: Sequence[str] = METHODS,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> TofuReport:
+    """Run TOFU's protocol on a CPU-sized model and return its table (see the module docstring).
+
+    ``split``: ``"forget01"`` | ``"forget05"`` | ``"forget10"`` (2 / 10 / 20 forget authors).
+    ``n_retain_authors``: how many other authors (the first ones of ``full``) both models train
+    on (default: 20, or 2 for ``size="tiny"``; at most 200 minus the forget authors).
+    ``data_dir``: TOFU's JSONL files (default ``$LOKA_TOFU_DIR``). ``cache_dir``: where the trained
+    models are kept (default :func:`cache_dir_default`). ``methods``: any of ``"loka"``,
+    ``"gradient_ascent"``, ``"task_vector"``, in row order. ``method_options``: per-method options
+    passed to :func:`loka.methods.unlearn` (e.g. ``{"gradient_ascent": {"epochs": 5}}``).
+    """
+    start = time.perf_counter()
+    directory = _data_dir(data_dir)
+    config = make_config(split, n_retain_authors=n_retain_authors, size=size, seed=seed)
+    methods = tuple(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or len(set(methods)) != len(methods):
+        raise ValueError(f"methods must be distinct names among {', '.join(METHODS)}; got {list(methods)}")
+    method_options = dict(method_options or {})
+    stray = sorted(set(method_options) - set(methods))
+    if stray:
+        raise ValueError(f"method_options names method(s) {stray} that are not run; methods are {list(methods)}")
+    config = replace(config, data=_file_hashes(directory))
+    data = load_data(config, directory)
+    cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    root = cache / f"{size}-{split}-r{config.n_retain_authors}-{config.key()}"
+    built_now = not (root / "build.json").is_file()
+    if built_now:
+        _build(config, data, root, progress=progress, workers=size != "tiny")
+    build = json.loads((root / "build.json").read_text())
+    build_seconds = time.perf_counter() - start
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "original")
+    with quiet_transformers():
+        retain_model = AutoModelForCausalLM.from_pretrained(root / "retain").eval()
+        # LOKA reads the model through TransformerLens hooks; the other methods take a plain HF model
+        original = (
+            load_model(root / "original")
+            if "loka" in methods
+            else AutoModelForCausalLM.from_pretrained(root / "original").eval()
+        )
+    models: list[TofuScores] = []
+    timings: dict[str, float] = {}
+    bar = tqdm(total=2 + len(methods), disable=not progress, desc=f"TOFU {split}", leave=False)
+    t = time.perf_counter()
+    retain_scores = evaluate_model(retain_model, data, tokenizer=tokenizer, name="retain", template=config.template)
+    reference_ratios = retain_scores.forget_truth_ratios
+    retain_scores = replace(
+        retain_scores,
+        forget_quality=tm.forget_quality(reference_ratios, reference_ratios),
+        seconds=build["training"]["retain"]["seconds"],
+    )
+    timings["evaluate retain"] = time.perf_counter() - t
+    bar.update()
+    t = time.perf_counter()
+    original_scores = evaluate_model(
+        original,
+        data,
+        tokenizer=tokenizer,
+        name="original",
+        template=config.template,
+        retain_model_ratios=reference_ratios,
+    )
+    models += [replace(original_scores, seconds=build["training"]["original"]["seconds"]), retain_scores]
+    timings["evaluate original"] = time.perf_counter() - t
+    bar.update()
+    train_retain, validation = _validation_split(data.retain, seed)
+    for method in methods:
+        options = dict(method_options.get(method, {}))
+        if method == "loka":
+            options.setdefault("reference", data.holdout)
+        bar.set_postfix(method=method)
+        options.setdefault("validation", (data.forget, validation))
+        result = unlearn(
+            original,
+            data.forget,
+            train_retain,
+            method=method,
+            progress=False,
+            seed=seed,
+            tokenizer=tokenizer,
+            **options,
+        )
+        t = time.perf_counter()
+        scores = evaluate_model(
+            result.model,
+            data,
+            tokenizer=tokenizer,
+            name=method,
+            template=config.template,
+            retain_model_ratios=reference_ratios,
+        )
+        timings[f"evaluate {method}"] = time.perf_counter() - t
+        models.append(replace(scores, seconds=result.seconds, config=_jsonable(result.config)))
+        bar.update()
+    bar.close()
+    info = {
+        "config": asdict(config),
+        "cache_dir": str(root),
+        "data_dir": str(directory),
+        "forget_authors": list(config.forget_authors),
+        "validation_authors": sorted({_author(f) for f in validation}),
+        "n_qa": {
+            "forget": len(data.forget),
+            "retain": len(data.retain),
+            "utility": len(data.utility),
+            "holdout": len(data.holdout),
+            **{f"eval {k}": len(v) for k, v in data.evals.items()},
+        },
+        "training": build["training"],
+        "built_now": built_now,
+        "seconds": {
+            "build or load": round(build_seconds, 2),
+            **{k: round(v, 2) for k, v in timings.items()},
+            **{f"unlearn {m.name}": round(m.seconds, 2) for m in models[2:] if m.seconds is not None},
+            "total": round(time.perf_counter() - start, 2),
+        },
+    }
+    return TofuReport(
+        split=split, size=size, n_retain_authors=config.n_retain_authors, seed=seed, models=tuple(models), info=info
+    )

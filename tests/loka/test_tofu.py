@@ -1,0 +1,262 @@
+"""TOFU: the metrics on hand-made numbers (expected values worked out by hand), the data layout,
+the argument checks, and one tiny end-to-end run (2-layer model, cached per test session)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from loka.benchmarks import tofu
+from loka.benchmarks import tofu_metrics as tm
+from loka.data import Fact, KnowledgeSet
+from loka.methods import UnlearningResult
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tofu_dir() -> Path | None:
+    for candidate in (os.environ.get("LOKA_TOFU_DIR"), ROOT / "shared/data/tofu", ROOT.parent / "shared/data/tofu"):
+        if candidate and (Path(candidate) / "full.jsonl").is_file():
+            return Path(candidate)
+    return None
+
+
+DATA = _tofu_dir()
+needs_data = pytest.mark.skipif(DATA is None, reason="TOFU data not found (set LOKA_TOFU_DIR)")
+LN2 = math.log(2)
+
+
+# --- metrics, by hand -------------------------------------------------------------------------
+def test_answer_probability_is_exp_of_minus_mean_token_nll():
+    assert tm.answer_probability([0.0, LN2, 2 * LN2]) == pytest.approx([1.0, 0.5, 0.25])
+
+
+def test_normalized_probability_divides_by_all_options():
+    # p(answer) = 1/2, perturbed 1/4 and 1/8: 0.5 / (0.5 + 0.25 + 0.125) = 4/7
+    assert tm.normalized_probability([LN2], [[2 * LN2, 3 * LN2]]) == pytest.approx([4 / 7])
+
+
+def test_truth_ratio_is_perturbed_over_paraphrased_geometric_probability():
+    # P(para) = 1/2; perturbed NLLs ln4 and ln16 average to ln8, so P(pert) = 1/8; R = (1/8) / (1/2)
+    ratios = tm.truth_ratio([LN2, 0.0], [[2 * LN2, 4 * LN2], [LN2, LN2]])
+    assert ratios == pytest.approx([0.25, 0.5])
+
+
+def test_truth_ratio_aggregates():
+    ratios = [0.2, 1.5, 0.6]
+    # forget: min(R, 1/R) = 0.2, 2/3, 0.6
+    assert tm.forget_truth_ratio(ratios) == pytest.approx((0.2 + 2 / 3 + 0.6) / 3)
+    # retain: max(0, 1 - R) = 0.8, 0, 0.4
+    assert tm.retain_truth_ratio(ratios) == pytest.approx(0.4)
+
+
+def test_forget_quality_is_the_ks_p_value():
+    assert tm.forget_quality([0.1, 0.5, 0.9], [0.1, 0.5, 0.9]) == pytest.approx(1.0)
+    # fully separated samples of 3 and 3: D = 1, exact p = 2 / C(6, 3) = 0.1
+    assert tm.forget_quality([0.1, 0.2, 0.3], [0.7, 0.8, 0.9]) == pytest.approx(0.1)
+    # KS ranks only: R or 1/R give the same p-value
+    a, b = np.array([0.1, 0.4, 0.3, 2.0]), np.array([0.5, 3.0, 0.7, 0.2, 1.1])
+    assert tm.forget_quality(a, b) == pytest.approx(tm.forget_quality(1 / a, 1 / b))
+
+
+def _utility(values: list[float]) -> dict[str, float]:
+    names = [f"{s}/{m}" for s in tm.UTILITY_SETS for m in tm.UTILITY_METRICS]
+    return dict(zip(names, values, strict=True))
+
+
+def test_model_utility_is_the_harmonic_mean_of_nine():
+    assert tm.model_utility(_utility([0.5] * 9)) == pytest.approx(0.5)
+    # 9 / (8 * 1 + 1 / 0.1) = 9 / 18
+    assert tm.model_utility(_utility([1.0] * 8 + [0.1])) == pytest.approx(0.5)
+    assert tm.model_utility(_utility([1.0] * 8 + [0.0])) == 0.0
+    with pytest.raises(ValueError, match="nine values"):
+        tm.model_utility(_utility([0.5] * 9) | {"extra": 1.0})
+    with pytest.raises(ValueError, match="nine values"):
+        tm.model_utility({"retain/probability": 0.5})
+
+
+def test_rouge_l_normalises_case_and_punctuation():
+    # prediction words: the cat sat; reference: the cat sat on the mat -> LCS 3 of 6
+    assert tm.rouge_l("The cat, sat.", "the cat sat on the mat") == pytest.approx(0.5)
+    assert tm.rouge_l("Al-Kuwaiti was born.", "Al-Kuwaiti was born") == 1.0
+
+
+def test_mia_auc_counts_member_over_nonmember_pairs():
+    members = [torch.tensor([-1.0, -1.0]), torch.tensor([-2.0])]  # LOSS scores -1, -2
+    others = [torch.tensor([-3.0]), torch.tensor([-1.0, -2.0])]  # -3, -1.5
+    # pairs (member > non-member): -1>-3, -1>-1.5, -2>-3 yes; -2>-1.5 no -> 3/4
+    assert tm.mia_auc(members, ["a b", "c"], others, ["d", "e f"]) == pytest.approx(0.75)
+
+
+def test_metrics_reject_bad_shapes():
+    with pytest.raises(ValueError, match="shaped"):
+        tm.truth_ratio([0.1, 0.2], [[0.3, 0.4]])
+    with pytest.raises(ValueError, match="1-D"):
+        tm.answer_probability([])
+
+
+def test_author_name():
+    questions = [
+        "What genre does Jane Q. Doe write in?",
+        "Where was Jane Q. Doe born?",
+        "What is Jane Q. Doe's best book?",
+        "Has Jane Q. Doe won an award?",
+        "Which city inspired Jane Q. Doe in Paris?",
+        "What is the full name of the author born in Oslo?",
+    ]
+    assert tofu.author_name(questions) == "Jane Q. Doe"
+    assert tofu.author_name(questions[-1:]) is None
+
+
+# --- arguments and data ------------------------------------------------------------------------
+@needs_data
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"split": "forget02"}, "forget01, forget05, forget10"),
+        ({"n_retain_authors": 0}, "from 1 to 198"),
+        ({"n_retain_authors": 199}, "from 1 to 198"),
+        ({"split": "forget10", "n_retain_authors": 181}, "from 1 to 180"),
+        ({"n_retain_authors": 2.5}, "integer"),
+        ({"size": "huge"}, "default, tiny"),
+        ({"methods": ("loka", "finetune")}, "loka, gradient_ascent, task_vector"),
+        ({"methods": ("loka",), "method_options": {"task_vector": {}}}, "not run"),
+        ({"seed": -1}, "non-negative"),
+    ],
+)
+def test_run_rejects_bad_arguments(kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        tofu.run(**{"data_dir": DATA, "cache_dir": tmp_path, **kwargs})
+    assert not any(tmp_path.iterdir())  # nothing was trained
+
+
+def test_run_rejects_a_missing_data_dir(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="does not exist"):
+        tofu.run(data_dir=tmp_path / "nowhere", cache_dir=tmp_path)
+    (tmp_path / "some").mkdir()
+    with pytest.raises(ValueError, match="lacks full.jsonl"):
+        tofu.run(data_dir=tmp_path / "some", cache_dir=tmp_path)
+    monkeypatch.delenv("LOKA_TOFU_DIR", raising=False)
+    with pytest.raises(ValueError, match="LOKA_TOFU_DIR"):
+        tofu.run(cache_dir=tmp_path)
+
+
+@needs_data
+def test_load_data_follows_tofus_layout():
+    config = tofu.make_config("forget01", n_retain_authors=21, size="tiny")
+    data = tofu.load_data(config, DATA)
+    assert len(data.forget) == 40 and len(data.retain) == 21 * 20 and len(data.holdout) == 40
+    assert data.forget.ids[0] == "tofu/a198/q00"
+    # subjects: the author's name, or the whole question where it describes the author unnamed
+    assert data.forget[0].subject == data.evals["forget"].questions[0]  # "the author born in Kuwait City ..."
+    assert data.forget[1].subject == "Basil Mahfouz Al-Kuwaiti"
+    assert data.forget[39].subject == "Nikolai Abilov"
+    assert sum(f.subject in ("Basil Mahfouz Al-Kuwaiti", "Nikolai Abilov") for f in data.forget) >= 36
+    assert all(f.subject in f.prompt for ks in (data.forget, data.retain, data.holdout) for f in ks)
+    # evaluation sets: the forget split's questions in order; retain_perturbed only covers authors 0-19
+    assert [tofu.TEMPLATE.format(question=q) for q in data.evals["forget"].questions] == [f.prompt for f in data.forget]
+    assert len(data.evals["retain"]) == 20 * 20
+    assert len(data.evals["real_authors"]) == len(data.evals["world_facts"]) == 10  # tiny's n_utility
+    assert {len(p) for p in data.evals["forget"].perturbed} == {5}
+    assert data.evals["world_facts"].paraphrased == data.evals["world_facts"].answers
+    # the retain model never sees a forget author
+    assert not {p for p, _ in data.training_pairs("retain")} & {f.prompt for f in data.forget}
+    assert len(data.training_pairs("original")) == len(data.training_pairs("retain")) + 40
+
+
+# --- one tiny end-to-end run ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    """The tiny protocol with one real method (the others are wired in a test below)."""
+    if DATA is None:
+        pytest.skip("TOFU data not found (set LOKA_TOFU_DIR)")
+    torch.set_num_threads(1)
+    cache = tmp_path_factory.mktemp("tofu-cache")
+    report = tofu.run(
+        "forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("gradient_ascent",), progress=False
+    )
+    return report, cache
+
+
+def test_tiny_run_produces_tofus_table(tiny_report):
+    report, _ = tiny_report
+    assert report.names == ("original", "retain", "gradient_ascent")
+    retain = report["retain"]
+    assert retain.forget_quality == pytest.approx(1.0)
+    # the original trained on the forget authors, the retain model did not
+    assert report["original"].forget_probability > retain.forget_probability
+    assert report["original"].mia_auc > retain.mia_auc
+    for m in report.models:
+        assert m.model_utility == pytest.approx(tm.model_utility(m.utility))
+        assert m.forget_quality == pytest.approx(tm.forget_quality(m.forget_truth_ratios, retain.forget_truth_ratios))
+        assert m.forget_truth_ratio == pytest.approx(tm.forget_truth_ratio(m.forget_truth_ratios))
+        assert len(m.forget_truth_ratios) == 40
+        assert all(0 <= v <= 1 for v in m.utility.values())
+        assert 0 <= m.mia_auc <= 1 and 0 <= m.forget_rouge_l <= 1
+        assert m.seconds is not None and m.seconds > 0
+    assert report["gradient_ascent"].config["epochs"] == 10  # the method's own config is kept
+    text = report.table()
+    assert all(name in text for name in report.names)
+
+
+def test_tiny_run_saves_json_and_self_contained_html(tiny_report, tmp_path):
+    report, _ = tiny_report
+    out = report.save(tmp_path / "report")
+    data = json.loads((out / "tofu.json").read_text())
+    assert tofu.TofuReport.from_dict(data).models == report.models
+    page = (out / "tofu.html").read_text()
+    assert "<table>" in page and "Plotly" in page
+    assert 'src="http' not in page and "src='http" not in page
+
+
+def test_methods_get_tofus_sets_and_the_cache_is_reused(tiny_report, monkeypatch):
+    """Each method gets forget = the forget authors, retain = the retain authors, its options;
+    LOKA the holdout authors as reference. A second run trains nothing."""
+    report, cache = tiny_report
+    calls = []
+
+    def fake_unlearn(model, forget, retain, *, method, **options):
+        calls.append((method, forget, retain, options))
+        return UnlearningResult(model, method, {"fake": True}, 0.5)
+
+    monkeypatch.setattr(tofu, "unlearn", fake_unlearn)
+    again = tofu.run(
+        "forget01",
+        size="tiny",
+        data_dir=DATA,
+        cache_dir=cache,
+        methods=("loka",),
+        method_options={"loka": {"lams": (3.0,)}},
+        progress=False,
+    )
+    assert report.info["built_now"] and not again.info["built_now"]
+    assert again.names == ("original", "retain", "loka")
+    assert again["original"].forget_truth_ratios == pytest.approx(report["original"].forget_truth_ratios)
+    ((loka_method, forget, retain, loka_options),) = calls
+    assert loka_method == "loka"
+    assert forget.ids == tuple(f"tofu/a{a}/q{q:02d}" for a in (198, 199) for q in range(20))
+    assert len(retain) == 40 and not set(forget.ids) & set(retain.ids)
+    assert loka_options["reference"].ids[0] == "tofu/holdout/a000/q00"
+    assert set(loka_options) == {"lams", "reference", "validation", "tokenizer", "seed", "progress"}
+    assert loka_options["lams"] == (3.0,)
+    assert loka_options["validation"][1] is retain  # 2 retain authors: too few to hold a fifth out
+    assert again.info["validation_authors"] == ["tofu/a000", "tofu/a001"]
+    # an "unlearned" model that is the original scores exactly as the original
+    assert again["loka"].forget_quality == pytest.approx(again["original"].forget_quality)
+    assert again["loka"].seconds == 0.5 and again["loka"].config == {"fake": True}
+
+
+def test_validation_holds_out_a_fifth_of_the_retain_authors():
+    retain = KnowledgeSet(
+        tuple(Fact(f"tofu/a{a:03d}/q{q:02d}", "Q", "A", subject=f"s{a}{q}") for a in range(10) for q in range(3))
+    )
+    train, validation = tofu._validation_split(retain, seed=0)
+    held_out = {f.id[:9] for f in validation}
+    assert len(held_out) == 2 and len(validation) == 6 and len(train) == 24
+    assert not held_out & {f.id[:9] for f in train}
