@@ -75,6 +75,17 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 2,3), got {text!r}") from None
 
 
+def _method_options(given: list[tuple[str, Any]] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``--option METHOD.KEY=VALUE`` pairs as ``{method: {key: value}}``."""
+    options: dict[str, dict[str, Any]] = {}
+    for key, value in given or []:
+        method, dot, name = key.partition(".")
+        if not dot or method not in methods:
+            raise UserError(f"--option {key}: name it METHOD.OPTION with METHOD one of {methods}")
+        options.setdefault(method, {})[name] = value
+    return options
+
+
 # --- commands ----------------------------------------------------------------------------------
 def _testbed(args: argparse.Namespace) -> int:
     from loka import testbed
@@ -228,12 +239,7 @@ def _compare(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     check_output_dir(out, overwrite=args.overwrite, marker="comparison.json")
     methods = args.methods
-    options = {}
-    for key, value in args.option or []:
-        method, dot, name = key.partition(".")
-        if not dot or method not in methods:
-            raise UserError(f"--option {key}: name it METHOD.OPTION with METHOD one of {methods}")
-        options.setdefault(method, {})[name] = value
+    options = _method_options(args.option, methods)
     common = dict(methods=methods, options=options, control=not args.no_control, seed=args.seed)
     common["progress"] = _progress(args)
     if args.model is not None:
@@ -272,12 +278,7 @@ def _tofu(args: argparse.Namespace) -> int:
 
     out = Path(args.out).expanduser()
     check_output_dir(out, overwrite=args.overwrite, marker="tofu.json")
-    options: dict[str, dict[str, Any]] = {}
-    for key, value in args.option or []:
-        method, dot, name = key.partition(".")
-        if not dot or method not in args.methods:
-            raise UserError(f"--option {key}: name it METHOD.OPTION with METHOD one of {args.methods}")
-        options.setdefault(method, {})[name] = value
+    options = _method_options(args.option, args.methods)
     report = tofu.run(
         args.split, n_retain_authors=args.retain_authors, size=args.size, data_dir=args.data_dir,
         cache_dir=args.cache_dir, methods=args.methods, method_options=options, progress=_progress(args),

@@ -70,9 +70,6 @@ import logging
 import os
 import random
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -82,15 +79,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loka.benchmarks import tofu_metrics as tm
 from loka.data import Fact, KnowledgeSet, load_tofu
 from loka.methods import unlearn
 from loka.metrics import score_facts, text_token_log_probs
 from loka.models import hf_model, load_model, plain_copy, quiet_transformers
-from loka.testbed import default_cache_dir
-from loka.testbed.training import ModelConfig, TrainConfig, train_model, train_tokenizer
+from loka.testbed import default_cache_dir, worker
+from loka.testbed.training import ModelConfig, TrainConfig, train_tokenizer
 
 __all__ = [
     "SPLITS",
@@ -410,51 +407,26 @@ def _build(config: TofuConfig, data: TofuData, root: Path, *, progress: bool, wo
     process (``python -m loka.testbed.worker``), in a temporary directory renamed into place.
     ``workers=False`` trains them one after the other in this process (for tiny models, where
     starting two interpreters costs more than the training)."""
-    root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    jobs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
+    with worker.build_directory(root) as (tmp, jobs):
         tokenizer = train_tokenizer(data.all_text(), config.vocab_size)
         tokenizer.save_pretrained(tmp / "tokenizer")
         longest = max(len(tokenizer(t)["input_ids"]) for t in data.all_text()) + 2  # BOS and EOS
         if longest > config.model.n_ctx:
             raise ValueError(f"a TOFU text is {longest} tokens, longer than n_ctx={config.model.n_ctx}")
-        if not workers:
-            _train_here(config, data, tmp, progress=progress)
-        for position, name in enumerate(("original", "retain") if workers else ()):
-            job = tmp / f"{name}.job.json"
-            job.write_text(
-                json.dumps(
-                    {
-                        "facts": data.training_pairs(name),  # type: ignore[arg-type]
-                        "passages": [],
-                        "model": asdict(config.model),
-                        "train": asdict(config.train),
-                        "tokenizer": str(tmp / "tokenizer"),
-                        "out": str(tmp / name),
-                        "progress": progress,
-                        "position": position,
-                        "desc": f"TOFU {name} model",
-                    }
-                )
-            )
-            with (tmp / f"{name}.stderr").open("wb") as log:
-                jobs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "loka.testbed.worker", str(job)],
-                    stdout=subprocess.DEVNULL,
-                    stderr=None if progress else log,
-                )
         logs = {}
-        for name in ("original", "retain") if not workers else ():
-            logs[name] = json.loads((tmp / name / "train_log.json").read_text())
+        for position, name in enumerate(("original", "retain")):
+            spec = worker.job(
+                tmp, name, data.training_pairs(name), [], config.model, config.train,  # type: ignore[arg-type]
+                progress=progress, position=position, desc=f"TOFU {name} model",
+            )  # fmt: skip
+            if workers:
+                jobs[name] = worker.start(tmp, name, spec)
+            else:
+                worker.train(spec)
+                logs[name] = json.loads((tmp / name / "train_log.json").read_text())
         for name, process in jobs.items():
-            if process.wait() != 0:
-                tail = (tmp / f"{name}.stderr").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"training the TOFU {name} model failed (exit {process.returncode}):\n{tail}")
-            logs[name] = json.loads((tmp / name / "train_log.json").read_text())
-            (tmp / f"{name}.job.json").unlink()
-            (tmp / f"{name}.stderr").unlink()
+            logs[name] = worker.finish(tmp, name, process, f"the TOFU {name} model")
         shutil.rmtree(tmp / "tokenizer")
         info = {
             "config": asdict(config),
@@ -467,37 +439,7 @@ def _build(config: TofuConfig, data: TofuData, root: Path, *, progress: bool, wo
             },
         }
         (tmp / "build.json").write_text(json.dumps(info, indent=2))
-        if root.exists():  # another process finished first; keep its copy
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, root)
-    except BaseException:
-        for process in jobs.values():
-            process.kill()
-            process.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("built TOFU models %s in %.1f s", root, time.perf_counter() - start)
-
-
-def _train_here(config: TofuConfig, data: TofuData, directory: Path, *, progress: bool) -> None:
-    """What the worker does (train, save, write train_log.json), in this process."""
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
-    for position, name in enumerate(("original", "retain")):
-        model, log = train_model(
-            data.training_pairs(name),  # type: ignore[arg-type]
-            [],
-            tokenizer,
-            config.model,
-            config.train,
-            progress=progress,
-            desc=f"TOFU {name} model",
-            position=position,
-        )
-        model.save_pretrained(directory / name)
-        tokenizer.save_pretrained(directory / name)
-        summary = {"steps": log.steps, "seconds": round(log.seconds, 2), "final_loss": round(log.epoch_losses[-1], 4)}
-        (directory / name / "train_log.json").write_text(json.dumps(summary))
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,9 +19,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from loka.data import KnowledgeSet
 from loka.metrics import score_facts
 from loka.models import quiet_transformers
+from loka.testbed import worker
 from loka.testbed.training import ModelConfig, TrainConfig, train_tokenizer
 from loka.testbed.world import SPLITS, World, WorldConfig, generate_world
 
@@ -198,16 +196,18 @@ def _build(config: TestbedConfig, root: Path, *, progress: bool) -> None:
     The original and the oracle train at once, each in its own process on one thread (so the
     weights depend on the seed alone, not on the core count).
     """
-    root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     world = generate_world(config.world)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    jobs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
+    with worker.build_directory(root) as (tmp, jobs):
         train_tokenizer(world.all_text(), config.model.vocab_size).save_pretrained(tmp / "tokenizer")
         for position, (name, splits) in enumerate((("original", ("forget", "retain")), ("oracle", ("retain",)))):
-            jobs[name] = _start_training(tmp, name, world, splits, config, progress=progress, position=position)
-        logs = {name: _finish_training(tmp, name, process) for name, process in jobs.items()}
+            facts, passages = world.training_examples(splits)  # type: ignore[arg-type]
+            spec = worker.job(
+                tmp, name, facts, passages, config.model, config.train, progress=progress, position=position,
+                desc=f"testbed {name}",
+            )  # fmt: skip
+            jobs[name] = worker.start(tmp, name, spec)
+        logs = {name: worker.finish(tmp, name, job, f"the testbed's {name} model") for name, job in jobs.items()}
         shutil.rmtree(tmp / "tokenizer")
         table = _accuracy_table(tmp, world)
         for split in SPLITS:
@@ -222,65 +222,7 @@ def _build(config: TestbedConfig, root: Path, *, progress: bool) -> None:
             "accuracy": table.to_dict(),
         }
         (tmp / "testbed.json").write_text(json.dumps(info, indent=2))
-        if root.exists():  # another process finished first; keep its copy
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, root)
-    except BaseException:
-        for process in jobs.values():
-            process.kill()
-            process.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("built testbed %s in %.1f s", root, time.perf_counter() - start)
-
-
-def _start_training(
-    directory: Path,
-    name: str,
-    world: World,
-    splits: tuple[str, ...],
-    config: TestbedConfig,
-    *,
-    progress: bool,
-    position: int,
-) -> subprocess.Popen[bytes]:
-    """Start ``python -m loka.testbed.worker`` on one model's data, in its own process.
-
-    A fresh interpreter (not multiprocessing) so that building works from any script or notebook.
-    """
-    facts, passages = world.training_examples(splits)  # type: ignore[arg-type]
-    job = directory / f"{name}.job.json"
-    job.write_text(
-        json.dumps(
-            {
-                "facts": facts,
-                "passages": passages,
-                "model": asdict(config.model),
-                "train": asdict(config.train),
-                "tokenizer": str(directory / "tokenizer"),
-                "out": str(directory / name),
-                "progress": progress,
-                "position": position,
-                "desc": f"testbed {name}",
-            }
-        )
-    )
-    with (directory / f"{name}.stderr").open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "loka.testbed.worker", str(job)],
-            stdout=subprocess.DEVNULL,
-            stderr=None if progress else log,
-        )
-
-
-def _finish_training(directory: Path, name: str, process: subprocess.Popen[bytes]) -> dict[str, Any]:
-    if process.wait() != 0:
-        tail = (directory / f"{name}.stderr").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"training the testbed's {name} model failed (exit {process.returncode}):\n{tail}")
-    (directory / f"{name}.job.json").unlink()
-    (directory / f"{name}.stderr").unlink()
-    return json.loads((directory / name / "train_log.json").read_text())
 
 
 def _accuracy_table(directory: Path, world: World) -> AccuracyTable:
