@@ -80,7 +80,16 @@ from loka.models import (
     same_kind_as,
 )
 
-__all__ = ["POSITIONS", "KeyCovariance", "Positions", "RewriteResult", "key_covariance", "rewrite", "solve_update"]
+__all__ = [
+    "POSITIONS",
+    "KeyCovariance",
+    "Positions",
+    "RewriteResult",
+    "key_covariance",
+    "rewrite",
+    "solve_update",
+    "unknown_distributions",
+]
 
 Positions = Literal["answer", "subject", "both"]
 POSITIONS: tuple[Positions, ...] = get_args(Positions)
@@ -475,6 +484,18 @@ def _reference_distributions(
         probs.append(out[torch.arange(len(batch)), batch.answer_positions].float().softmax(-1))
     p = torch.cat(probs)
     return torch.stack([p[_group_rows(ref.groups, group)].mean(0) for group in prompts.groups])
+
+
+def unknown_distributions(
+    model: TransformerBridge, forget: KnowledgeSet, reference: KnowledgeSet
+) -> tuple[KnowledgeSet, Float[Tensor, "prompt d_vocab"]]:
+    """Every prompt of ``forget`` (each fact's prompt, then its paraphrases) and, for each, what
+    the model says about people it does not know: its mean next-token distribution at the answer
+    position over ``reference`` facts (e.g. holdout people) of the same relation and template.
+    This is what an erasure asks the forget prompts to output."""
+    _check_model(model)
+    prompts = _Prompts.of(_check_knowledge(forget, "forget"))
+    return prompts.knowledge, _reference_distributions(model, prompts, _check_knowledge(reference, "reference"))
 
 
 def _group_rows(groups: Sequence[tuple[str | None, int]], group: tuple[str | None, int]) -> list[int]:

@@ -1,29 +1,40 @@
-"""Bench: ablation.rewrite on the default testbed (erasure at 1/5/10% of the people, fact updates).
+"""Bench (issue 8): erasure at 1/5/10% of the people and fact updates, on a testbed.
 
 Forget sets are random subsets of the trained people (retain + forget); the rest of the retain
-people are split in two: one half builds the key covariance, the other half (never seen by the
-edit) measures retain accuracy. Erase targets come from the holdout people (never trained).
-MIA AUC is loka.evaluation's LOSS attack (forget vs holdout); the oracle's is given where the
-forget set is the testbed's own forget set (the oracle never saw exactly those people).
+people are split in two: one half builds the edit (key covariance; LOKA's retain set, of which
+``unlearn`` keeps a fifth for validation), the other half (never seen by the edit) measures retain
+accuracy. Erase targets come from the holdout people (never trained). Rows: the closed-form
+rewrite (``ablation.rewrite``, answer position, two layer sets) and the LOKA method
+(``loka.unlearn(method="loka")``: attribution-chosen layers, localized fine-tune of their MLPs).
+MIA is loka.evaluation's LOSS attack (forget vs holdout) over the whole text; MIA-ans scores the
+answer tokens only. The oracle's are given where the forget set is the testbed's own forget set
+(the oracle never saw exactly those people); "para" is accuracy on the forget facts' paraphrases.
 
-    python bench/rewrite.py [cache_dir]
+    python bench/rewrite.py [--size default|tiny] [--seed N] [--cache-dir DIR]
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packages, not bench/attribution.py
 
-from ablation.rewrite import key_covariance, rewrite
-from loka import testbed
-from loka.data import KnowledgeSet
-from loka.evaluation import evaluate
-from loka.metrics import score_facts
-from loka.models import load_model
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from ablation.rewrite import key_covariance, rewrite  # noqa: E402
+from loka import testbed  # noqa: E402
+from loka.data import KnowledgeSet  # noqa: E402
+from loka.evaluation import evaluate  # noqa: E402
+from loka.methods import unlearn  # noqa: E402
+from loka.metrics import score_facts  # noqa: E402
+from loka.models import load_model  # noqa: E402
 
 
 def people(knowledge: KnowledgeSet, names: set[str], label: str) -> KnowledgeSet:
@@ -34,9 +45,22 @@ def accuracy(model: Any, knowledge: KnowledgeSet) -> float:
     return score_facts(model, knowledge).first_token_accuracy
 
 
-def main(cache_dir: str = "/tmp/tbdefault") -> None:
+def answer_mia(model: Any, forget: KnowledgeSet, holdout: KnowledgeSet) -> float:
+    """LOSS-attack ROC AUC on the answer tokens only (mean target log-prob)."""
+    scores = [score_facts(model, ks) for ks in (forget, holdout)]
+    values = torch.cat([s.log_prob / s.n_target_tokens for s in scores]).numpy()
+    return float(roc_auc_score(np.r_[np.ones(len(forget)), np.zeros(len(holdout))], values))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="default", choices=("default", "tiny"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--no-loka", action="store_true", help="only the closed-form rewrite rows")
+    args = parser.parse_args()
     torch.set_num_threads(1)  # small ops: one thread is faster than two fighting for shared cores
-    tb = testbed.load("default", cache_dir=cache_dir, progress=False)
+    tb = testbed.load(args.size, seed=args.seed, cache_dir=args.cache_dir, progress=False)
     model = load_model(tb.model_dir)
     trained = tb.retain + tb.forget
     rng = random.Random(0)
@@ -61,36 +85,49 @@ def main(cache_dir: str = "/tmp/tbdefault") -> None:
         # forget people are taken from the eval half or the testbed's forget people; keep eval disjoint
         sets.append((f"{fraction:.0%} ({n} people)", people(trained, chosen, f"forget{n}"), False))
     sets.append((f"testbed forget ({len(tb.forget.subjects)})", tb.forget, True))
-    oracle = None
+    oracle, oracle_ans = None, 0.0
 
-    columns = ("forget", "para", "retain", "MIA", "oracle", "sec")
-    header = f"{'forget set':24} {'layers':7} {'lam':>5} " + " ".join(f"{c:>7}" for c in columns)
+    columns = ("forget", "para", "retain", "MIA", "MIA-ans", "oracle", "sec")
+    header = f"{'forget set':24} {'edit':18} " + " ".join(f"{c:>7}" for c in columns)
     print("ERASE (original: forget 1.00, retain", f"{accuracy(model, eval_retain):.3f})")
     print(header)
     for label, forget, with_oracle in sets:
         keep = eval_retain.filter(lambda f, s=set(forget.subjects): f.subject not in s, name="retain/eval")
-        for layers, lam in (([3], 0.1), ([3], 1.0), ([3], 10.0), ([2, 3], 1.0)):
+        if with_oracle and oracle is None:
+            oracle = evaluate(tb.oracle_dir, forget=forget, retain=keep, holdout=tb.holdout, probe=False, relearn=False)
+            oracle_ans = answer_mia(load_model(tb.oracle_dir), forget, tb.holdout)
+        edits: list[tuple[str, Any]] = [
+            (f"rewrite L{','.join(map(str, layers))} {lam:g}", dict(layers=layers, lam=lam))
+            for layers, lam in (([3], 1.0), ([2, 3], 1.0), ([0, 1, 2, 3], 1.0))
+            if max(layers) < model.cfg.n_layers
+        ]
+        if not args.no_loka:
+            edits.append(("loka", None))
+        for name, options in edits:
             start = time.perf_counter()
-            result = rewrite(model, forget, retain=None, covariance=cov, layers=layers, lam=lam, reference=tb.holdout)
+            if options is None:
+                train = cov_retain.filter(lambda f, s=set(forget.subjects): f.subject not in s, name="retain/edit")
+                edited = unlearn(model, forget, train, method="loka", reference=tb.holdout, progress=False).model
+            else:
+                edited = rewrite(model, forget, retain=None, covariance=cov, reference=tb.holdout, **options).model
             seconds = time.perf_counter() - start
-            if with_oracle and oracle is None:
-                oracle = evaluate(
-                    tb.oracle_dir, forget=forget, retain=keep, holdout=tb.holdout, probe=False, relearn=False
-                )
             ev = evaluate(
-                result.model, forget=forget, retain=keep, holdout=tb.holdout, probe=False, relearn=False,
+                edited, forget=forget, retain=keep, holdout=tb.holdout, probe=False, relearn=False,
                 oracle=oracle if with_oracle else None,
             )  # fmt: skip
-            ref = f"{ev.reference.membership_inference_auc:.3f}" if ev.reference is not None else "-"
+            ref = f"{ev.reference.membership_inference_auc:.2f}/{oracle_ans:.2f}" if ev.reference is not None else "-"
             print(
-                f"{label:24} {','.join(map(str, layers)):7} {lam:5g} {ev.forget_accuracy:7.3f} "
+                f"{label:24} {name:18} {ev.forget_accuracy:7.3f} "
                 f"{ev.paraphrase_forget_accuracy or 0:7.3f} {ev.retain_accuracy:7.3f} "
-                f"{ev.membership_inference_auc:7.3f} {ref:>7} {seconds:7.1f}"
+                f"{ev.membership_inference_auc:7.3f} {answer_mia(edited, forget, tb.holdout):7.3f} {ref:>9} "
+                f"{seconds:7.1f}",
+                flush=True,
             )
     if oracle is not None:
         print(
             f"oracle on the testbed forget set: forget {oracle.forget_accuracy:.3f}, "
-            f"retain {oracle.retain_accuracy:.3f}"
+            f"para {oracle.paraphrase_forget_accuracy or 0:.3f}, retain {oracle.retain_accuracy:.3f}, "
+            f"MIA {oracle.membership_inference_auc:.3f}, MIA-ans {oracle_ans:.3f}"
         )
 
     print("\nUPDATE (each fact's target -> another value of the same relation)")
@@ -110,7 +147,7 @@ def main(cache_dir: str = "/tmp/tbdefault") -> None:
         )
         keep = eval_retain.filter(lambda f, names=names: f.subject not in names)
         neighbours = keep.filter(lambda f, r=set(facts.relations): f.relation in r)
-        for layers in ([3], [2, 3]):
+        for layers in ([model.cfg.n_layers - 1], [model.cfg.n_layers - 2, model.cfg.n_layers - 1]):
             start = time.perf_counter()
             result = rewrite(model, facts, retain=None, covariance=cov, layers=layers, lam=1.0, target=new)
             seconds = time.perf_counter() - start
@@ -122,4 +159,4 @@ def main(cache_dir: str = "/tmp/tbdefault") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

@@ -11,7 +11,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM
 
 from ablation import export_checkpoint
-from ablation.rewrite import KeyCovariance, key_covariance, rewrite, solve_update
+from ablation.rewrite import KeyCovariance, key_covariance, rewrite, solve_update, unknown_distributions
 from loka import testbed
 from loka.data import KnowledgeSet
 from loka.metrics import score_facts
@@ -109,6 +109,23 @@ def test_erase_is_selective_on_tiny_testbed(
     assert result.layers == (1,) and result.kind == "erase"
     assert accuracy(result.model, forget) <= 0.2  # 1.00 before
     assert accuracy(result.model, tiny_testbed.retain) >= 0.85  # 1.00 before
+
+
+def test_unknown_distributions_are_the_reference_mean_per_relation_and_template(
+    tiny_testbed: testbed.Testbed, testbed_covariance: tuple[TransformerBridge, KeyCovariance]
+) -> None:
+    model, _ = testbed_covariance
+    forget, holdout = tiny_testbed.forget, tiny_testbed.holdout
+    prompts, probs = unknown_distributions(model, forget, holdout)
+    assert len(prompts) == len(probs) == len(forget) + sum(len(f.paraphrases) for f in forget)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(probs)), atol=1e-5, rtol=0)
+    # the first prompt's target distribution is the model's mean over holdout facts of that relation
+    relation = forget[0].relation
+    same = holdout.filter(lambda f: f.relation == relation)
+    batch = same.encode(model)
+    out = logits(model, batch.input_ids, attention_mask=batch.attention_mask)
+    expected = out[torch.arange(len(same)), batch.answer_positions].float().softmax(-1).mean(0)
+    torch.testing.assert_close(probs[0], expected, atol=1e-5, rtol=1e-4)
 
 
 def test_update_makes_new_target_top1(

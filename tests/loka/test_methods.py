@@ -8,7 +8,7 @@ import torch
 import loka
 from loka.methods import unlearn
 from loka.metrics import score_facts
-from loka.models import hf_state_dict
+from loka.models import architecture, hf_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,20 @@ def test_method_forgets_some_and_keeps_retain(tiny_testbed, model, method, retai
     assert not isinstance(result.model.original_model, type(model))  # never a bridge inside a bridge
     # the input model is untouched
     assert all(torch.equal(before[k], v) for k, v in hf_state_dict(model).items())
+
+
+def test_loka_edits_only_the_mlps_of_the_layers_it_chose(tiny_testbed, model):
+    result = unlearn(
+        model, tiny_testbed.forget, tiny_testbed.retain, method="loka", reference=tiny_testbed.holdout,
+        steps=10, check_every=5, progress=False,
+    )  # fmt: skip
+    layers = result.config["chosen"]["layers"]
+    spec = architecture(model)
+    allowed = {spec.name(w, layer) for layer in layers for w in (spec.mlp_out_weight, *spec.mlp_in_weights)}
+    before, after = hf_state_dict(model), hf_state_dict(result.model)
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    assert changed and changed <= allowed
+    assert [entry["step"] for entry in result.log] == [5, 10][: len(result.log)]
 
 
 def test_methods_are_reproducible_by_seed(tiny_testbed, model):
@@ -55,5 +69,9 @@ def test_bad_inputs(tiny_testbed, model):
         unlearn(model, tb.forget, tb.retain, method="gradient_ascent", alpha=2)
     with pytest.raises(ValueError, match="max_layers must be an integer at least 1"):
         unlearn(model, tb.forget, tb.retain, method="loka", max_layers=0)
+    with pytest.raises(ValueError, match="edit must be 'finetune' or 'rewrite'"):
+        unlearn(model, tb.forget, tb.retain, method="loka", edit="prune")
+    with pytest.raises(ValueError, match="retain_weight must be a number at least 0"):
+        unlearn(model, tb.forget, tb.retain, method="loka", retain_weight=-1.0)
     with pytest.raises(ValueError, match="method 'retrain' needs oracle="):
         unlearn(model, tb.forget, tb.retain, method="retrain")
