@@ -29,7 +29,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from loka.data import KnowledgeSet
 from loka.metrics import score_facts
 from loka.models import quiet_transformers
-from loka.testbed import worker
 from loka.testbed.training import ModelConfig, TrainConfig, train_tokenizer
 from loka.testbed.world import SPLITS, World, WorldConfig, generate_world
 
@@ -196,6 +195,8 @@ def _build(config: TestbedConfig, root: Path, *, progress: bool) -> None:
     The original and the oracle train at once, each in its own process on one thread (so the
     weights depend on the seed alone, not on the core count).
     """
+    from loka.testbed import worker  # here, not at import: ``python -m loka.testbed.worker`` imports this package
+
     start = time.perf_counter()
     world = generate_world(config.world)
     with worker.build_directory(root) as (tmp, jobs):
