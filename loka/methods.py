@@ -416,6 +416,9 @@ def unlearn(
     """
     if method not in METHODS:
         raise ValueError(f"unknown unlearning method {method!r}; choose one of {', '.join(METHODS)}")
+    for name, value in (("forget", forget), ("retain", retain)):
+        if not isinstance(value, KnowledgeSet):  # a KnowledgeSet is never empty
+            raise ValueError(f"{name} must be a non-empty KnowledgeSet, got {type(value).__name__}")
     overlap = set(forget.ids) & set(retain.ids) or set(forget.subjects) & set(retain.subjects)
     if overlap:
         raise ValueError(f"forget and retain overlap ({sorted(overlap)[0]!r} is in both); they must be disjoint")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import loka
+from loka.data import KnowledgeSet
 from loka.methods import unlearn
 from loka.metrics import score_facts
 from loka.models import architecture, hf_state_dict
@@ -61,6 +62,10 @@ def test_bad_inputs(tiny_testbed, model):
     tb = tiny_testbed
     with pytest.raises(ValueError, match="unknown unlearning method 'forget_harder'; choose one of"):
         unlearn(model, tb.forget, tb.retain, method="forget_harder")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="forget must be a non-empty KnowledgeSet, got list"):
+        unlearn(model, [], tb.retain, method="gradient_ascent")
+    with pytest.raises(ValueError, match="is empty: it needs at least one fact"):
+        unlearn(model, KnowledgeSet((), name="forget"), tb.retain, method="gradient_ascent")
     with pytest.raises(ValueError, match="forget and retain overlap"):
         unlearn(model, tb.forget, tb.retain + tb.forget, method="gradient_ascent")
     with pytest.raises(ValueError, match="unknown option for 'gradient_ascent'"):
