@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import warnings
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +46,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from loka.data import KnowledgeSet
-from loka.metrics import score_facts, text_token_log_probs
+from loka.metrics import lm_loss, score_facts, text_token_log_probs
 from loka.models import hf_model, load_model, plain_copy
 from loka.models import logits as model_logits
 
@@ -57,6 +57,7 @@ __all__ = [
     "Probe",
     "evaluate",
     "membership_scores",
+    "membership_auc",
     "rouge_l_recall",
     "privleak",
 ]
@@ -91,6 +92,29 @@ def membership_scores(
             n = max(1, int(round(k * len(log_probs))))
             scores.append(log_probs.sort().values[:n].mean().item())
     return np.asarray(scores)
+
+
+def membership_auc(
+    member_log_probs: Sequence[torch.Tensor],
+    member_texts: Sequence[str],
+    nonmember_log_probs: Sequence[torch.Tensor],
+    nonmember_texts: Sequence[str],
+    *,
+    attack: Attack = "loss",
+    k: float = 0.2,
+) -> float:
+    """ROC AUC (sklearn) of a membership attack, members (label 1) against non-members (label 0).
+
+    The inputs are per-token log-probabilities of each text (see
+    :func:`loka.metrics.text_token_log_probs`); 0.5 means the attack cannot tell them apart.
+    """
+    if not member_log_probs or not nonmember_log_probs:
+        raise ValueError("membership inference needs at least one member and one non-member text")
+    scores = membership_scores(
+        [*member_log_probs, *nonmember_log_probs], [*member_texts, *nonmember_texts], attack=attack, k=k
+    )
+    labels = np.r_[np.ones(len(member_log_probs)), np.zeros(len(nonmember_log_probs))]
+    return float(roc_auc_score(labels, scores))
 
 
 def privleak(auc: float, oracle_auc: float) -> float:
@@ -298,16 +322,13 @@ def _mia(
 ) -> dict[str, float]:
     members = text_token_log_probs(model, forget, tokenizer=tokenizer)
     others = text_token_log_probs(model, holdout, tokenizer=tokenizer)
-    texts = [f.text for f in forget] + [f.text for f in holdout]
-    labels = np.r_[np.ones(len(members)), np.zeros(len(others))]
-    aucs = {
-        attack: float(roc_auc_score(labels, membership_scores(members + others, texts, attack=attack, k=k)))
-        for attack in ATTACKS
-    }
+    texts = [f.text for f in forget], [f.text for f in holdout]
+    aucs = {attack: membership_auc(members, texts[0], others, texts[1], attack=attack, k=k) for attack in ATTACKS}
     # the LOSS attack on the answer tokens only (given the prompt), as TOFU scores it: whether the
     # facts are recognised, apart from whether the subject's name was seen in training
     holdout_scores = score_facts(model, holdout, tokenizer=tokenizer)
     answer = [s.log_prob / s.n_target_tokens for s in (forget_scores, holdout_scores)]
+    labels = np.r_[np.ones(len(answer[0])), np.zeros(len(answer[1]))]
     aucs["loss_answer"] = float(roc_auc_score(labels, torch.cat(answer).numpy()))
     return aucs
 
@@ -336,12 +357,11 @@ def _relearn(model: Any, tokenizer: Any, forget: KnowledgeSet, *, steps: int, lr
     torch.manual_seed(seed)
     attacker = plain_copy(model).train()
     batch = train.encode(tokenizer).to(next(attacker.parameters()).device)
-    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
     optimizer = torch.optim.AdamW(attacker.parameters(), lr=lr)
     checkpoints = {round(steps * i / _CURVE_POINTS) for i in range(1, _CURVE_POINTS + 1)}
     curve = [(0, float(before))]
     for step in range(1, steps + 1):
-        loss = attacker(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        loss = lm_loss(attacker, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

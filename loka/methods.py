@@ -51,7 +51,7 @@ import attribution
 from ablation import key_covariance, rewrite
 from ablation.rewrite import unknown_distributions
 from loka.data import KnowledgeSet
-from loka.metrics import score_facts
+from loka.metrics import lm_loss, score_facts
 from loka.models import architecture, hf_model, hf_state_dict, load_model, plain_copy, same_kind_as
 
 __all__ = ["METHODS", "UnlearningResult", "unlearn"]
@@ -71,11 +71,6 @@ class UnlearningResult:
     log: tuple[Mapping[str, float], ...] = ()
     mask: Any = None
     components: tuple[Any, ...] = field(default=())
-
-
-def _lm_loss(model: Any, batch: Any) -> torch.Tensor:
-    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
 
 
 def _batches(knowledge: KnowledgeSet, tokenizer: Any, batch_size: int, generator: torch.Generator) -> list[Any]:
@@ -125,7 +120,7 @@ def _gradient_ascent(
             strict=False,
         )
         for forget_batch, retain_batch in pairs:
-            forget_loss, retain_loss = _lm_loss(student, forget_batch), _lm_loss(student, retain_batch)
+            forget_loss, retain_loss = lm_loss(student, forget_batch), lm_loss(student, retain_batch)
             loss = alpha * -forget_loss + (1 - alpha) * retain_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -168,7 +163,7 @@ def _task_vector(
     log: list[dict[str, float]] = []
     for epoch in tqdm(range(epochs), disable=not progress, desc="task vector: fine-tune", leave=False):
         for batch in _batches(forget, tokenizer, batch_size, generator):
-            loss = _lm_loss(tuned, batch)
+            loss = lm_loss(tuned, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -228,10 +223,9 @@ def _localized_finetune(
     unknown = unknown.to(device)
     retain_prompts = retain + retain.paraphrased() if any(f.paraphrases for f in retain) else retain
     retain_batch = retain_prompts.encode(tokenizer).to(device)
-    original = plain_copy(model)
-    with torch.no_grad():
+    with torch.no_grad():  # the model itself is not trained (the student below is a copy)
+        original = hf_model(model)
         kept = torch.cat([_answer_log_probs(original, b.to(device)) for b in retain_prompts.batches(tokenizer, 256)])
-    del original
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     student = plain_copy(model).train()

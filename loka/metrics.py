@@ -22,10 +22,10 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from loka.data import KnowledgeSet
+from loka.data import FactBatch, KnowledgeSet
 from loka.models import logits as model_logits
 
-__all__ = ["FactScores", "score_facts"]
+__all__ = ["FactScores", "score_facts", "lm_loss", "text_token_log_probs"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +115,10 @@ def text_token_log_probs(
         keep = batch.attention_mask[:, 1:].bool()
         out += [row[mask].float().cpu() for row, mask in zip(picked, keep, strict=True)]
     return out
+
+
+def lm_loss(model: Any, batch: FactBatch) -> Tensor:
+    """The HF next-token loss over every real token of a batch (BOS + prompt + target; padding
+    ignored): what the baselines train and the relearning attack fine-tunes on."""
+    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss

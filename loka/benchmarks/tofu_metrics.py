@@ -31,21 +31,20 @@ hand (``tests/loka/test_tofu.py``); :mod:`loka.benchmarks.tofu` computes the NLL
   every non-alphanumeric character a space; unlike TOFU, no Porter stemming).
 - **Membership inference** (not in the TOFU paper; MUSE's privacy check): ROC AUC of an attack that
   scores each text, forget QA (members) against holdout QA of authors never trained on
-  (:func:`mia_auc`; the attacks are :func:`loka.evaluation.membership_scores`).
+  (:func:`mia_auc`, which is :func:`loka.evaluation.membership_auc`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike
 from scipy.stats import hmean, ks_2samp
-from sklearn.metrics import roc_auc_score
 
-from loka.evaluation import Attack, membership_scores, rouge_l_recall
+from loka.evaluation import membership_auc as mia_auc  # ROC AUC of a membership attack, members vs not
+from loka.evaluation import rouge_l_recall
 
 __all__ = [
     "UTILITY_SETS",
@@ -145,26 +144,3 @@ def _normalise(text: str) -> str:
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L recall after ``rouge_score``'s normalisation (lower case, non-alphanumerics -> spaces)."""
     return rouge_l_recall(_normalise(prediction), _normalise(reference))
-
-
-def mia_auc(
-    member_log_probs: Sequence[torch.Tensor],
-    member_texts: Sequence[str],
-    nonmember_log_probs: Sequence[torch.Tensor],
-    nonmember_texts: Sequence[str],
-    *,
-    attack: Attack = "loss",
-    k: float = 0.2,
-) -> float:
-    """ROC AUC of a membership attack, members (label 1) against non-members (label 0).
-
-    The inputs are per-token log-probabilities of each text (see
-    :func:`loka.metrics.text_token_log_probs`); 0.5 means the attack cannot tell them apart.
-    """
-    if not member_log_probs or not nonmember_log_probs:
-        raise ValueError("membership inference needs at least one member and one non-member text")
-    scores = membership_scores(
-        [*member_log_probs, *nonmember_log_probs], [*member_texts, *nonmember_texts], attack=attack, k=k
-    )
-    labels = np.r_[np.ones(len(member_log_probs)), np.zeros(len(nonmember_log_probs))]
-    return float(roc_auc_score(labels, scores))
