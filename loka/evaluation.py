@@ -30,25 +30,23 @@ or *significant* as |AUC - 0.5| is under 0.05, under 0.15, or more.
 from __future__ import annotations
 
 import logging
-import warnings
-import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from loka.data import KnowledgeSet
-from loka.metrics import lm_loss, score_facts, text_token_log_probs
-from loka.models import hf_model, load_model, plain_copy
-from loka.models import logits as model_logits
+from loka.extraction import Extraction, extract, rouge_l_recall
+from loka.membership import ATTACKS, membership_auc, membership_scores, privleak
+from loka.metrics import score_facts, text_token_log_probs
+from loka.models import load_model
+from loka.probe import Probe, fit_probe
+from loka.relearning import Relearning
+from loka.relearning import relearn as run_relearning
 
 __all__ = [
     "UnlearningEvaluation",
@@ -63,115 +61,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-Attack = Literal["loss", "zlib", "min_k"]
-_CURVE_POINTS = 4  # the relearning attack scores the held-out half this many times on its way
-ATTACKS: tuple[Attack, ...] = ("loss", "zlib", "min_k")
-
-
-# --- small, reusable pieces -------------------------------------------------------------------
-def membership_scores(
-    token_log_probs: list[torch.Tensor], texts: list[str], *, attack: Attack, k: float = 0.2
-) -> np.ndarray:
-    """One score per text, higher = "more likely a training member".
-
-    ``loss``: minus the mean token NLL. ``zlib``: minus the total NLL divided by the zlib-compressed
-    length of the text in bytes. ``min_k``: the mean of the lowest ``k`` fraction of token
-    log-probabilities.
-    """
-    if attack not in ATTACKS:
-        raise ValueError(f"unknown membership attack {attack!r}; use one of {ATTACKS}")
-    if not 0 < k <= 1:
-        raise ValueError(f"min-k fraction must be in (0, 1], got {k}")
-    scores = []
-    for log_probs, text in zip(token_log_probs, texts, strict=True):
-        if attack == "loss":
-            scores.append(log_probs.mean().item())
-        elif attack == "zlib":
-            scores.append(log_probs.sum().item() / len(zlib.compress(text.encode("utf-8"))))
-        else:
-            n = max(1, int(round(k * len(log_probs))))
-            scores.append(log_probs.sort().values[:n].mean().item())
-    return np.asarray(scores)
-
-
-def membership_auc(
-    member_log_probs: Sequence[torch.Tensor],
-    member_texts: Sequence[str],
-    nonmember_log_probs: Sequence[torch.Tensor],
-    nonmember_texts: Sequence[str],
-    *,
-    attack: Attack = "loss",
-    k: float = 0.2,
-) -> float:
-    """ROC AUC (sklearn) of a membership attack, members (label 1) against non-members (label 0).
-
-    The inputs are per-token log-probabilities of each text (see
-    :func:`loka.metrics.text_token_log_probs`); 0.5 means the attack cannot tell them apart.
-    """
-    if not member_log_probs or not nonmember_log_probs:
-        raise ValueError("membership inference needs at least one member and one non-member text")
-    scores = membership_scores(
-        [*member_log_probs, *nonmember_log_probs], [*member_texts, *nonmember_texts], attack=attack, k=k
-    )
-    labels = np.r_[np.ones(len(member_log_probs)), np.zeros(len(nonmember_log_probs))]
-    return float(roc_auc_score(labels, scores))
-
-
-def privleak(auc: float, oracle_auc: float) -> float:
-    """MUSE's PrivLeak: (AUC - AUC_oracle) / AUC_oracle x 100; 0 means "leaks like the oracle"."""
-    return (auc - oracle_auc) / oracle_auc * 100.0
-
-
-def _lcs_length(a: list[str], b: list[str]) -> int:
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
-
-
-def rouge_l_recall(prediction: str, reference: str) -> float:
-    """ROUGE-L recall on whitespace words: LCS(prediction, reference) / len(reference)."""
-    ref = reference.split()
-    return _lcs_length(prediction.split(), ref) / len(ref) if ref else 0.0
 
 
 # --- results ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Extraction:
-    """Greedy continuation of passages from their first sentence."""
-
-    exact_match: float
-    rouge_l: float
-    n_passages: int
-
-
-@dataclass(frozen=True)
-class Relearning:
-    """Accuracy on held-out forget facts before and after fine-tuning on the other half."""
-
-    steps: int
-    lr: float
-    n_train: int
-    n_test: int
-    before: float
-    after: float
-    curve: tuple[tuple[int, float], ...] = ()  # (steps taken, held-out accuracy), from 0 to ``steps``
-
-
-@dataclass(frozen=True)
-class Probe:
-    """Per-relation logistic-regression probes at the subject's last token (layer = hidden state
-    after block ``layer - 1``; 0 is the embeddings), fitted on retain, scored on forget."""
-
-    layer: int
-    retain_accuracy: float  # held-out retain facts, the accuracy that chose the layer
-    forget_accuracy: float
-    chance: float  # always guessing each relation's most common forget value
-
-
 @dataclass(frozen=True)
 class UnlearningEvaluation:
     """The shared verdict on one model. Accuracies are first-target-token top-1 unless named."""
@@ -333,114 +225,6 @@ def _mia(
     return aucs
 
 
-@torch.no_grad()
-def _extraction(model: Any, tokenizer: Any, passages: KnowledgeSet) -> Extraction:
-    device = next(model.parameters()).device
-    exact, rouge = [], []
-    for fact in passages:
-        batch = KnowledgeSet((fact,)).encode(tokenizer).to(device)
-        n_prompt = int(batch.answer_positions[0]) + 1
-        target = batch.target_ids[0, batch.target_mask[0]]
-        ids = batch.input_ids[:, :n_prompt]
-        for _ in range(len(target)):
-            next_id = model_logits(model, ids)[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, next_id], dim=1)
-        generated = ids[0, n_prompt:]
-        exact.append(bool(torch.equal(generated, target)))
-        rouge.append(rouge_l_recall(tokenizer.decode(generated), tokenizer.decode(target)))
-    return Extraction(float(np.mean(exact)), float(np.mean(rouge)), len(passages))
-
-
-def _relearn(model: Any, tokenizer: Any, forget: KnowledgeSet, *, steps: int, lr: float, seed: int) -> Relearning:
-    train, test = forget.split(0.5, seed=seed)
-    before = score_facts(model, test, tokenizer=tokenizer).first_token_accuracy
-    torch.manual_seed(seed)
-    attacker = plain_copy(model).train()
-    batch = train.encode(tokenizer).to(next(attacker.parameters()).device)
-    optimizer = torch.optim.AdamW(attacker.parameters(), lr=lr)
-    checkpoints = {round(steps * i / _CURVE_POINTS) for i in range(1, _CURVE_POINTS + 1)}
-    curve = [(0, float(before))]
-    for step in range(1, steps + 1):
-        loss = lm_loss(attacker, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step in checkpoints:
-            attacker.eval()
-            curve.append((step, float(score_facts(attacker, test, tokenizer=tokenizer).first_token_accuracy)))
-            attacker.train()
-    return Relearning(steps, lr, len(train), len(test), float(before), curve[-1][1], tuple(curve))
-
-
-@torch.no_grad()
-def _subject_states(model: Any, tokenizer: Any, knowledge: KnowledgeSet) -> tuple[np.ndarray, list[int]]:
-    """Hidden states [layer, fact, d_model] at each fact's last subject token (facts without a
-    subject in the prompt are dropped; their indices are not returned)."""
-    device = next(model.parameters()).device
-    states, kept = [], []
-    for start in range(0, len(knowledge), 64):
-        part = KnowledgeSet(knowledge.facts[start : start + 64])
-        batch = part.encode(tokenizer).to(device)
-        hidden = hf_model(model)(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True, use_cache=False
-        ).hidden_states
-        stacked = torch.stack(hidden)  # [layer + 1, batch, pos, d_model]
-        for row in range(len(part)):
-            positions = batch.subject_mask[row].nonzero()
-            if len(positions):
-                states.append(stacked[:, row, int(positions[-1])].float().cpu().numpy())
-                kept.append(start + row)
-    if not states:
-        raise ValueError("no fact has its subject inside its prompt; the probe needs subjects")
-    return np.stack(states, axis=1), kept
-
-
-def _probe(model: Any, tokenizer: Any, forget: KnowledgeSet, retain: KnowledgeSet, *, seed: int) -> Probe:
-    with warnings.catch_warnings():  # few samples per class is expected here
-        warnings.filterwarnings("ignore", message="The number of unique classes", category=UserWarning)
-        return _fit_probes(model, tokenizer, forget, retain, seed=seed)
-
-
-def _fit_probes(model: Any, tokenizer: Any, forget: KnowledgeSet, retain: KnowledgeSet, *, seed: int) -> Probe:
-    def labelled(ks: KnowledgeSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        states, kept = _subject_states(model, tokenizer, ks)
-        relations = np.array([ks[i].relation or "" for i in kept])
-        targets = np.array([ks[i].target for i in kept])
-        return states, relations, targets
-
-    retain_x, retain_rel, retain_y = labelled(retain)
-    forget_x, forget_rel, forget_y = labelled(forget)
-
-    def fit(x: np.ndarray, y: np.ndarray) -> Any:
-        if len(set(y)) < 2:
-            return y[0]  # a constant "probe"
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
-
-    def predict(probe: Any, x: np.ndarray) -> np.ndarray:
-        return np.full(len(x), probe) if isinstance(probe, str) else probe.predict(x)
-
-    relations = sorted(set(forget_rel))
-    idx = np.arange(len(retain_y))
-    fit_idx, val_idx = train_test_split(idx, test_size=0.25, random_state=seed)
-    scores = []
-    for layer in range(retain_x.shape[0]):
-        hits = 0
-        for rel in relations:
-            fit_mask = np.isin(idx, fit_idx) & (retain_rel == rel)
-            val_mask = np.isin(idx, val_idx) & (retain_rel == rel)
-            probe = fit(retain_x[layer][fit_mask], retain_y[fit_mask])
-            hits += int((predict(probe, retain_x[layer][val_mask]) == retain_y[val_mask]).sum())
-        scores.append(hits / max(1, int(np.isin(retain_rel[val_idx], relations).sum())))
-    layer = int(np.argmax(scores))
-    hits, chance_hits = 0, 0
-    for rel in relations:
-        probe = fit(retain_x[layer][retain_rel == rel], retain_y[retain_rel == rel])
-        mask = forget_rel == rel
-        hits += int((predict(probe, forget_x[layer][mask]) == forget_y[mask]).sum())
-        chance_hits += max(np.unique(forget_y[mask], return_counts=True)[1])
-    return Probe(layer, float(scores[layer]), hits / len(forget_y), float(chance_hits / len(forget_y)))
-
-
 def evaluate(
     model: Any,
     *,
@@ -480,13 +264,13 @@ def evaluate(
         if any(f.paraphrases for f in forget):
             paraphrases = score_facts(model, forget.paraphrased(), tokenizer=tokenizer).first_token_accuracy
         aucs = _mia(model, tokenizer, forget, holdout, min_k, forget_scores)
-        extraction = _extraction(model, tokenizer, passages) if passages is not None else None
+        extraction = extract(model, tokenizer, passages) if passages is not None else None
         relearning = (
-            _relearn(model, tokenizer, forget, steps=relearn_steps, lr=relearn_lr, seed=seed)
+            run_relearning(model, tokenizer, forget, steps=relearn_steps, lr=relearn_lr, seed=seed)
             if relearn and len(forget) >= 2
             else None
         )
-        probe_result = _probe(model, tokenizer, forget, retain, seed=seed) if probe else None
+        probe_result = fit_probe(model, tokenizer, forget, retain, seed=seed) if probe else None
     finally:
         model.train(was_training)
 

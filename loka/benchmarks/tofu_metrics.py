@@ -43,8 +43,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import hmean, ks_2samp
 
-from loka.evaluation import membership_auc as mia_auc  # ROC AUC of a membership attack, members vs not
-from loka.evaluation import rouge_l_recall
+from loka.membership import membership_auc as mia_auc  # ROC AUC of a membership attack, members vs not
+from loka.extraction import rouge_l_recall
 
 __all__ = [
     "UTILITY_SETS",

@@ -36,7 +36,7 @@ __all__ = ["SIZES", "TestbedConfig", "Testbed", "AccuracyTable", "load", "defaul
 
 logger = logging.getLogger(__name__)
 Size = Literal["default", "tiny"]
-RECIPE_VERSION = 1  # bump when the recipe changes in a way the config does not capture
+RECIPE_VERSION = 2  # bump when the recipe changes in a way the config does not capture (2: the tokenizer adds BOS)
 
 
 @dataclass(frozen=True)

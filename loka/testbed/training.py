@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -60,7 +60,13 @@ class TrainLog:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (GPT-2's scheme) trained offline on ``texts``."""
+    """A byte-level BPE tokenizer (GPT-2's scheme) trained offline on ``texts``.
+
+    It adds BOS itself (``tokenizer(text)`` gives ``[BOS] + tokens``), because the models are
+    trained on ``[BOS] + text``: a plain ``AutoTokenizer`` + ``AutoModelForCausalLM`` pipeline then
+    reads text exactly as training did. loka's own encoders pass ``add_special_tokens=False`` and
+    place BOS themselves, so it is never doubled.
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -71,6 +77,10 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer)
+    bos_id = tokenizer.token_to_id(SPECIAL_TOKEN)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{SPECIAL_TOKEN} $A", pair=f"{SPECIAL_TOKEN} $A $B", special_tokens=[(SPECIAL_TOKEN, bos_id)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=SPECIAL_TOKEN,
