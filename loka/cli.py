@@ -199,18 +199,25 @@ def _unlearn(args: argparse.Namespace) -> int:
         raise UserError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
     out = _new_output(args.out, overwrite=args.overwrite)
     forget, retain = _knowledge(args.forget), _knowledge(args.retain)
+    extra = {name: _knowledge(getattr(args, name)) for name in ("validation", "reference", "augment")}
     options = dict(args.option or [])
     if args.oracle is not None:
         if args.method != "retrain":
             raise UserError("--oracle is only for --method retrain")
         options["oracle"] = args.oracle
     model = _model(args.model)
-    result = unlearn(model, forget, retain, method=args.method, seed=args.seed, progress=_progress(args), **options)
+    result = unlearn(
+        model, forget, retain, method=args.method, seed=args.seed, progress=_progress(args), budget=_budget(args),
+        **{k: v for k, v in extra.items() if v is not None}, **options,
+    )  # fmt: skip
     export_checkpoint(
         result.model, out, mask=result.mask, source=model, method=args.method, settings=result.config,
         overwrite=args.overwrite,
     )  # fmt: skip
-    print(f"{args.method}: {result.seconds:.1f} s; written to {out}")
+    compute = (
+        f"; {result.compute.steps} steps, {result.compute.forward_tokens / 1e6:.2f}M tokens" if result.compute else ""
+    )
+    print(f"{args.method}: {result.seconds:.1f} s{compute}; written to {out}")
     print(f"  forget accuracy {_scores(model, forget)} -> {_scores(result.model, forget)}")
     print(f"  retain accuracy {_scores(model, retain)} -> {_scores(result.model, retain)}")
     return 0
@@ -241,7 +248,7 @@ def _compare(args: argparse.Namespace) -> int:
     methods = args.methods
     options = _method_options(args.option, methods)
     common = dict(methods=methods, options=options, control=not args.no_control, seed=args.seed)
-    common["progress"] = _progress(args)
+    common.update(progress=_progress(args), seeds=args.seeds, control_seeds=args.control_seeds, budget=_budget(args))
     if args.model is not None:
         missing = [f"--{n}" for n in ("forget", "retain", "holdout") if getattr(args, n) is None]
         if missing:
@@ -263,6 +270,12 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"{name}: {verdict}")
     print(f"\nreport: {out / HTML_FILE}")
     return 0
+
+
+def _budget(args: argparse.Namespace) -> Any:
+    from loka.methods import Budget
+
+    return Budget(args.target_forget, args.check_every, args.max_steps)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -373,6 +386,12 @@ def _parser() -> argparse.ArgumentParser:
             help="where testbeds are cached (default: $LOKA_CACHE_DIR/testbed or ~/.cache/loka/testbed)",
         )
 
+    def budget_options(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("budget (the stopping rule every method follows)")
+        g.add_argument("--target-forget", type=float, default=0.1, help="stop once forget accuracy <= this (0.1)")
+        g.add_argument("--check-every", type=int, default=25, help="check forget accuracy every N steps (25)")
+        g.add_argument("--max-steps", type=int, default=500, help="at most N optimizer steps (500)")
+
     def overwrite(p: argparse.ArgumentParser) -> None:
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
@@ -444,6 +463,10 @@ def _parser() -> argparse.ArgumentParser:
     unl.add_argument("--retain", required=True)
     unl.add_argument("--method", required=True, help="loka, gradient_ascent, task_vector or retrain")
     unl.add_argument("--oracle", help="for --method retrain: the model trained without the forget facts")
+    unl.add_argument("--validation", help="JSONL of other people's retain facts: budget choice only, never trained on")
+    unl.add_argument("--reference", help="JSONL of facts about people the model never saw (LOKA's target)")
+    unl.add_argument("--augment", help="JSONL of extra wordings of the forget facts a method may train on")
+    budget_options(unl)
     unl.add_argument("--option", action="append", type=_option, metavar="KEY=VALUE", help="a method option")
     unl.add_argument("--seed", type=int, default=0)
     unl.add_argument("--out", required=True)
@@ -470,6 +493,9 @@ def _parser() -> argparse.ArgumentParser:
     def compare_options(p: argparse.ArgumentParser, out: str) -> None:
         testbed_options(p)
         p.add_argument("--out", default=out, help=f"directory for report.html and comparison.json (default {out})")
+        p.add_argument("--seeds", type=int, default=3, help="method seeds per method (default 3)")
+        p.add_argument("--control-seeds", type=int, default=1, help="runs per method with a random control (1)")
+        budget_options(p)
         overwrite(p)
 
     cmp = command(

@@ -1,12 +1,18 @@
-"""Every unlearning method on the same forget / retain / holdout sets, judged by one evaluation.
+"""Every unlearning method under one protocol, judged by one evaluation, with intervals.
 
-:func:`compare` runs the methods, evaluates each edited model beside the exact-retrain oracle and
-beside a random control of the same size (:mod:`ablation.control`: the same number of components
+:func:`compare` runs the methods under a :class:`loka.protocol.Protocol` (the same sets, the same
+:class:`loka.methods.Budget`, several method seeds), evaluates each run beside the exact-retrain
+oracle and beside a random control of the same size (:mod:`ablation.control`: the same number of components
 per layer for a mask, the same singular values per changed weight tensor for a weight edit), and
 returns a :class:`Comparison`: ``.table()`` for the terminal, ``.to_dict()`` for JSON,
 ``.figures()`` for plotly and ``.save(out_dir)`` for ``comparison.json`` + a self-contained
 ``report.html`` (:mod:`loka.report`). :func:`compare_testbed` does it on the built-in testbed;
 ``loka compare`` and ``loka demo`` are the command line for both.
+
+Every number is a mean with a 95% interval over people and seeds (:mod:`loka.intervals`); two
+numbers differ only where their intervals do not overlap. The checks that must first tell the
+original model from the oracle (membership inference, relearning, probe) are shown only when
+they do; otherwise the table says "uninformative".
 """
 
 from __future__ import annotations
@@ -14,20 +20,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 import attribution
 from ablation import AblationMask, bake, random_edit_like
 from loka.data import KnowledgeSet
 from loka.evaluation import UnlearningEvaluation, evaluate
-from loka.methods import METHODS, UnlearningResult, unlearn
+from loka.intervals import Interval, auc_interval, compare_intervals, mean_interval, per_person
+from loka.methods import METHODS, Budget, Compute, UnlearningResult, unlearn
 from loka.models import load_model
+from loka.protocol import Protocol
 
 __all__ = ["Comparison", "MethodOutcome", "compare", "compare_testbed", "DEFAULT_METHODS"]
 
@@ -39,34 +47,76 @@ JSON_FILE, HTML_FILE = "comparison.json", "report.html"
 
 @dataclass(frozen=True)
 class MethodOutcome:
-    """One row of the comparison: a method's evaluation, its wall seconds and its settings."""
+    """One row of the comparison: a method's evaluation under each seed, what each run spent, its
+    settings, and the evaluations of its random controls."""
 
     name: str
-    evaluation: UnlearningEvaluation
-    seconds: float | None = None
-    config: Mapping[str, Any] = field(default_factory=dict)
+    runs: tuple[UnlearningEvaluation, ...]
+    computes: tuple[Compute, ...] = ()
+    configs: tuple[Mapping[str, Any], ...] = ()
+    controls: tuple[UnlearningEvaluation, ...] = ()
     mask: AblationMask | None = None
+    seconds: float | None = None  # wall seconds per run (the oracle: its training time)
+
+    @property
+    def evaluation(self) -> UnlearningEvaluation:
+        """The first seed's evaluation."""
+        return self.runs[0]
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        return self.configs[0] if self.configs else {}
+
+    def interval(self, column: str, *, controls: bool = False) -> Interval | None:
+        """Mean and 95% interval of ``column`` (see :data:`COLUMNS`) over people and seeds."""
+        return column_interval(self.controls if controls else self.runs, column)
+
+    def compute_summary(self) -> dict[str, float] | None:
+        """Mean optimizer steps, forward tokens (millions) and seconds over the runs."""
+        if not self.computes:
+            return None
+        mean = lambda xs: float(np.mean(list(xs)))  # noqa: E731
+        return {
+            "steps": mean(c.steps for c in self.computes),
+            "forward_Mtokens": mean(c.forward_tokens for c in self.computes) / 1e6,
+            "backward_Mtokens": mean(c.backward_tokens for c in self.computes) / 1e6,
+            "seconds": mean(c.seconds for c in self.computes),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "seconds": self.seconds,
-            "config": dict(self.config),
+            "intervals": {c: (i.to_dict() if (i := self.interval(c)) else None) for c in COLUMNS},
+            "control_intervals": (
+                {c: (i.to_dict() if (i := self.interval(c, controls=True)) else None) for c in COLUMNS}
+                if self.controls
+                else None
+            ),
+            "compute": self.compute_summary(),
+            "computes": [c.to_dict() for c in self.computes],
+            "configs": [dict(c) for c in self.configs],
             "mask": None if self.mask is None else self.mask.summary(),
-            "evaluation": self.evaluation.to_dict(),
+            "runs": [r.to_dict() for r in self.runs],
+            "controls": [r.to_dict() for r in self.controls],
         }
 
 
-_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("forget", "forget_accuracy"),
-    ("retain", "retain_accuracy"),
-    ("para", "paraphrase_forget_accuracy"),
-    ("MIA", "membership_inference_auc"),
-    ("MIA ans", "mia_aucs.loss_answer"),
-    ("relearn", "relearning.after"),
-    ("probe", "probe.forget_accuracy"),
-    ("extract", "extraction.exact_match"),
-)
+# column -> (detail key, kind, scalar fallback path); "mean" columns average a per-person value,
+# "auc" columns are a membership attack's ROC AUC (members vs non-members, resampled by person)
+COLUMNS: dict[str, tuple[str, str, str]] = {
+    "forget": ("forget", "mean", "forget_accuracy"),
+    "retain": ("retain", "mean", "retain_accuracy"),
+    "para": ("paraphrase", "mean", "paraphrase_forget_accuracy"),
+    "unseen": ("unseen_wording", "mean", "unseen_wording_forget_accuracy"),
+    "MIA": ("mia.loss", "auc", "membership_inference_auc"),
+    "MIA ans": ("mia.loss_answer", "auc", "mia_aucs.loss_answer"),
+    "relearn": ("relearning", "mean", "relearning.after"),
+    "probe": ("probe", "mean", "probe.forget_accuracy"),
+    "extract": ("extraction", "mean", "extraction.exact_match"),
+}
+# checks that must first tell the original from the oracle (else "uninformative")
+CALIBRATED = ("MIA", "MIA ans", "relearn", "probe")
 
 
 def metric(evaluation: UnlearningEvaluation | None, path: str) -> float | None:
@@ -77,6 +127,29 @@ def metric(evaluation: UnlearningEvaluation | None, path: str) -> float | None:
     return None if value is None else float(value)
 
 
+def column_interval(runs: Sequence[UnlearningEvaluation], column: str) -> Interval | None:
+    """The mean and 95% interval of one column over ``runs`` (one per seed), by person."""
+    if not runs:
+        return None
+    key, kind, path = COLUMNS[column]
+    if kind == "auc":
+        members = [r.details.get(f"{key}.members") for r in runs]
+        nonmembers = [r.details.get(f"{key}.nonmembers") for r in runs]
+        if all(m is not None for m in members) and all(n is not None for n in nonmembers):
+            return auc_interval([m[1] for m in members], members[0][0], [n[1] for n in nonmembers], nonmembers[0][0])  # type: ignore[index]
+    else:
+        details = [r.details.get(key) for r in runs]
+        if all(d is not None for d in details):
+            tables = [dict(zip(*per_person(d[1], d[0]), strict=True)) for d in details]  # type: ignore[index]
+            people = [p for p in tables[0] if all(p in t for t in tables)]
+            if people:
+                return mean_interval([[t[p] for p in people] for t in tables])
+    values = [v for r in runs if (v := metric(r, path)) is not None]
+    if not values:
+        return None
+    return Interval(float(np.mean(values)), float(np.min(values)), float(np.max(values)), 0, len(values))
+
+
 @dataclass(frozen=True)
 class Comparison:
     """The methods' outcomes, first the original model and (when known) the oracle."""
@@ -84,7 +157,8 @@ class Comparison:
     outcomes: tuple[MethodOutcome, ...]
     scores: attribution.AttributionScores | None = None  # forget-set attribution (the report's heatmaps)
     title: str = "loka comparison"
-    sets: Mapping[str, int] = field(default_factory=dict)  # facts per set
+    sets: Mapping[str, int] = field(default_factory=dict)  # facts (and people) per set
+    protocol: str = ""  # the protocol in words
 
     def __getitem__(self, name: str) -> MethodOutcome:
         for outcome in self.outcomes:
@@ -96,46 +170,91 @@ class Comparison:
     def names(self) -> list[str]:
         return [o.name for o in self.outcomes]
 
-    def rows(self) -> list[tuple[str, dict[str, float | None], float | None, str]]:
-        """(label, numbers by column, seconds, forget quality), with a control row under each
-        method that has one."""
+    def informative(self) -> dict[str, bool | None]:
+        """Per calibrated check: does it tell the original from the oracle (their intervals apart)?
+        None when there is no oracle to calibrate against."""
+        if "oracle" not in self.names or "original" not in self.names:
+            return dict.fromkeys(CALIBRATED)
+        out: dict[str, bool | None] = {}
+        for column in CALIBRATED:
+            a, b = self["original"].interval(column), self["oracle"].interval(column)
+            out[column] = None if a is None or b is None else not a.overlaps(b)
+        return out
+
+    def rows(self) -> list[tuple[str, dict[str, Interval | None], dict[str, float] | None, str]]:
+        """(label, interval by column, compute summary, forget quality), with a control row under
+        each method that has one. Uncalibrated checks that cannot tell the original from the
+        oracle are None in every row."""
+        blind = {c for c, ok in self.informative().items() if ok is False}
         rows = []
         for o in self.outcomes:
-            ev = o.evaluation
-            rows.append((o.name, {c: metric(ev, p) for c, p in _COLUMNS}, o.seconds, ev.forget_quality))
-            if ev.control is not None:
-                c = ev.control
-                rows.append(("  random control", {k: metric(c, p) for k, p in _COLUMNS}, None, c.forget_quality))
+            numbers = {c: (None if c in blind else o.interval(c)) for c in COLUMNS}
+            rows.append((o.name, numbers, o.compute_summary(), o.evaluation.forget_quality))
+            if o.controls:
+                numbers = {c: (None if c in blind else o.interval(c, controls=True)) for c in COLUMNS}
+                rows.append(("  random control", numbers, None, o.controls[0].forget_quality))
         return rows
 
     def table(self) -> str:
-        """The method x metric table (accuracies are first-token top-1; MIA is the LOSS attack's AUC,
-        forget vs holdout, on the whole text; MIA ans scores the answer tokens only; relearn is held-out
-        forget accuracy after the relearning attack)."""
-        header = f"{'method':<18}" + "".join(f"{c:>9}" for c, _ in _COLUMNS) + f"{'seconds':>9}  quality"
+        """The method x metric table: mean [95% interval] over people and seeds. forget / retain /
+        para / unseen are first-token accuracies (forget prompts the method was given; retain people
+        no method trained on; the forget facts in other wordings the original learned; a wording
+        held out of training); MIA is the whole-text LOSS attack's AUC (forget vs never-seen
+        people), MIA ans the same on the answer tokens; relearn is the worst case of the relearning
+        attack; probe the residual probe's readout; then optimizer steps, forward tokens and
+        seconds per run."""
+        columns = [c for c in COLUMNS if any(r[1][c] is not None for r in self.rows())]
+        blind = [c for c, ok in self.informative().items() if ok is False]
+        width = 17
+        header = f"{'method':<17}" + "".join(f"{c:>{width}}" for c in columns)
+        header += f"{'steps':>7}{'Mtok':>8}{'sec':>7}"
         lines = [self.title, header, "-" * len(header)]
-        for label, numbers, seconds, quality in self.rows():
-            cells = "".join(f"{v:>9.3f}" if v is not None else f"{'-':>9}" for v in numbers.values())
-            sec = f"{seconds:>9.1f}" if seconds is not None else f"{'-':>9}"
-            lines.append(f"{label:<18}{cells}{sec}  {quality}")
+        for label, numbers, compute, _ in self.rows():
+            cells = "".join(
+                f"{format(v, '.2f').replace(', ', ','):>{width}}" if v is not None else f"{'-':>{width}}"
+                for c, v in numbers.items()
+                if c in columns
+            )
+            if compute is not None:
+                cells += f"{compute['steps']:>7.0f}{compute['forward_Mtokens']:>8.2f}{compute['seconds']:>7.1f}"
+            lines.append(f"{label:<17}{cells}")
+        if blind:
+            lines.append(
+                f"uninformative here (the original and the oracle are not apart): {', '.join(blind)}; not shown."
+            )
+        lines.append("mean [95% interval] over people and method seeds; intervals that overlap mean no difference.")
         return "\n".join(lines)
 
     def verdicts(self) -> dict[str, str]:
-        return {o.name: o.evaluation.verdict() for o in self.outcomes}
+        """Each method in words: against the oracle and against its random control, column by
+        column, a difference only where the intervals do not overlap."""
+        out = {}
+        oracle = self["oracle"] if "oracle" in self.names else None
+        blind = {c for c, ok in self.informative().items() if ok is False}
+        for o in self.outcomes:
+            parts = [o.evaluation.verdict()]
+            if oracle is not None and o.name not in ("oracle",):
+                parts.append("Against the oracle: " + _differences(o, oracle, blind) + ".")
+            if o.controls:
+                parts.append("Against its random control: " + _differences(o, o, blind, controls=True) + ".")
+            out[o.name] = " ".join(parts)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "title": self.title,
+            "protocol": self.protocol,
             "sets": dict(self.sets),
+            "informative": self.informative(),
             "outcomes": [o.to_dict() for o in self.outcomes],
             "top_components": [c.label for c in self.scores.top(20)] if self.scores is not None else None,
         }
 
     def figures(self) -> dict[str, Any]:
-        """Plotly figures: ``"metrics"`` (bars per method), ``"relearning"`` (accuracy of the held-out
-        forget half during the relearning attack), and the attribution heatmaps (``"heads"``,
-        ``"neurons"``) when scores are attached."""
+        """Plotly figures: ``"metrics"`` (bars with intervals per method), ``"relearning"``
+        (accuracy of the held-out forget half during the relearning attack), and the attribution
+        heatmaps (``"heads"``, ``"neurons"``) when scores are attached."""
         from loka.report import comparison_figures
 
         return comparison_figures(self)
@@ -148,9 +267,23 @@ class Comparison:
         out = Path(out_dir).expanduser()
         check_output_dir(out, overwrite=overwrite, marker=JSON_FILE)
         out.mkdir(parents=True, exist_ok=True)
-        (out / JSON_FILE).write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        (out / JSON_FILE).write_text(json.dumps(self.to_dict(), indent=1, default=_json_default) + "\n")
         write_report(self, out / HTML_FILE)
         return out
+
+
+def _differences(a: MethodOutcome, b: MethodOutcome, blind: set[str], *, controls: bool = False) -> str:
+    words = []
+    for column in COLUMNS:
+        if column in blind:
+            continue
+        x, y = a.interval(column), b.interval(column, controls=controls)
+        if x is None or y is None:
+            continue
+        relation = compare_intervals(x, y)
+        words.append(f"{column} {'no difference' if relation == 'no difference' else relation}"
+                     f" ({x.mean:.2f} vs {y.mean:.2f})")  # fmt: skip
+    return "; ".join(words) if words else "nothing to compare"
 
 
 def _json_default(value: Any) -> Any:
@@ -183,14 +316,18 @@ def _control(model: Any, result: UnlearningResult, seed: int) -> Any:
 def compare(
     model: Any,
     *,
-    forget: KnowledgeSet,
-    retain: KnowledgeSet,
-    holdout: KnowledgeSet,
+    protocol: Protocol | None = None,
+    forget: KnowledgeSet | None = None,
+    retain: KnowledgeSet | None = None,
+    holdout: KnowledgeSet | None = None,
     oracle: Any = None,
     oracle_seconds: float | None = None,
     passages: KnowledgeSet | None = None,
     methods: Sequence[str] = DEFAULT_METHODS,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    budget: Budget | None = None,
+    seeds: int | Sequence[int] = 3,
+    control_seeds: int = 1,
     control: bool = True,
     probe: bool = True,
     relearn: bool = True,
@@ -199,12 +336,18 @@ def compare(
     progress: bool = True,
     title: str = "loka comparison",
 ) -> Comparison:
-    """Run ``methods`` on ``model`` (a TransformerBridge or a directory) and evaluate each.
+    """Run ``methods`` on ``model`` (a TransformerBridge or a directory) under one protocol and
+    evaluate each run.
 
+    The sets come from ``protocol`` (:class:`loka.protocol.Protocol`), or are built from
+    ``forget`` / ``retain`` / ``holdout`` (and ``passages``) with :meth:`Protocol.from_sets`
+    (seeded by ``seed``). Every method gets the same sets, the same ``budget`` (:class:`Budget`:
+    the stopping rule) and runs once per method seed (``seeds``: a count or the seeds
+    themselves); each number is then a mean with a 95% interval over people and seeds.
     ``oracle`` (a model directory or model trained without ``forget``) is evaluated once and is
     every row's reference; ``oracle_seconds`` (its training time) goes in its row. ``options``
-    maps a method name to its options for :func:`loka.unlearn`. ``control`` adds, for every
-    method, the evaluation of a random edit of the same size (see the module docstring).
+    maps a method name to its options for :func:`loka.unlearn`. ``control`` adds, for the first
+    ``control_seeds`` runs of every method, the evaluation of a random edit of the same size.
     ``attribute`` attaches forget-set attribution scores for the report's heatmaps.
     """
     unknown = [m for m in methods if m not in METHODS or m == "retrain"]
@@ -217,53 +360,83 @@ def compare(
     stray = sorted(set(options) - set(methods))
     if stray:
         raise ValueError(f"options given for {stray[0]!r}, which is not among the methods {list(methods)}")
+    run_seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
+    if not run_seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in run_seeds):
+        raise ValueError(f"seeds must be a positive count or a list of non-negative integers, got {seeds!r}")
+    if not isinstance(control_seeds, int) or control_seeds < 0:
+        raise ValueError(f"control_seeds must be a non-negative integer, got {control_seeds!r}")
+    if protocol is None:
+        missing = [n for n, v in (("forget", forget), ("retain", retain), ("holdout", holdout)) if v is None]
+        if missing:
+            raise ValueError(f"compare needs protocol= or all of forget=, retain=, holdout= (missing {missing})")
+        protocol = Protocol.from_sets(forget=forget, retain=retain, holdout=holdout, passages=passages, seed=seed)
+    elif any(v is not None for v in (forget, retain, holdout, passages)):
+        raise ValueError("give either protocol= or forget=/retain=/holdout=/passages=, not both")
     if isinstance(model, str | Path):
         model = load_model(model)
-    sets = dict(forget=forget, retain=retain, holdout=holdout)
-    common = dict(**sets, passages=passages, probe=probe, relearn=relearn, seed=seed)
+    budget = budget or Budget()
+    common = dict(protocol=protocol, probe=probe, relearn=relearn)
     outcomes = []
     reference = None
     if oracle is not None:
         reference = evaluate(oracle, **common, label="oracle")
-    outcomes.append(MethodOutcome("original", evaluate(model, **common, oracle=reference, label="original")))
+    outcomes.append(MethodOutcome("original", (evaluate(model, **common, oracle=reference, label="original"),)))
     if reference is not None:
-        outcomes.append(MethodOutcome("oracle", reference, oracle_seconds, {"oracle": str(oracle)}))
+        outcomes.append(MethodOutcome("oracle", (reference,), configs=({"oracle": str(oracle)},),
+                                      seconds=oracle_seconds))  # fmt: skip
     scores = None
     if attribute:
         scores = attribution.attribute(
-            model, forget, method="grad_x_act", baseline="corrupt", direction="denoise", positions="last",
+            model, protocol.forget, method="grad_x_act", baseline="corrupt", direction="denoise", positions="last",
             seed=seed, progress=progress,
         )  # fmt: skip
-    for name in tqdm(methods, desc="compare: methods", disable=not progress, leave=False):
-        logger.info("running %s", name)
-        start = time.perf_counter()
-        result = unlearn(model, forget, retain, method=name, seed=seed, progress=progress, **options.get(name, {}))
-        seconds = time.perf_counter() - start
-        random_control = _control(model, result, seed) if control else None
-        evaluation = evaluate(result.model, **common, oracle=reference, control=random_control, label=name)
-        outcomes.append(MethodOutcome(name, evaluation, seconds, dict(result.config), result.mask))
-    counts = {name: len(ks) for name, ks in sets.items()}
-    if passages is not None:
-        counts["passages"] = len(passages)
-    return Comparison(tuple(outcomes), scores, title, counts)
+    jobs = [(name, s) for name in methods for s in run_seeds]
+    runs: dict[str, list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]] = {}
+    for name, run_seed in tqdm(jobs, desc="compare: method runs", disable=not progress, leave=False):
+        logger.info("running %s (seed %d)", name, run_seed)
+        result = unlearn(
+            model, protocol.forget, protocol.retain_train, method=name, validation=protocol.retain_validation,
+            reference=protocol.reference, augment=protocol.augment, budget=budget, seed=run_seed,
+            progress=progress, **options.get(name, {}),
+        )  # fmt: skip
+        evaluation = evaluate(result.model, **common, oracle=reference, seen=result.seen, label=name)
+        controlled = None
+        if control and len(runs.get(name, [])) < control_seeds:
+            controlled = evaluate(_control(model, result, run_seed), **common, label=f"{name} control")
+        runs.setdefault(name, []).append((result, evaluation, controlled))
+    for name in methods:
+        done = runs[name]
+        outcomes.append(
+            MethodOutcome(
+                name,
+                tuple(ev for _, ev, _ in done),
+                computes=tuple(r.compute for r, _, _ in done if r.compute is not None),
+                configs=tuple(dict(r.config) for r, _, _ in done),
+                controls=tuple(c for _, _, c in done if c is not None),
+                mask=done[0][0].mask,
+                seconds=float(np.mean([r.seconds for r, _, _ in done])),
+            )
+        )
+    return Comparison(tuple(outcomes), scores, title, protocol.sizes(), protocol.describe())
 
 
 def compare_testbed(testbed: Any, **kwargs: Any) -> Comparison:
-    """:func:`compare` on a :class:`loka.testbed.Testbed`: its original model, its forget / retain /
-    holdout facts, the forget people's passages (verbatim extraction) and its oracle."""
+    """:func:`compare` on a :class:`loka.testbed.Testbed` under its protocol
+    (:meth:`loka.protocol.Protocol.from_testbed`): its original model, its oracle, the forget
+    facts in one wording (the others scored as paraphrases), retain people split into train /
+    validation / eval, holdout people split into reference and MIA non-members, and the forget
+    people's passages (verbatim extraction)."""
     config = testbed.config
+    protocol = kwargs.pop("protocol", None) or Protocol.from_testbed(testbed, seed=kwargs.get("seed", 0))
     kwargs.setdefault(
         "title",
-        f"loka comparison on the {testbed.root.name.split('-')[0]} testbed (seed {config.world.seed}): "
-        f"{len(testbed.forget)} forget / {len(testbed.retain)} retain / {len(testbed.holdout)} holdout facts",
+        f"loka comparison on the {testbed.root.name.split('-')[0]} testbed (world seed {config.world.seed}): "
+        f"{len(protocol.forget)} forget facts / {len(protocol.retain_eval)} retain-eval facts",
     )
     return compare(
         load_model(testbed.model_dir),
-        forget=testbed.forget,
-        retain=testbed.retain,
-        holdout=testbed.holdout,
+        protocol=protocol,
         oracle=testbed.oracle_dir,
         oracle_seconds=testbed.info["training"]["oracle"]["seconds"],
-        passages=testbed.passages_of("forget"),
         **kwargs,
     )

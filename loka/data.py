@@ -17,6 +17,7 @@ whose logits predict it. Nothing is ever truncated: a fact longer than the conte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -29,7 +30,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["Fact", "FactBatch", "KnowledgeSet", "encode_facts", "load_tofu", "TOFU_SPLITS"]
+__all__ = ["Fact", "FactBatch", "KnowledgeSet", "content_id", "encode_facts", "load_tofu", "TOFU_SPLITS"]
 
 PaddingSide = Literal["left", "right"]
 _FIELDS = ("id", "prompt", "target", "subject", "relation", "paraphrases")
@@ -61,6 +62,13 @@ class Fact:
     def text(self) -> str:
         """The prompt and target joined the way the model reads them."""
         return self.prompt + _joined_target(self.prompt, self.target)
+
+
+def content_id(prompt: str, target: str) -> str:
+    """``fact-`` + 12 hex digits of SHA-256 over prompt and target: the id of a record that has none.
+    The same question-answer pair gets the same id in every file; different pairs never collide
+    (in practice), unlike a per-file counter."""
+    return "fact-" + hashlib.sha256(f"{prompt}\x00{target}".encode()).hexdigest()[:12]
 
 
 def _joined_target(prompt: str, target: str) -> str:
@@ -172,8 +180,9 @@ class FactBatch:
 class KnowledgeSet:
     """An immutable, non-empty collection of facts with unique ids.
 
-    Build one with :meth:`from_records` or :meth:`from_jsonl`; facts without an ``id`` get
-    ``fact-{index}``. Iterating yields :class:`Fact` objects.
+    Build one with :meth:`from_records` or :meth:`from_jsonl`; facts without an ``id`` get an id
+    made from their text (:func:`content_id`), so that two files without ids never share an id
+    unless they share a fact. Iterating yields :class:`Fact` objects.
     """
 
     facts: tuple[Fact, ...]
@@ -200,11 +209,21 @@ class KnowledgeSet:
 
     @classmethod
     def _from_located(cls, located: Iterable[tuple[str, Any]], name: str) -> KnowledgeSet:
-        """Validate (where, record) pairs; facts without an id get ``fact-{index}``."""
-        facts = []
-        for index, (where, record) in enumerate(located):
+        """Validate (where, record) pairs; facts without an id get :func:`content_id`."""
+        facts, given = [], set()
+        for where, record in located:
             fact = _fact_from_record(record, where)
-            facts.append(fact if fact.id else replace(fact, id=f"fact-{index}"))
+            given.add(fact.id)
+            facts.append(fact)
+        taken: set[str] = {i for i in given if i}
+        for index, fact in enumerate(facts):
+            if not fact.id:
+                fact_id, copy = content_id(fact.prompt, fact.target), 1
+                while fact_id in taken:  # the same question-answer pair twice in one file
+                    copy += 1
+                    fact_id = f"{content_id(fact.prompt, fact.target)}-{copy}"
+                taken.add(fact_id)
+                facts[index] = replace(fact, id=fact_id)
         return cls(tuple(facts), name=name)
 
     @classmethod

@@ -1,8 +1,10 @@
 """The comparison as one self-contained HTML page (plotly.js inlined: it opens offline).
 
-The page holds, in order: the method x metric table (with each method's random control under
-it), the verdict of each evaluation in words, bars of the main numbers, the relearning curves,
-the forget-set attribution heatmaps, and each method's settings and mask summary.
+The page holds, in order: the protocol in words, the method x metric table (mean and 95% interval
+over people and seeds, each method's random control under it, compute per run), which checks
+could not tell the original from the oracle, the verdict of each method in words, bars of the
+main numbers with their intervals, the relearning curves, the forget-set attribution heatmaps,
+and each method's settings and mask summary.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["comparison_figures", "figures_html", "report_html", "write_report"]
 
-_BARS = ("forget", "retain", "para", "MIA", "relearn", "probe")
+_BARS = ("forget", "retain", "para", "unseen", "MIA", "MIA ans", "relearn", "probe")
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -41,16 +43,24 @@ def comparison_figures(comparison: Comparison) -> dict[str, go.Figure]:
     for label, numbers, _, _ in comparison.rows():
         if label.startswith(" "):
             continue
-        bars.add_bar(name=label, x=list(_BARS), y=[numbers[c] for c in _BARS])
+        shown = [c for c in _BARS if numbers.get(c) is not None]
+        cells = [numbers[c] for c in shown]
+        bars.add_bar(
+            name=label, x=shown, y=[i.mean for i in cells],
+            error_y={"type": "data", "symmetric": False, "array": [i.high - i.mean for i in cells],
+                     "arrayminus": [i.mean - i.low for i in cells]},
+        )  # fmt: skip
     bars.update_layout(
-        title="Forget / retain / paraphrase accuracy, MIA AUC, accuracy after relearning, probe accuracy",
+        title="Accuracies (forget, retain-eval, paraphrases, unseen wording), MIA AUCs, relearning worst case, "
+        "probe; mean and 95% interval over people and seeds",
         barmode="group",
         yaxis={"range": [0, 1.05], "title": "value"},
     )
     figures["metrics"] = bars
     curves = go.Figure()
     for outcome in comparison.outcomes:
-        for ev, name, dash in ((outcome.evaluation, outcome.name, "solid"), (outcome.evaluation.control, "", "dot")):
+        control = outcome.controls[0] if outcome.controls else None
+        for ev, name, dash in ((outcome.evaluation, outcome.name, "solid"), (control, "", "dot")):
             if ev is None or ev.relearning is None or not ev.relearning.curve:
                 continue
             steps, accuracy = zip(*ev.relearning.curve, strict=True)
@@ -73,12 +83,17 @@ def comparison_figures(comparison: Comparison) -> dict[str, go.Figure]:
 
 
 def _table(comparison: Comparison) -> str:
-    columns = list(next(iter(comparison.rows()))[1]) if comparison.outcomes else []
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *columns, "seconds", "forget quality"])
+    rows = comparison.rows()
+    columns = [c for c in (rows[0][1] if rows else {}) if any(r[1][c] is not None for r in rows)]
+    heads = ["method", *columns, "steps", "M tokens", "seconds", "forget quality"]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in heads)
     body = []
-    for label, numbers, seconds, quality in comparison.rows():
-        cells = [f"{v:.3f}" if v is not None else "–" for v in numbers.values()]
-        cells.append(f"{seconds:.1f}" if seconds is not None else "–")
+    for label, numbers, compute, quality in rows:
+        cells = [format(numbers[c], ".3f") if numbers[c] is not None else "–" for c in columns]
+        if compute is not None:
+            cells += [f"{compute['steps']:.0f}", f"{compute['forward_Mtokens']:.2f}", f"{compute['seconds']:.1f}"]
+        else:
+            cells += ["–"] * 3
         row_class = ' class="control"' if label.startswith(" ") else ""
         tds = "".join(f"<td>{html.escape(c)}</td>" for c in [label.strip(), *cells, quality])
         body.append(f"<tr{row_class}>{tds}</tr>")
@@ -124,15 +139,27 @@ def report_html(comparison: Comparison) -> str:
     verdicts = "".join(
         f"<li><b>{html.escape(name)}</b>: {html.escape(text)}</li>" for name, text in comparison.verdicts().items()
     )
-    sets = ", ".join(f"{n} {name}" for name, n in comparison.sets.items())
-    body = f"""<p class="note">Sets: {html.escape(sets)}. Accuracies are first-target-token top-1.
-MIA is the LOSS attack's ROC AUC, forget facts (members) against holdout facts (never trained);
-0.5 means an attacker cannot tell them apart; "MIA ans" is the same attack on the answer tokens only.
-"relearn" is the held-out half of the forget facts after
-fine-tuning on the other half; "probe" is a
-logistic-regression probe's accuracy on the forget values read from the residual stream; "extract" is the exact
-verbatim-continuation rate of the forget passages. Each method's <i>random control</i> is an edit of the same
-size in random places; the oracle was trained without the forget set.</p>
+    sets = ", ".join(f"{name} {n}" for name, n in comparison.sets.items())
+    blind = [c for c, ok in comparison.informative().items() if ok is False]
+    calibration = (
+        f"<p><b>Uninformative here:</b> {html.escape(', '.join(blind))}: the original model and the oracle are "
+        "not apart on them, so they cannot judge a method and are not shown.</p>"
+        if blind
+        else ""
+    )
+    body = f"""<h2>Protocol</h2><p>{html.escape(comparison.protocol)}</p>
+<p class="note">Sets: {html.escape(sets)}. Every number is a mean and a 95% interval (bootstrap over people
+and method seeds); intervals that overlap are "no difference". Accuracies are first-target-token top-1:
+<i>forget</i> on the forget prompts the methods were given, <i>retain</i> on retain people no method trained on,
+<i>para</i> on the forget facts in other wordings the original learned and no method saw, <i>unseen</i> on a
+wording held out of the original's training. MIA is the LOSS attack's ROC AUC on the whole text, forget facts
+(members) against people never trained on and never shown to a method; 0.5 means an attacker cannot tell them
+apart; "MIA ans" scores the answer tokens only. "relearn" is the worst case of the relearning attack (fine-tune
+on half of the forget facts mixed with retain facts, over a fixed grid, score the other half); "probe" is a
+linear probe's readout of the forget values from inside the model; "extract" the exact verbatim-continuation
+rate of the forget passages. Steps, tokens (forward, millions) and seconds are per run. Each method's
+<i>random control</i> is an edit of the same size in random places; the oracle was trained without the forget
+set.</p>{calibration}
 <h2>Methods</h2>{_table(comparison)}
 <h2>Verdicts</h2><ul>{verdicts}</ul>
 <h2>Figures</h2>{_figures(comparison_figures(comparison))}

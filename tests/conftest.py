@@ -1,4 +1,25 @@
-"""Session fixtures: the tiny testbed, built once per test session into a temporary cache."""
+"""Session fixtures: the tiny testbed, built once and cached between sessions.
+
+Where testbeds are cached:
+
+- ``$LOKA_TEST_CACHE`` if set;
+- else pytest's cache directory (``.pytest_cache/d/loka-testbed`` in the checkout), so the first
+  session of a clone builds the tiny testbed (about a minute) and later ones reuse it;
+  ``pytest --cache-clear`` builds it again;
+- else (``-p no:cacheprovider``) a fresh temporary directory: every session builds from scratch.
+
+A cached build is named by a hash of its config and ``loka.testbed.RECIPE_VERSION``, so another
+config is another directory; ``tests/loka/test_testbed.py::test_tiny_rebuild_gives_the_same_weights``
+rebuilds from scratch and fails when the cache no longer matches the code (a recipe change
+without a ``RECIPE_VERSION`` bump).
+
+``LOKA_TEST_SEED=<n>`` runs the session on the tiny testbed of another seed (default 0): a model
+this machine did not happen to train, for checking that bounds on trained models are margins
+and not properties of one model. Tests that name the seed-0 world's people skip under it
+(``seed0_world``).
+
+Markers: ``slow`` (registered in pyproject.toml); ``pytest -m "not slow"`` is the fast tier.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +30,28 @@ import pytest
 
 from loka import testbed
 
+TEST_SEED = int(os.environ.get("LOKA_TEST_SEED", "0"))
+
 
 @pytest.fixture(scope="session")
-def testbed_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the session's testbeds are cached: ``$LOKA_TEST_CACHE`` if set (reused across runs),
-    else a fresh temporary directory (every session builds from scratch)."""
+def testbed_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's testbeds are cached (see the module docstring)."""
     shared = os.environ.get("LOKA_TEST_CACHE")
-    return Path(shared) if shared else tmp_path_factory.mktemp("testbed-cache")
+    if shared:
+        return Path(shared)
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("loka-testbed"))
+    return tmp_path_factory.mktemp("testbed-cache")
 
 
 @pytest.fixture(scope="session")
 def tiny_testbed(testbed_cache: Path) -> testbed.Testbed:
-    return testbed.load("tiny", seed=0, cache_dir=testbed_cache, progress=False)
+    return testbed.load("tiny", seed=TEST_SEED, cache_dir=testbed_cache, progress=False)
+
+
+@pytest.fixture
+def seed0_world() -> None:
+    """For tests that name people or tokens of the seed-0 world: skip under ``LOKA_TEST_SEED``."""
+    if TEST_SEED != 0:
+        pytest.skip(f"names the seed-0 world's people (LOKA_TEST_SEED={TEST_SEED})")

@@ -26,9 +26,9 @@ every model is scored the same way:
 | forget quality | forget | KS p-value of truth ratios vs the retain model |
 | model utility | retain, real authors, world facts | hmean of 9 numbers |
 | forget ROUGE-L | forget | ROUGE-L recall of the greedy answer |
-| forget prob. | forget | mean of ``exp(-nll)`` of the answer |
+| forget prob. | forget | mean of ``exp(-nll)`` of the answer (its tokens and the EOS after them, as TOFU) |
 | forget TR | forget | ``mean(min(R, 1/R))`` |
-| MIA AUC | forget vs holdout | LOSS attack (Yeom et al. 2018), sklearn's ROC AUC |
+| MIA AUC | forget vs holdout | LOSS attack (Yeom et al. 2018) on the answer tokens + EOS, sklearn's ROC AUC |
 
 What differs from the paper: models trained from scratch never reach a pretrained model's
 fluency, so absolute numbers (real authors and world facts above all: the model knows only the QA
@@ -36,7 +36,9 @@ it was trained on) are not comparable with the paper's Llama/Phi numbers; the *r
 rows are what the benchmark measures. The retain set of the utility is TOFU's ``retain_perturbed``
 (authors 0-19, which carry paraphrased and perturbed answers) restricted to the trained retain
 authors. Questions are read through ``"Question: {question}\\nAnswer:"`` (no chat template).
-ROUGE-L has no stemming (see :func:`loka.benchmarks.tofu_metrics.rouge_l`).
+ROUGE-L is rouge-score's with Porter stemming, as in TOFU's code (:func:`loka.benchmarks.tofu_metrics.rouge_l`).
+Membership attacks score the answer's tokens only, as open-unlearning's TOFU attacks do (``mia_aucs``
+also holds zlib and Min-40%).
 
 Sizes (``size=``), with wall times measured on 2 CPU cores shared with other jobs (load 2-5):
 
@@ -83,9 +85,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loka.benchmarks import tofu_metrics as tm
 from loka.data import Fact, KnowledgeSet, load_tofu
+from loka.membership import DEFAULT_MIN_K
 from loka.methods import unlearn
-from loka.metrics import score_facts, text_token_log_probs
 from loka.models import hf_model, load_model, plain_copy, quiet_transformers
+from loka.models import logits as model_logits
 from loka.testbed import default_cache_dir, worker
 from loka.testbed.training import ModelConfig, TrainConfig, train_tokenizer
 
@@ -499,14 +502,66 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def _nll(model: Any, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], batch_size: int) -> np.ndarray:
-    """Mean per-token NLL of each answer given its prompt (BOS + prompt + " " + answer)."""
+@torch.no_grad()
+def _answer_log_probs(
+    model: Any, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], batch_size: int
+) -> list[torch.Tensor]:
+    """log p(token | BOS + prompt, earlier tokens) of each answer's tokens and of the EOS after them.
+
+    These are the tokens TOFU scores: its labels are the answer's tokens followed by one EOS, the
+    question's tokens masked out (``data_module.convert_raw_data_to_model_format``, summed by
+    ``get_batch_loss`` and divided by the number of labelled tokens in ``evaluate_util``).
+    open-unlearning labels TOFU answers the same way (``src/data/utils.py``,
+    ``preprocess_chat_instance`` appends the EOS). One float32 CPU tensor per answer, in order.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token; TOFU scores the EOS after each answer")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(answers[i]))  # less padding
-    facts = tuple(Fact(f"q{i}", prompts[i], answers[i]) for i in order)
-    scores = score_facts(model, KnowledgeSet(facts), tokenizer=tokenizer, batch_size=batch_size)
-    nll = np.empty(len(order))
-    nll[order] = (-scores.log_prob / scores.n_target_tokens).double().numpy()
-    return nll
+    facts = KnowledgeSet(tuple(Fact(f"q{i}", prompts[i], answers[i]) for i in order))
+    device = next(model.parameters()).device
+    out: list[torch.Tensor] = [torch.empty(0)] * len(order)
+    done = 0
+    for batch in facts.batches(tokenizer, batch_size):
+        lengths = batch.attention_mask.sum(-1)  # right padding: the real tokens are [0, length)
+        n_answer = batch.target_mask.sum(-1)
+        rows = torch.arange(len(batch))
+        ids = torch.cat([batch.input_ids, batch.input_ids[:, :1]], dim=1)
+        ids[rows, lengths] = eos
+        mask = torch.cat([batch.attention_mask, torch.zeros_like(batch.attention_mask[:, :1])], dim=1)
+        mask[rows, lengths] = 1
+        logits = model_logits(model, ids.to(device), attention_mask=mask.to(device))
+        picked = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1).float().cpu()
+        for i in range(len(batch)):
+            end = int(lengths[i])  # picked[:, p] scores ids[:, p + 1]; the EOS sits at ids[:, end]
+            out[order[done + i]] = picked[i, end - int(n_answer[i]) - 1 : end]
+        done += len(batch)
+    return out
+
+
+def _nll(model: Any, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], batch_size: int) -> np.ndarray:
+    """TOFU's ``avg_gt_loss``: the mean NLL over each answer's tokens and the EOS after them."""
+    log_probs = _answer_log_probs(model, tokenizer, prompts, answers, batch_size)
+    return np.array([-lp.double().mean().item() for lp in log_probs])
+
+
+def _mia_aucs(model: Any, tokenizer: Any, data: TofuData, batch_size: int) -> dict[str, float]:
+    """open-unlearning's membership attacks on TOFU (``configs/eval/tofu_metrics/mia_*.yaml``):
+    forget QA (members) against holdout QA, scoring the *answer's* tokens only. Its LOSS and zlib
+    attacks average the loss over the answer tokens and the EOS (``evaluate_probability``); its
+    Min-K% drops the EOS (``tokenwise_logprobs``: "-1 to ignore eos prediction"), with k = 0.4.
+    zlib normalises by the compressed answer text (open-unlearning decodes the answer's label
+    tokens, which gives the same text up to the joining space). AUCs in
+    :func:`loka.membership.membership_auc`'s orientation (1 = members found)."""
+    sets = (data.forget, data.holdout)
+    scored = [
+        _answer_log_probs(model, tokenizer, [f.prompt for f in ks], [f.target for f in ks], batch_size) for ks in sets
+    ]
+    texts = [[f.target for f in ks] for ks in sets]
+    aucs = {attack: tm.mia_auc(scored[0], texts[0], scored[1], texts[1], attack=attack) for attack in ("loss", "zlib")}
+    no_eos = [[lp[:-1] for lp in per_set] for per_set in scored]
+    aucs["min_k"] = tm.mia_auc(no_eos[0], texts[0], no_eos[1], texts[1], attack="min_k", k=DEFAULT_MIN_K)
+    return aucs
 
 
 @torch.no_grad()
@@ -579,10 +634,7 @@ def evaluate_model(
             utility[f"{set_name}/probability"] = float(prob.mean())
             utility[f"{set_name}/rouge_l"] = rouge
             utility[f"{set_name}/truth_ratio"] = tm.retain_truth_ratio(ratios)
-    members = text_token_log_probs(plain, data.forget, tokenizer=tokenizer, batch_size=batch_size)
-    others = text_token_log_probs(plain, data.holdout, tokenizer=tokenizer, batch_size=batch_size)
-    member_texts, other_texts = [f.text for f in data.forget], [f.text for f in data.holdout]
-    aucs = {a: tm.mia_auc(members, member_texts, others, other_texts, attack=a) for a in ("loss", "zlib", "min_k")}
+    aucs = _mia_aucs(plain, tokenizer, data, batch_size)
     ratios = forget["ratios"]
     return TofuScores(
         name=name,
@@ -658,7 +710,7 @@ class TofuReport:
         lines.append(
             "forget quality: KS-test p-value, forget truth ratios vs the retain model's (higher = closer to it)\n"
             "utility: hmean of prob., ROUGE-L and truth ratio on retain, real authors, world facts\n"
-            "R-L: ROUGE-L recall of the greedy answer; TR: truth ratio; MIA: LOSS attack, forget vs holdout authors\n"
+            "R-L: ROUGE-L recall of the greedy answer; TR: truth ratio; MIA: LOSS on answers, forget vs holdout\n"
             "seconds: training (original, retain) or unlearning (methods)"
         )
         return "\n".join(lines)

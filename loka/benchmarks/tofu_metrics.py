@@ -1,8 +1,10 @@
 """TOFU's metrics, as numbers in and numbers out (Maini et al. 2024, arXiv:2401.06121, Sec. 2.5).
 
 Every TOFU number is built from per-token negative log-likelihoods (NLL) of an answer given its
-question: ``nll = -(1/|a|) sum_t log p(a_t | q, a_<t)``, the mean over the answer's tokens, which
-is TOFU's ``avg_gt_loss`` / ``avg_paraphrased_loss`` / ``average_perturb_loss``. This module holds
+question: ``nll = -(1/|a|) sum_t log p(a_t | q, a_<t)``, the mean over the answer's tokens *and
+the EOS that ends it* (TOFU's labels carry that EOS: ``data_module.convert_raw_data_to_model_format``
+in github.com/locuslab/tofu), which is TOFU's ``avg_gt_loss`` / ``avg_paraphrased_loss`` /
+``average_perturb_loss``. This module holds
 the arithmetic that turns those NLLs into the benchmark's figures, so that each can be checked by
 hand (``tests/loka/test_tofu.py``); :mod:`loka.benchmarks.tofu` computes the NLLs from a model.
 
@@ -26,25 +28,26 @@ hand (``tests/loka/test_tofu.py``); :mod:`loka.benchmarks.tofu` computes the NLL
 - **Model utility**: the harmonic mean (``scipy.stats.hmean``) of nine numbers: probability, ROUGE-L
   recall and truth ratio on each of retain, real authors and world facts (:func:`model_utility`).
   A harmonic mean is dragged down by any one of them being low; one zero makes it zero.
-- **ROUGE-L recall** of the greedy answer against the reference: :func:`rouge_l` (our own LCS,
-  :func:`loka.evaluation.rouge_l_recall`, on text normalised as ``rouge_score`` does: lower case,
-  every non-alphanumeric character a space; unlike TOFU, no Porter stemming).
-- **Membership inference** (not in the TOFU paper; MUSE's privacy check): ROC AUC of an attack that
-  scores each text, forget QA (members) against holdout QA of authors never trained on
-  (:func:`mia_auc`, which is :func:`loka.evaluation.membership_auc`).
+- **ROUGE-L recall** of the greedy answer against the reference: :func:`rouge_l`, the
+  ``rouge-score`` package's ``RougeScorer(["rougeL"], use_stemmer=True).score(reference,
+  prediction).recall`` exactly as TOFU's ``evaluate_util.eval_rouge_recall`` calls it (lower case,
+  non-alphanumerics to spaces, Porter stemming of words longer than 3 characters).
+- **Membership inference** (not in the TOFU paper; MUSE's privacy check, and open-unlearning's
+  ``mia_*`` metrics on TOFU): ROC AUC of an attack that scores each answer, forget QA (members)
+  against holdout QA of authors never trained on (:func:`mia_auc`, which is
+  :func:`loka.membership.membership_auc`; 1 = members found).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import hmean, ks_2samp
 
-from loka.membership import membership_auc as mia_auc  # ROC AUC of a membership attack, members vs not
 from loka.extraction import rouge_l_recall
+from loka.membership import membership_auc as mia_auc  # ROC AUC of a membership attack, members vs not
 
 __all__ = [
     "UTILITY_SETS",
@@ -134,13 +137,6 @@ def model_utility(values: Mapping[str, float]) -> float:
     return float(hmean(numbers))
 
 
-_NON_ALPHANUMERIC = re.compile(r"[^a-z0-9]+")
-
-
-def _normalise(text: str) -> str:
-    return _NON_ALPHANUMERIC.sub(" ", text.lower())
-
-
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L recall after ``rouge_score``'s normalisation (lower case, non-alphanumerics -> spaces)."""
-    return rouge_l_recall(_normalise(prediction), _normalise(reference))
+    """TOFU's ROUGE: ROUGE-L recall of ``prediction`` against ``reference`` (rouge-score, Porter stemming)."""
+    return rouge_l_recall(prediction, reference, use_stemmer=True)

@@ -7,9 +7,10 @@ import torch
 
 import loka
 from loka.data import KnowledgeSet
-from loka.methods import unlearn
+from loka.methods import Budget, unlearn
 from loka.metrics import score_facts
 from loka.models import architecture, hf_state_dict
+from loka.protocol import Protocol
 
 
 @pytest.fixture(scope="module")
@@ -17,26 +18,62 @@ def model(tiny_testbed):
     return loka.load_model(tiny_testbed.model_dir)
 
 
-@pytest.mark.parametrize(("method", "retain_floor"), [("gradient_ascent", 0.85), ("task_vector", 0.85), ("loka", 0.8)])
-def test_method_forgets_some_and_keeps_retain(tiny_testbed, model, method, retain_floor):
+@pytest.fixture(scope="module")
+def protocol(tiny_testbed):
+    return Protocol.from_testbed(tiny_testbed)
+
+
+BUDGET = Budget(target_forget_accuracy=0.1, check_every=10, max_steps=40)
+
+
+@pytest.mark.parametrize("method", ["gradient_ascent", "task_vector", "loka"])
+def test_every_method_follows_the_shared_budget(protocol, model, method):
+    """Every method checks forget accuracy on the same schedule and stops by the same rule; the
+    bounds are relative to the model's own numbers, so they hold for any trained testbed."""
     before = {k: v.clone() for k, v in hf_state_dict(model).items()}
-    options = {"reference": tiny_testbed.holdout} if method == "loka" else {}
-    result = unlearn(model, tiny_testbed.forget, tiny_testbed.retain, method=method, progress=False, **options)
-    forget = score_facts(result.model, tiny_testbed.forget).first_token_accuracy
-    retain = score_facts(result.model, tiny_testbed.retain).first_token_accuracy
-    assert forget < score_facts(model, tiny_testbed.forget).first_token_accuracy
-    assert retain >= retain_floor
-    assert result.method == method and result.seconds > 0 and result.log
+    result = unlearn(
+        model, protocol.forget, protocol.retain_train, method=method, validation=protocol.retain_validation,
+        reference=protocol.reference, budget=BUDGET, progress=False,
+    )  # fmt: skip
+    forget = score_facts(result.model, protocol.forget).first_token_accuracy
+    assert forget < score_facts(model, protocol.forget).first_token_accuracy
+    checks = [e for e in result.log if "forget_accuracy" in e]
+    assert checks and all(e["step"] % BUDGET.check_every == 0 or e["step"] == BUDGET.max_steps for e in checks)
+    if method != "task_vector":  # task vector checks one scale at a time after its fine-tune
+        reached = [e["forget_accuracy"] <= BUDGET.target_forget_accuracy for e in checks]
+        assert not any(reached[:-1])  # it stops at the first check that reaches the target
+        assert reached[-1] or checks[-1]["step"] == BUDGET.max_steps
+        assert checks[-1]["forget_accuracy"] == pytest.approx(forget)
+    assert result.compute.steps <= BUDGET.max_steps and result.compute.steps >= 1
+    assert result.compute.backward_tokens > 0 and result.compute.forward_tokens >= result.compute.backward_tokens
+    assert result.config["budget"] == {"target_forget_accuracy": 0.1, "check_every": 10, "max_steps": 40}
+    assert result.method == method and result.seconds > 0
     assert isinstance(result.model, type(model))
     assert not isinstance(result.model.original_model, type(model))  # never a bridge inside a bridge
+    # what the method saw: never the evaluation sets
+    assert result.seen.clash(protocol.retain_eval) is None and result.seen.clash(protocol.nonmembers) is None
+    assert result.seen.clash(protocol.paraphrase_eval, by_person=False) is None
     # the input model is untouched
     assert all(torch.equal(before[k], v) for k, v in hf_state_dict(model).items())
 
 
-def test_loka_edits_only_the_mlps_of_the_layers_it_chose(tiny_testbed, model):
+def test_compute_counts_every_forward_token(protocol, model):
+    """The meter counts tokens through the embedding: one full-batch check of the forget set
+    costs exactly its padded token count."""
     result = unlearn(
-        model, tiny_testbed.forget, tiny_testbed.retain, method="loka", reference=tiny_testbed.holdout,
-        steps=10, check_every=5, progress=False,
+        model, protocol.forget, protocol.retain_train, method="gradient_ascent",
+        validation=protocol.retain_validation, budget=Budget(check_every=1, max_steps=1), batch_size=4,
+        progress=False,
+    )  # fmt: skip
+    tokens = lambda ks: sum(b.input_ids.numel() for b in ks.batches(model, 64))  # noqa: E731
+    assert result.compute.steps == 1 and result.compute.backward_tokens > 0  # one forget and one retain batch
+    assert result.compute.forward_tokens == result.compute.backward_tokens + tokens(protocol.forget)  # + the check
+
+
+def test_loka_edits_only_the_mlps_of_the_layers_it_chose(protocol, model):
+    result = unlearn(
+        model, protocol.forget, protocol.retain_train, method="loka", reference=protocol.reference,
+        validation=protocol.retain_validation, max_steps=10, check_every=5, progress=False,
     )  # fmt: skip
     layers = result.config["chosen"]["layers"]
     spec = architecture(model)
@@ -48,7 +85,7 @@ def test_loka_edits_only_the_mlps_of_the_layers_it_chose(tiny_testbed, model):
 
 
 def test_methods_are_reproducible_by_seed(tiny_testbed, model):
-    runs = [unlearn(model, tiny_testbed.forget, tiny_testbed.retain, method="gradient_ascent", epochs=2,
+    runs = [unlearn(model, tiny_testbed.forget, tiny_testbed.retain, method="gradient_ascent", max_steps=4,
                     progress=False, seed=3) for _ in range(2)]  # fmt: skip
     assert loka.fingerprint(runs[0].model) == loka.fingerprint(runs[1].model)
 
@@ -68,6 +105,16 @@ def test_bad_inputs(tiny_testbed, model):
         unlearn(model, KnowledgeSet((), name="forget"), tb.retain, method="gradient_ascent")
     with pytest.raises(ValueError, match="forget and retain overlap"):
         unlearn(model, tb.forget, tb.retain + tb.forget, method="gradient_ascent")
+    with pytest.raises(ValueError, match="forget and reference overlap"):
+        unlearn(model, tb.forget, tb.retain, method="loka", reference=tb.forget)
+    with pytest.raises(ValueError, match="retain and validation overlap"):
+        unlearn(model, tb.forget, tb.retain, method="loka", validation=tb.retain)
+    with pytest.raises(ValueError, match="give the budget either as budget= or as max_steps="):
+        unlearn(model, tb.forget, tb.retain, method="loka", budget=Budget(), max_steps=3)
+    with pytest.raises(ValueError, match="max_steps must be an integer at least 1"):
+        unlearn(model, tb.forget, tb.retain, method="gradient_ascent", max_steps=0)
+    with pytest.raises(ValueError, match="target_forget_accuracy must be a number between 0.0 and 1.0"):
+        Budget(target_forget_accuracy=2)
     with pytest.raises(ValueError, match="unknown option for 'gradient_ascent'"):
         unlearn(model, tb.forget, tb.retain, method="gradient_ascent", learning_rate=1.0)
     with pytest.raises(ValueError, match="alpha must be a number between 0.0 and 1.0"):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import loka
+from ablation import export_checkpoint
 from loka import testbed
 from loka.metrics import score_facts
 from loka.testbed.training import ModelConfig, TrainConfig, train_model, train_tokenizer
@@ -138,3 +140,83 @@ def test_relations_have_held_out_templates():
         assert relation.heldout_template not in relation.train_templates
         assert all("{s}" in t for t in relation.templates)
         assert len(set(relation.values)) == len(relation.values)
+
+
+# --- the checkpoints as anyone would use them: plain transformers, TransformerLens ---------------
+
+
+def plain_first_token_correct(model_dir: Path, knowledge: loka.KnowledgeSet) -> list[bool]:
+    """AutoTokenizer + AutoModelForCausalLM as a user would call them, one prompt at a time: is
+    the top-1 next token after the prompt the first token of " " + target?"""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    correct = []
+    with torch.no_grad():
+        for fact in knowledge:
+            inputs = tokenizer(fact.prompt, return_tensors="pt")
+            predicted = model(**inputs).logits[0, -1].argmax().item()
+            correct.append(predicted == tokenizer(" " + fact.target, add_special_tokens=False).input_ids[0])
+    return correct
+
+
+def test_the_saved_tokenizer_adds_bos_once(tiny_testbed):
+    """The models are trained on [BOS] + text; the saved tokenizer adds that BOS itself, once."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_testbed.model_dir)
+    prompt = tiny_testbed.retain[0].prompt
+    bare = tokenizer(prompt, add_special_tokens=False).input_ids
+    assert tokenizer(prompt).input_ids == [tokenizer.bos_token_id, *bare]
+    assert bare and tokenizer.bos_token_id not in bare
+    # loka's encoder places BOS itself: one BOS per row, then the prompt
+    batch = tiny_testbed.retain.encode(tokenizer)
+    real = batch.input_ids.masked_fill(batch.attention_mask == 0, -1)  # pad is the same token as BOS
+    assert (real == tokenizer.bos_token_id).sum(-1).tolist() == [1] * len(tiny_testbed.retain)
+    assert batch.input_ids[0, : 1 + len(bare)].tolist() == tokenizer(prompt).input_ids
+
+
+def test_transformer_lens_does_not_double_bos(tiny_testbed):
+    """loka.load_model's bridge: to_tokens gives one BOS, and model("text") reads the same tokens
+    as the HF model does."""
+    model = loka.load_model(tiny_testbed.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_testbed.model_dir)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_testbed.model_dir).eval()
+    prompt = tiny_testbed.retain[0].prompt
+    expected = tokenizer(prompt).input_ids
+    assert model.to_tokens(prompt)[0].tolist() == expected
+    assert model.to_tokens(prompt, prepend_bos=False)[0].tolist() == expected[1:]
+    with torch.no_grad():
+        torch.testing.assert_close(model(prompt), hf(torch.tensor([expected])).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_plain_transformers_reproduces_loka_first_token_accuracy(tiny_testbed):
+    """Fact by fact, the plain pipeline agrees with loka.metrics.score_facts (and the stored table)."""
+    retain = tiny_testbed.retain
+    plain = plain_first_token_correct(tiny_testbed.model_dir, retain)
+    scores = score_facts(loka.load_model(tiny_testbed.model_dir), retain)
+    assert plain == scores.first_token_correct.tolist()
+    table = tiny_testbed.accuracy_table().value("retain facts", "original")
+    assert sum(plain) / len(plain) == pytest.approx(table)
+
+
+def test_text_generation_pipeline_answers_retain_facts(tiny_testbed):
+    """transformers.pipeline greedy generation from the saved directory produces the target, on
+    retain facts whose every target token the model predicts top-1 (loka's exact match)."""
+    from transformers import pipeline
+
+    retain = tiny_testbed.retain
+    tokenizer = AutoTokenizer.from_pretrained(tiny_testbed.model_dir)
+    known = score_facts(loka.load_model(tiny_testbed.model_dir), retain).exact_match.tolist()
+    facts = [fact for fact, ok in zip(retain, known, strict=True) if ok][:5]
+    assert len(facts) == 5
+    generator = pipeline("text-generation", model=str(tiny_testbed.model_dir), tokenizer=str(tiny_testbed.model_dir))
+    for fact in facts:
+        n_target = len(tokenizer(" " + fact.target, add_special_tokens=False).input_ids)
+        out = generator(fact.prompt, max_new_tokens=n_target, do_sample=False)
+        assert out[0]["generated_text"] == fact.text, fact.id
+
+
+def test_exported_checkpoint_reproduces_the_accuracy_in_plain_transformers(tiny_testbed, tmp_path):
+    model = loka.load_model(tiny_testbed.model_dir)
+    out = export_checkpoint(model, tmp_path / "exported")
+    retain = tiny_testbed.retain
+    assert AutoTokenizer.from_pretrained(out)("x").input_ids[0] == AutoTokenizer.from_pretrained(out).bos_token_id
+    assert plain_first_token_correct(out, retain) == score_facts(model, retain).first_token_correct.tolist()

@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from rouge_score import rouge_scorer
+from sklearn.metrics import roc_auc_score
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loka.benchmarks import tofu
 from loka.benchmarks import tofu_metrics as tm
@@ -30,6 +35,15 @@ def _tofu_dir() -> Path | None:
 DATA = _tofu_dir()
 needs_data = pytest.mark.skipif(DATA is None, reason="TOFU data not found (set LOKA_TOFU_DIR)")
 LN2 = math.log(2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run many times faster on one thread than on two contended ones."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 # --- metrics, by hand -------------------------------------------------------------------------
@@ -81,10 +95,29 @@ def test_model_utility_is_the_harmonic_mean_of_nine():
         tm.model_utility({"retain/probability": 0.5})
 
 
-def test_rouge_l_normalises_case_and_punctuation():
+def test_rouge_l_normalises_case_and_punctuation_and_stems():
     # prediction words: the cat sat; reference: the cat sat on the mat -> LCS 3 of 6
     assert tm.rouge_l("The cat, sat.", "the cat sat on the mat") == pytest.approx(0.5)
     assert tm.rouge_l("Al-Kuwaiti was born.", "Al-Kuwaiti was born") == 1.0
+    # Porter stemming, as TOFU's scorer: writes -> write, novels -> novel
+    assert tm.rouge_l("She writes novels", "she write a novel") == pytest.approx(3 / 4)
+
+
+def test_rouge_l_is_tofus_rouge_recall():
+    # TOFU evaluate_util.eval_rouge_recall: RougeScorer(['rouge1', 'rougeL'], use_stemmer=True),
+    # rouge_scores = scorer.score(gt, gen); rougeL_recall[idx] = rouge_scores['rougeL'].recall
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    pairs = [
+        ("Basil Mahfouz Al-Kuwaiti was born in Kuwait City.", "The author was born in Kuwait City, Kuwait."),
+        (
+            "His father was a florist and his mother a game developer",
+            "His father was a florist; his mother, a game designer.",
+        ),
+        ("Writing", "He is known for writing French literature"),
+        ("", "anything"),
+    ]
+    for gen, gt in pairs:
+        assert tm.rouge_l(gen, gt) == scorer.score(gt, gen)["rougeL"].recall
 
 
 def test_mia_auc_counts_member_over_nonmember_pairs():
@@ -112,6 +145,103 @@ def test_author_name():
     ]
     assert tofu.author_name(questions) == "Jane Q. Doe"
     assert tofu.author_name(questions[-1:]) is None
+
+
+# --- which tokens are scored, against the reference code ---------------------------------------
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_testbed):
+    model = AutoModelForCausalLM.from_pretrained(tiny_testbed.model_dir).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_testbed.model_dir)
+
+
+def _ref_tofu_avg_gt_loss(model, tokenizer, question: str, answer: str) -> float:
+    """TOFU's per-token NLL of an answer, transcribed: data_module.convert_raw_data_to_model_format
+    (with our template: the prompt is the question, the answer tag the joining space), then
+    data_module.get_batch_loss divided by the number of labelled tokens (evaluate_util.get_all_evals)."""
+    new_question, new_answer = question, " " + answer
+    full_text = new_question + new_answer
+    num_question_tokens = len(tokenizer.tokenize(new_question, add_special_tokens=True))
+    encoded = tokenizer(full_text, add_special_tokens=True)
+    max_length = len(encoded.input_ids) + 4
+    pad_length = max_length - len(encoded.input_ids)
+    pad_input_ids = encoded["input_ids"] + [tokenizer.eos_token_id] * pad_length
+    pad_attention_mask = encoded["attention_mask"] + [0] * pad_length
+    label = encoded["input_ids"] + [tokenizer.eos_token_id] + [-100] * (pad_length - 1)
+    for i in range(num_question_tokens):
+        label[i] = -100
+    labels = torch.tensor([label])
+    with torch.no_grad():
+        output = model(torch.tensor([pad_input_ids]), attention_mask=torch.tensor([pad_attention_mask])).logits
+    shifted_labels = labels[..., 1:].contiguous()
+    output = output[..., :-1, :].contiguous()
+    loss_function = torch.nn.CrossEntropyLoss(ignore_index=-100, reduction="none")
+    gt_loss = loss_function(output.transpose(-1, -2), shifted_labels).sum(dim=-1)
+    num_token_gt = (labels != -100).sum(-1)
+    return (gt_loss / num_token_gt).item()
+
+
+def test_answer_nll_includes_the_eos_as_tofu_scores_it(tiny_testbed, tiny_lm):
+    model, tokenizer = tiny_lm
+    facts = list(tiny_testbed.forget)[:4] + list(tiny_testbed.holdout)[:4]
+    prompts, answers = [f.prompt for f in facts], [f.target for f in facts]
+    ours = tofu._nll(model, tokenizer, prompts, answers, batch_size=3)
+    reference = [_ref_tofu_avg_gt_loss(model, tokenizer, q, a) for q, a in zip(prompts, answers, strict=True)]
+    np.testing.assert_allclose(ours, reference, rtol=1e-5)
+    # without the EOS (the answer's tokens only) the numbers differ
+    log_probs = tofu._answer_log_probs(model, tokenizer, prompts, answers, batch_size=3)
+    answer_only = np.array([-lp[:-1].double().mean().item() for lp in log_probs])
+    assert np.abs(answer_only - ours).max() > 1e-3
+    assert [len(lp) for lp in log_probs] == [
+        len(tokenizer(" " + a, add_special_tokens=False)["input_ids"]) + 1 for a in answers
+    ]
+
+
+def _ref_open_unlearning_stats(model, tokenizer, prompt: str, answer: str) -> tuple[float, torch.Tensor]:
+    """open-unlearning's per-sample statistics of a TOFU QA pair, transcribed: the labels of
+    src/data/utils.py preprocess_chat_instance (no chat template; the answer's tokens and an EOS),
+    avg_loss of src/evals/metrics/utils.py evaluate_probability (LOSS and zlib attacks) and the
+    token log-probs of tokenwise_logprobs (Min-K%)."""
+    chat_ids = tokenizer(prompt + " " + answer, add_special_tokens=True)["input_ids"]
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if chat_ids[-1] != tokenizer.eos_token_id:
+        chat_ids += [tokenizer.eos_token_id]
+    len_matched = len(prompt_ids)
+    input_ids = torch.tensor([chat_ids])
+    labels = torch.tensor([[-100] * len_matched + chat_ids[len_matched:]])
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits
+    # evaluate_probability
+    shifted_labels = labels[..., 1:].contiguous()
+    loss_function = torch.nn.CrossEntropyLoss(ignore_index=-100, reduction="none")
+    losses = loss_function(logits[..., :-1, :].contiguous().transpose(-1, -2), shifted_labels).sum(dim=-1)
+    avg_loss = (losses / (labels != -100).sum(-1)).item()
+    # tokenwise_logprobs
+    log_probs = torch.nn.functional.log_softmax(logits, dim=-1)[:, :-1, :]
+    target_log_probs = torch.gather(log_probs, dim=2, index=input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    actual_indices = (labels[0] != -100).nonzero(as_tuple=True)[0][:-1]  # -1 to ignore eos prediction
+    start_idx, end_idx = actual_indices[0].item(), actual_indices[-1].item()
+    return avg_loss, target_log_probs[0, start_idx - 1 : end_idx]
+
+
+def test_mia_scores_the_answer_tokens_as_open_unlearning_does(tiny_testbed, tiny_lm):
+    model, tokenizer = tiny_lm
+    data = SimpleNamespace(forget=tiny_testbed.forget, holdout=tiny_testbed.holdout)
+    ours = tofu._mia_aucs(model, tokenizer, data, batch_size=16)
+    stats = [_ref_open_unlearning_stats(model, tokenizer, f.prompt, f.target) for f in [*data.forget, *data.holdout]]
+    answers = [f.target for f in [*data.forget, *data.holdout]]
+    scores = {  # open-unlearning's scores are loss-like (higher = less likely a member)
+        "loss": [avg_loss for avg_loss, _ in stats],  # mia/loss.py
+        "zlib": [
+            avg_loss / len(zlib.compress(a.encode("utf-8"))) for (avg_loss, _), a in zip(stats, answers, strict=True)
+        ],
+        "min_k": [
+            -np.mean(np.sort(lp.float().numpy())[: max(1, int(len(lp) * 0.4))]) for _, lp in stats
+        ],  # mia/min_k.py
+    }
+    labels = [0] * len(data.forget) + [1] * len(data.holdout)  # mia/utils.py mia_auc: forget 0, holdout 1
+    for attack, values in scores.items():
+        assert ours[attack] == pytest.approx(roc_auc_score(labels, values), abs=1e-12), attack
+    assert set(ours) == {"loss", "zlib", "min_k"}
 
 
 # --- arguments and data ------------------------------------------------------------------------
@@ -184,6 +314,7 @@ def tiny_report(tmp_path_factory):
     return report, cache
 
 
+@pytest.mark.slow
 def test_tiny_run_produces_tofus_table(tiny_report):
     report, _ = tiny_report
     assert report.names == ("original", "retain", "gradient_ascent")
@@ -205,6 +336,7 @@ def test_tiny_run_produces_tofus_table(tiny_report):
     assert all(name in text for name in report.names)
 
 
+@pytest.mark.slow
 def test_tiny_run_saves_json_and_self_contained_html(tiny_report, tmp_path):
     report, _ = tiny_report
     out = report.save(tmp_path / "report")
@@ -215,6 +347,7 @@ def test_tiny_run_saves_json_and_self_contained_html(tiny_report, tmp_path):
     assert 'src="http' not in page and "src='http" not in page
 
 
+@pytest.mark.slow
 def test_methods_get_tofus_sets_and_the_cache_is_reused(tiny_report, monkeypatch):
     """Each method gets forget = the forget authors, retain = the retain authors, its options;
     LOKA the holdout authors as reference. A second run trains nothing."""
