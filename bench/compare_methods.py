@@ -1,16 +1,13 @@
-"""Every unlearning method on the testbed, judged by the shared evaluation against the oracle.
+"""Every unlearning method on several testbed worlds, under the protocol, against each world's oracle.
 
-    python bench/compare_methods.py [--size default|tiny] [--cache-dir DIR]
+    python bench/compare_methods.py [--size default|tiny] [--worlds 0,1,2] [--seeds 3] [--out DIR]
 
-Prints, per method: forget / retain / paraphrase-forget accuracy (retain measured on all retain
-people; the methods hold a fifth of them out for validation), LOSS-attack MIA AUC, relearning
-(held-out forget half after 20 fine-tuning steps on the other half), probe accuracy on forget, and
-the method's wall seconds. The oracle row is the exact retrain.
-
-MIA is the shared evaluation's LOSS attack over the whole text (BOS + prompt + target, the subject's
-name included); "MIA-ans" is the same attack scored on the answer tokens only (mean target
-log-prob), which shows whether a method made the *facts* look unseen even where the *names* are
-still memorised.
+The same configuration as ``loka demo`` (``loka.comparison.compare_testbed`` with its defaults:
+the testbed protocol, one budget for every method, method seeds, a random control per method),
+run on each world seed (each world has its own original model and its own oracle). Prints each
+world's table (mean [95% interval] over people and method seeds) and then, per method and column,
+the mean over worlds with the lowest and highest world mean: a number that holds on one world
+only shows up as a wide spread. ``--out DIR`` also saves each world's comparison (JSON + report).
 """
 
 from __future__ import annotations
@@ -24,63 +21,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
 
 import loka  # noqa: E402
-from loka.evaluation import evaluate  # noqa: E402
-from loka.methods import unlearn  # noqa: E402
-from loka.metrics import score_facts  # noqa: E402
-
-
-def answer_mia(model, forget, holdout) -> float:
-    """ROC AUC of the LOSS attack on the answer tokens only (members: forget; non-members: holdout)."""
-    scores = [score_facts(model, ks) for ks in (forget, holdout)]
-    values = torch.cat([s.log_prob / s.n_target_tokens for s in scores]).numpy()
-    return float(roc_auc_score(np.r_[np.ones(len(forget)), np.zeros(len(holdout))], values))
+from loka.comparison import COLUMNS, compare_testbed  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="default", choices=("default", "tiny"))
-    parser.add_argument("--seed", type=int, default=0, help="the testbed world's seed")
+    parser.add_argument("--worlds", default="0,1,2", help="testbed world seeds, comma-separated")
+    parser.add_argument("--seeds", type=int, default=3, help="method seeds per method and world")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--methods", default="loka,gradient_ascent,task_vector")
+    parser.add_argument("--out", default=None, help="save each world's comparison under DIR/world-N")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # a tiny model: one thread is as fast, and leaves the other cores alone
-    tb = loka.testbed.load(args.size, seed=args.seed, cache_dir=args.cache_dir, progress=False)
-    model = loka.load_model(tb.model_dir)
-    sets = dict(forget=tb.forget, retain=tb.retain, holdout=tb.holdout)
-    oracle = evaluate(tb.oracle_dir, **sets, label="oracle")
-    print(
-        f"testbed {args.size} seed {args.seed}: oracle training took {tb.info['training']['oracle']['seconds']:.0f} s"
-    )
-    header = (
-        f"{'method':<16}{'forget':>8}{'retain':>8}{'para':>8}{'MIA':>8}{'MIA-ans':>8}{'relearn':>9}{'probe':>8}{'sec':>8}"
-        "  quality"
-    )
-    print(header + "\n" + "-" * len(header))
-
-    def row(name: str, model, ev, seconds: float | None) -> None:
-        ans = answer_mia(loka.load_model(model) if isinstance(model, str | Path) else model, tb.forget, tb.holdout)
-        sec = f"{seconds:>8.1f}" if seconds is not None else f"{'-':>8}"
-        print(
-            f"{name:<16}{ev.forget_accuracy:>8.3f}{ev.retain_accuracy:>8.3f}{ev.paraphrase_forget_accuracy:>8.3f}"
-            f"{ev.membership_inference_auc:>8.3f}{ans:>8.3f}{ev.relearning.after:>9.3f}{ev.probe.forget_accuracy:>8.3f}{sec}"
-            f"  {ev.forget_quality}",
-            flush=True,
-        )
-
-    row("original", model, evaluate(model, **sets, oracle=oracle), None)
-    row("oracle", tb.oracle_dir, oracle, tb.info["training"]["oracle"]["seconds"])
-    options = {"loka": {"reference": tb.holdout}, "loka-rewrite": {"reference": tb.holdout, "edit": "rewrite"}}
-    for name in args.methods.split(","):
+    torch.set_num_threads(1)  # a tiny model: one thread is as fast, and leaves the other core alone
+    worlds = [int(w) for w in args.worlds.split(",") if w.strip()]
+    per_world = {}
+    for world in worlds:
         start = time.perf_counter()
-        method = "loka" if name.startswith("loka") else name
-        result = unlearn(model, tb.forget, tb.retain, method=method, progress=False, **options.get(name, {}))
-        seconds = time.perf_counter() - start
-        row(name, result.model, evaluate(result.model, **sets, oracle=oracle), seconds)
-        if method == "loka":
-            print(f"{'':16}chosen: {result.config['chosen']}", flush=True)
+        tb = loka.testbed.load(args.size, seed=world, cache_dir=args.cache_dir, progress=False)
+        comparison = compare_testbed(tb, methods=args.methods.split(","), seeds=args.seeds, progress=False)
+        print(comparison.table())
+        print(f"(world {world}: {time.perf_counter() - start:.0f} s including the testbed build if any)\n", flush=True)
+        if args.out:
+            comparison.save(Path(args.out) / f"world-{world}", overwrite=True)
+        per_world[world] = comparison
+    names = list(next(iter(per_world.values())).names)
+    columns = [c for c in COLUMNS if c != "extract"]
+    print(f"over {len(worlds)} worlds: mean of the world means [lowest, highest world mean]")
+    print(f"{'method':<12}" + "".join(f"{c:>19}" for c in columns))
+    for name in names:
+        cells = ""
+        for column in columns:
+            means = [
+                i.mean
+                for c in per_world.values()
+                if (i := c[name].interval(column)) is not None and c.informative().get(column, True) is not False
+            ]
+            cells += (
+                f"{np.mean(means):>7.3f} [{min(means):.2f},{max(means):.2f}]" if means else f"{'uninformative':>19}"
+            )
+        print(f"{name:<12}{cells}")
 
 
 if __name__ == "__main__":

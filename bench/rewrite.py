@@ -1,12 +1,14 @@
-"""Bench (issue 8): erasure at 1/5/10% of the people and fact updates, on a testbed.
+"""Bench: erasure at 1/5/10% of the people and fact updates, on a testbed.
 
 Forget sets are random subsets of the trained people (retain + forget); the rest of the retain
 people are split in two: one half builds the edit (key covariance; LOKA's retain set, of which
 ``unlearn`` keeps a fifth for validation), the other half (never seen by the edit) measures retain
-accuracy. Erase targets come from the holdout people (never trained). Rows: the closed-form
+accuracy. Erase targets come from half of the holdout people (never trained; the *reference*), the
+membership attack's non-members are the other half, so no edit is pulled toward the people it is
+then scored against; edits are given the forget facts without their paraphrases. Rows: the closed-form
 rewrite (``ablation.rewrite``, answer position, two layer sets) and the LOKA method
 (``loka.unlearn(method="loka")``: attribution-chosen layers, localized fine-tune of their MLPs).
-MIA is loka.evaluation's LOSS attack (forget vs holdout) over the whole text; MIA-ans scores the
+MIA is loka.evaluation's LOSS attack (forget vs non-members) over the whole text; MIA-ans scores the
 answer tokens only. The oracle's are given where the forget set is the testbed's own forget set
 (the oracle never saw exactly those people); "para" is accuracy on the forget facts' paraphrases.
 
@@ -24,9 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packages, not bench/attribution.py
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from ablation.rewrite import key_covariance, rewrite  # noqa: E402
 from loka import testbed  # noqa: E402
@@ -35,6 +35,7 @@ from loka.evaluation import evaluate  # noqa: E402
 from loka.methods import unlearn  # noqa: E402
 from loka.metrics import score_facts  # noqa: E402
 from loka.models import load_model  # noqa: E402
+from loka.protocol import strip_paraphrases  # noqa: E402
 
 
 def people(knowledge: KnowledgeSet, names: set[str], label: str) -> KnowledgeSet:
@@ -43,13 +44,6 @@ def people(knowledge: KnowledgeSet, names: set[str], label: str) -> KnowledgeSet
 
 def accuracy(model: Any, knowledge: KnowledgeSet) -> float:
     return score_facts(model, knowledge).first_token_accuracy
-
-
-def answer_mia(model: Any, forget: KnowledgeSet, holdout: KnowledgeSet) -> float:
-    """LOSS-attack ROC AUC on the answer tokens only (mean target log-prob)."""
-    scores = [score_facts(model, ks) for ks in (forget, holdout)]
-    values = torch.cat([s.log_prob / s.n_target_tokens for s in scores]).numpy()
-    return float(roc_auc_score(np.r_[np.ones(len(forget)), np.zeros(len(holdout))], values))
 
 
 def main() -> None:
@@ -63,6 +57,7 @@ def main() -> None:
     tb = testbed.load(args.size, seed=args.seed, cache_dir=args.cache_dir, progress=False)
     model = load_model(tb.model_dir)
     trained = tb.retain + tb.forget
+    nonmembers, reference = tb.holdout.split(0.5, seed=0, by="subject")  # disjoint by person
     rng = random.Random(0)
     retain_people = list(tb.retain.subjects)
     rng.shuffle(retain_people)
@@ -85,7 +80,7 @@ def main() -> None:
         # forget people are taken from the eval half or the testbed's forget people; keep eval disjoint
         sets.append((f"{fraction:.0%} ({n} people)", people(trained, chosen, f"forget{n}"), False))
     sets.append((f"testbed forget ({len(tb.forget.subjects)})", tb.forget, True))
-    oracle, oracle_ans = None, 0.0
+    oracle = None
 
     columns = ("forget", "para", "retain", "MIA", "MIA-ans", "oracle", "sec")
     header = f"{'forget set':24} {'edit':18} " + " ".join(f"{c:>7}" for c in columns)
@@ -94,8 +89,7 @@ def main() -> None:
     for label, forget, with_oracle in sets:
         keep = eval_retain.filter(lambda f, s=set(forget.subjects): f.subject not in s, name="retain/eval")
         if with_oracle and oracle is None:
-            oracle = evaluate(tb.oracle_dir, forget=forget, retain=keep, holdout=tb.holdout, probe=False, relearn=False)
-            oracle_ans = answer_mia(load_model(tb.oracle_dir), forget, tb.holdout)
+            oracle = evaluate(tb.oracle_dir, forget=forget, retain=keep, holdout=nonmembers, probe=False, relearn=False)
         edits: list[tuple[str, Any]] = [
             (f"rewrite L{','.join(map(str, layers))} {lam:g}", dict(layers=layers, lam=lam))
             for layers, lam in (([3], 1.0), ([2, 3], 1.0), ([0, 1, 2, 3], 1.0))
@@ -107,19 +101,25 @@ def main() -> None:
             start = time.perf_counter()
             if options is None:
                 train = cov_retain.filter(lambda f, s=set(forget.subjects): f.subject not in s, name="retain/edit")
-                edited = unlearn(model, forget, train, method="loka", reference=tb.holdout, progress=False).model
+                given = strip_paraphrases(forget)
+                edited = unlearn(model, given, train, method="loka", reference=reference, progress=False).model
             else:
-                edited = rewrite(model, forget, retain=None, covariance=cov, reference=tb.holdout, **options).model
+                given = strip_paraphrases(forget)
+                edited = rewrite(model, given, retain=None, covariance=cov, reference=reference, **options).model
             seconds = time.perf_counter() - start
             ev = evaluate(
-                edited, forget=forget, retain=keep, holdout=tb.holdout, probe=False, relearn=False,
+                edited, forget=forget, retain=keep, holdout=nonmembers, probe=False, relearn=False,
                 oracle=oracle if with_oracle else None,
             )  # fmt: skip
-            ref = f"{ev.reference.membership_inference_auc:.2f}/{oracle_ans:.2f}" if ev.reference is not None else "-"
+            ref = (
+                f"{ev.reference.membership_inference_auc:.2f}/{ev.reference.mia_aucs['loss_answer']:.2f}"
+                if ev.reference is not None
+                else "-"
+            )
             print(
                 f"{label:24} {name:18} {ev.forget_accuracy:7.3f} "
                 f"{ev.paraphrase_forget_accuracy or 0:7.3f} {ev.retain_accuracy:7.3f} "
-                f"{ev.membership_inference_auc:7.3f} {answer_mia(edited, forget, tb.holdout):7.3f} {ref:>9} "
+                f"{ev.membership_inference_auc:7.3f} {ev.mia_aucs['loss_answer']:7.3f} {ref:>9} "
                 f"{seconds:7.1f}",
                 flush=True,
             )
@@ -127,7 +127,7 @@ def main() -> None:
         print(
             f"oracle on the testbed forget set: forget {oracle.forget_accuracy:.3f}, "
             f"para {oracle.paraphrase_forget_accuracy or 0:.3f}, retain {oracle.retain_accuracy:.3f}, "
-            f"MIA {oracle.membership_inference_auc:.3f}, MIA-ans {oracle_ans:.3f}"
+            f"MIA {oracle.membership_inference_auc:.3f}, MIA-ans {oracle.mia_aucs['loss_answer']:.3f}"
         )
 
     print("\nUPDATE (each fact's target -> another value of the same relation)")

@@ -1,9 +1,12 @@
 """TOFU on a CPU: train (or load from the cache) the original and the retain model, run each
-unlearning method, print TOFU's table and the wall times, and save tofu.json + tofu.html.
+unlearning method under one budget at each seed, print TOFU's table (with each method's compute
+and, over seeds, its mean [min, max]) and the wall times, and save tofu.json + tofu.html.
 
     python bench/tofu.py [--split forget01|forget05|forget10] [--size default|tiny]
                          [--n-retain-authors N] [--data-dir DIR] [--cache-dir DIR] [--out DIR]
-                         [--methods loka,gradient_ascent,task_vector] [--threads 1]
+                         [--methods loka,gradient_ascent,task_vector] [--seed 0] [--seeds 3]
+                         [--max-steps 500] [--check-every 25] [--target-forget-accuracy 0.1]
+                         [--threads 1]
 
 The data directory defaults to $LOKA_TOFU_DIR, else ``shared/data/tofu`` beside or inside the
 repository. ``--cache-dir`` defaults to $LOKA_CACHE_DIR/tofu (else ~/.cache/loka/tofu); point it
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from loka.benchmarks import tofu  # noqa: E402
+from loka.methods import Budget  # noqa: E402
 
 
 def _default_data_dir() -> str | None:
@@ -46,7 +50,15 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", default=None, help="directory for tofu.json and tofu.html")
     parser.add_argument("--methods", default=",".join(tofu.METHODS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed, author split, first method seed")
+    parser.add_argument("--seeds", type=int, default=3, help="method seeds per method (seed, seed + 1, ...)")
+    defaults = Budget()
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="budget: most optimizer steps")
+    parser.add_argument("--check-every", type=int, default=defaults.check_every, help="budget: steps between checks")
+    parser.add_argument(
+        "--target-forget-accuracy", type=float, default=defaults.target_forget_accuracy,
+        help="budget: stop at the first check with forget accuracy at most this",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads for unlearning and evaluation")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
@@ -62,6 +74,8 @@ def main() -> None:
         methods=tuple(m for m in args.methods.split(",") if m),
         progress=not args.quiet,
         seed=args.seed,
+        seeds=args.seeds,
+        budget=Budget(args.target_forget_accuracy, args.check_every, args.max_steps),
     )
     print(report.table())
     print("\nwall seconds:", json.dumps(report.info["seconds"]))

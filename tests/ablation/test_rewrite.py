@@ -103,12 +103,22 @@ def accuracy(model: TransformerBridge, knowledge: KnowledgeSet) -> float:
 def test_erase_is_selective_on_tiny_testbed(
     tiny_testbed: testbed.Testbed, testbed_covariance: tuple[TransformerBridge, KeyCovariance]
 ) -> None:
+    """Bounds relative to the model's own accuracies (a retrained model, or one trained on another
+    machine, lands elsewhere: retain after this edit was 0.94 and 0.86 on seeds 0 and 1 here, 0.76
+    on seed 0 trained on another machine)."""
     model, cov = testbed_covariance
-    forget = tiny_testbed.forget
+    forget, retain = tiny_testbed.forget, tiny_testbed.retain
     result = rewrite(model, forget, retain=None, covariance=cov, reference=tiny_testbed.holdout, lam=1.0)
     assert result.layers == (1,) and result.kind == "erase"
-    assert accuracy(result.model, forget) <= 0.2  # 1.00 before
-    assert accuracy(result.model, tiny_testbed.retain) >= 0.85  # 1.00 before
+    forget_before, retain_before = accuracy(model, forget), accuracy(model, retain)  # 1.00, 1.00
+    forget_after, retain_after = accuracy(result.model, forget), accuracy(result.model, retain)
+    # erased: no better than guessing each relation's most common value (the oracle's bar)
+    assert forget_after <= tiny_testbed.world.chance_accuracy("forget")  # 0.13 / 0.03 (chance 0.30 / 0.27)
+    # selective: the edit costs retain facts at most half of what it costs forget facts ...
+    assert retain_before - retain_after <= 0.5 * (forget_before - forget_after)  # 0.06 / 0.14 vs 0.87 / 0.97
+    # ... because of the covariance constraint: without it the same edit destroys retain facts
+    unconstrained = rewrite(model, forget, retain=None, covariance=cov, reference=tiny_testbed.holdout, lam=0.0)
+    assert retain_after >= accuracy(unconstrained.model, retain) + 0.3  # 0.23 / 0.13 without
 
 
 def test_unknown_distributions_are_the_reference_mean_per_relation_and_template(
@@ -139,7 +149,8 @@ def test_update_makes_new_target_top1(
     assert result.kind == "update" and result.n_facts == 3
     updated = KnowledgeSet.from_records([{"id": f.id, "prompt": f.prompt, "target": new[f.id]} for f in facts])
     assert accuracy(result.model, updated) == 1.0
-    assert accuracy(result.model, tiny_testbed.retain) >= 0.9
+    # 1.00 before; 0.98 after on seeds 0 and 1
+    assert accuracy(result.model, tiny_testbed.retain) >= accuracy(model, tiny_testbed.retain) - 0.1
 
 
 def test_rewrite_exports_as_a_plain_checkpoint_with_its_record(

@@ -21,9 +21,10 @@ def classes_of(model: TransformerBridge, *facts: Fact) -> list[list[tuple[str, s
     return out
 
 
-def test_classes_follow_rome(model):
+def test_classes_follow_rome(model, seed0_world):
     """BOS, the subject's first/middle/last tokens, the first token after it, further tokens, the
-    last prompt token, the target, and padding (a shorter second fact)."""
+    last prompt token, the target, and padding (a shorter second fact). The token counts are
+    those of the seed-0 world's tokenizer, in which these names are one token each."""
     long = Fact("a", "The birthplace of Nesri Kones Ulor is in", "Tokyo", subject="Nesri Kones Ulor")
     short = Fact("b", "Nesri was born in", "Oslo", subject="Nesri")
     first, second = classes_of(model, long, short)
@@ -56,7 +57,7 @@ def test_a_fact_without_subject_has_no_subject_classes(model):
     assert {c for _, c in row} == {"BOS", "further", "last prompt", "target"}
 
 
-def test_masks(model):
+def test_masks(model, seed0_world):
     facts = KnowledgeSet(
         (
             Fact("a", "Nesri Kones was born in", "Tokyo", subject="Nesri Kones"),

@@ -54,12 +54,15 @@ def test_every_site_equals_tl(model, facts, pool, scan):
 def test_scan_shows_where_the_subject_is_read(scan):
     """At layer 0 the residual stream is the token (and position) embedding, and the corrupted
     run differs from the clean one only at the subject tokens: restoring any other position
-    there changes nothing, restoring a subject token does."""
+    there changes nothing, restoring a subject token does (on the facts whose answer the
+    replacement subject changed: another person may share the answer)."""
     resid = scan.effects[:, 0, 0]  # [fact, pos]: resid_pre of layer 0
     subject_classes = [POSITION_CLASSES.index(c) for c in ("first subject", "middle subject", "last subject")]
     subject = torch.isin(scan.classes, torch.tensor(subject_classes))
     assert resid[~subject].abs().max() < 1e-4
-    assert (resid * subject).sum(-1).gt(0.01).all()
+    hurt = scan.clean_metric - scan.base_metric > 0.1  # 8 of 8 facts on seed 0, 7 of 8 on seed 1
+    assert hurt.sum() >= len(hurt) // 2
+    assert (resid * subject).sum(-1)[hurt].gt(0.01).all()
     assert (scan.effects.permute(0, 3, 1, 2)[scan.classes < 0] == 0).all()  # padding is exactly 0
 
 

@@ -133,12 +133,13 @@ def test_locate_mask_ablate_evaluate(tiny_testbed, files, tmp_path, capsys):
 def test_unlearn_exports_the_edited_model(tiny_testbed, files, tmp_path, capsys):
     code, out, _ = run(
         capsys, "unlearn", tiny_testbed.model_dir, "--forget", files / "forget.jsonl", "--retain",
-        files / "retain.jsonl", "--method", "task_vector", "--option", "epochs=2", "--out", tmp_path / "tv",
+        files / "retain.jsonl", "--method", "task_vector", "--option", "finetune_steps=2", "--max-steps", "5",
+        "--out", tmp_path / "tv",
     )  # fmt: skip
-    assert code == 0 and "forget accuracy 1.000 -> " in out
+    assert code == 0 and "forget accuracy 1.000 -> " in out and "2 steps" in out
     record = json.loads((tmp_path / "tv" / "loka_edit.json").read_text())
-    assert record["method"] == "task_vector" and record["settings"]["epochs"] == 2
-    assert record["settings"]["chosen_scale"] > 0
+    assert record["method"] == "task_vector" and record["settings"]["finetune_steps"] == 2
+    assert record["settings"]["chosen"]["scale"] > 0 and record["settings"]["budget"]["max_steps"] == 5
 
 
 def test_update_replaces_facts_and_keeps_neighbours(tiny_testbed, files, tmp_path, capsys):
@@ -160,12 +161,14 @@ def test_update_replaces_facts_and_keeps_neighbours(tiny_testbed, files, tmp_pat
 def test_compare_writes_a_report(tiny_testbed, testbed_cache, tmp_path, capsys):
     code, out, _ = run(
         capsys, "compare", "--size", "tiny", "--cache-dir", testbed_cache, "--methods", "task_vector",
-        "--option", "task_vector.epochs=2", "--no-control", "--out", tmp_path / "cmp",
+        "--max-steps", "10", "--check-every", "5", "--seeds", "2", "--no-control", "--out", tmp_path / "cmp",
     )  # fmt: skip
     assert code == 0
     assert "task_vector" in out and "oracle" in out and f"report: {tmp_path / 'cmp' / 'report.html'}" in out
     data = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert [o["name"] for o in data["outcomes"]] == ["original", "oracle", "task_vector"]
+    assert len(data["outcomes"][2]["runs"]) == 2 and data["outcomes"][2]["computes"][0]["steps"] <= 10
+    assert "[" in out and "Mtok" in out  # intervals and compute in the printed table
 
 
 BAD = [
@@ -186,7 +189,8 @@ BAD = [
       "--layers", "7", "--out", "{out}"], "layer(s) [7] do not exist"),
     (["compare", "--forget", "{files}/forget.jsonl", "--out", "{out}"], "--forget need --model"),
     (["evaluate", "{model}", "--forget", "{files}/forget.jsonl", "--retain", "{files}/retain.jsonl",
-      "--holdout", "{files}/retain.jsonl"], "holdout and training sets overlap"),
+      "--holdout", "{files}/retain.jsonl"], "holdout and forget and retain overlap"),
+    (["compare", "--size", "tiny", "--max-steps", "0", "--out", "{out}"], "max_steps must be an integer at least 1"),
 ]  # fmt: skip
 
 

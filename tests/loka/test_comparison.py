@@ -2,47 +2,77 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
+import numpy as np
 import pytest
 from plotly.offline import get_plotlyjs
 
 from loka.comparison import Comparison, compare, compare_testbed
 from loka.evaluation import evaluate
+from loka.methods import Budget
 from loka.models import load_model
+from loka.protocol import Protocol
 
-FAST = {"task_vector": {"epochs": 2}}
+FAST = Budget(max_steps=10, check_every=5)
 
 
 @pytest.fixture(scope="module")
 def comparison(tiny_testbed) -> Comparison:
-    return compare_testbed(tiny_testbed, methods=("task_vector",), options=FAST, progress=False)
+    return compare_testbed(tiny_testbed, methods=("task_vector",), budget=FAST, seeds=2, progress=False)
 
 
 def test_rows_are_the_original_the_oracle_and_each_method(tiny_testbed, comparison):
     assert comparison.names == ["original", "oracle", "task_vector"]
     oracle = comparison["oracle"].evaluation
-    direct = evaluate(
-        tiny_testbed.oracle_dir, forget=tiny_testbed.forget, retain=tiny_testbed.retain,
-        holdout=tiny_testbed.holdout, passages=tiny_testbed.passages_of("forget"), label="oracle",
-    )  # fmt: skip
+    direct = evaluate(tiny_testbed.oracle_dir, protocol=Protocol.from_testbed(tiny_testbed), label="oracle")
     assert oracle == direct  # the oracle row is the shared evaluation of the oracle
     for name in ("original", "task_vector"):
         assert comparison[name].evaluation.reference == oracle
         assert comparison[name].evaluation.privleak is not None
     assert comparison["oracle"].seconds == tiny_testbed.info["training"]["oracle"]["seconds"]
-    assert comparison["task_vector"].config["chosen_scale"] > 0
+    assert len(comparison["task_vector"].runs) == 2 and len(comparison["task_vector"].computes) == 2
+    assert [c["seed"] for c in comparison["task_vector"].configs] == [0, 1]
+    assert comparison["task_vector"].config["chosen"]["scale"] > 0
     with pytest.raises(KeyError, match="no method 'loka'"):
         comparison["loka"]
 
 
 def test_every_method_has_a_random_control_of_the_same_size(comparison):
-    control = comparison["task_vector"].evaluation.control
-    assert control is not None and control.label == "control"
-    assert comparison["original"].evaluation.control is None
+    controls = comparison["task_vector"].controls
+    assert len(controls) == 1 and controls[0].label == "task_vector control"
+    assert not comparison["original"].controls
     rows = [label for label, *_ in comparison.rows()]
     assert rows == ["original", "oracle", "task_vector", "  random control"]
+
+
+def test_intervals_are_over_people_and_seeds(comparison):
+    outcome = comparison["task_vector"]
+    forget = outcome.interval("forget")
+    runs = [r.forget_accuracy for r in outcome.runs]
+    # five facts per person: the mean of per-person means is the mean over facts
+    assert forget.mean == pytest.approx(np.mean(runs)) and forget.n_seeds == 2
+    assert (
+        forget.low <= forget.mean <= forget.high
+        and forget.n_people == len(comparison["original"].runs[0].details["forget"][0]) // 5
+    )
+    auc = outcome.interval("MIA")
+    assert auc.mean == pytest.approx(np.mean([r.membership_inference_auc for r in outcome.runs]))
+    assert comparison["original"].interval("retain").n_seeds == 1
+    compute = outcome.compute_summary()
+    assert compute["steps"] == np.mean([c.steps for c in outcome.computes]) and compute["seconds"] > 0
+
+
+def test_uncalibrated_checks_are_reported_as_uninformative(comparison):
+    informative = comparison.informative()
+    assert set(informative) == {"MIA", "MIA ans", "relearn", "probe"}
+    blind = dataclasses.replace(comparison["oracle"], runs=comparison["original"].runs)  # oracle = original
+    same = dataclasses.replace(comparison, outcomes=(comparison["original"], blind, comparison["task_vector"]))
+    assert not any(same.informative().values())
+    assert "uninformative here" in same.table()
+    assert all(numbers["probe"] is None for _, numbers, *_ in same.rows())
 
 
 def test_relearning_curve_runs_from_before_to_after(comparison):
@@ -56,12 +86,13 @@ def test_table_and_json(comparison):
     table = comparison.table()
     for label, numbers, *_ in comparison.rows():
         assert label in table
-        forget = numbers["forget"]
-        assert f"{forget:.3f}" in table
+        assert format(numbers["forget"], ".2f").replace(", ", ",") in table
+    assert "[" in table and "steps" in table
     data = json.loads(json.dumps(comparison.to_dict()))
-    assert data["format"] == "loka-comparison"
+    assert data["format"] == "loka-comparison" and "retain_eval" in data["protocol"]
     assert [o["name"] for o in data["outcomes"]] == comparison.names
-    assert data["outcomes"][2]["evaluation"]["control"]["label"] == "control"
+    assert data["outcomes"][2]["controls"][0]["label"] == "task_vector control"
+    assert data["outcomes"][2]["intervals"]["forget"]["mean"] == comparison["task_vector"].interval("forget").mean
 
 
 def test_report_is_self_contained(comparison, tmp_path):
@@ -99,6 +130,8 @@ def test_save_never_replaces_what_loka_did_not_write(comparison, tmp_path):
         ({"methods": ("retrain",)}, "unknown method 'retrain' for compare"),
         ({"methods": ("task_vector", "task_vector")}, "methods repeat a name"),
         ({"methods": ("task_vector",), "options": {"loka": {}}}, "options given for 'loka'"),
+        ({"methods": ("task_vector",), "seeds": 0}, "seeds must be a positive count"),
+        ({"methods": ("task_vector",), "control_seeds": -1}, "control_seeds must be a non-negative integer"),
     ],
 )
 def test_bad_inputs(tiny_testbed, kwargs, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -13,6 +14,7 @@ from loka.evaluation import (
     membership_scores,
 )
 from loka.metrics import score_facts, text_token_log_probs
+from loka.protocol import Protocol
 
 
 def _evaluation(forget: float, retain: float, auc: float) -> UnlearningEvaluation:
@@ -66,8 +68,10 @@ def test_original_against_oracle(tiny_testbed, tiny_models):
     # memorised passages are extracted verbatim by the original only
     assert ev.extraction.exact_match == 1.0 and ref.extraction.exact_match == 0.0
     assert ev.extraction.rouge_l == 1.0 and ref.extraction.rouge_l < 1.0
-    # the oracle cannot relearn what it never knew from the other half
-    assert ref.relearning.after <= ref.relearning.before + 0.2
+    # the relearning attack does not damage the original, and the oracle cannot relearn what it
+    # never knew from the other half (bounds relative to the models' own numbers)
+    assert ev.relearning.after >= 0.9 * ev.relearning.before
+    assert ref.relearning.after < ev.relearning.after - 0.3
     assert "forget quality insufficient" in ev.verdict()
     table = ev.table()
     assert "oracle" in table and "MIA AUC (loss)" in table
@@ -84,12 +88,36 @@ def test_oracle_against_itself_has_zero_privleak_and_is_reproducible(tiny_testbe
     assert again == first
 
 
+def test_protocol_evaluation_scores_each_set_and_keeps_per_person_details(tiny_testbed, tiny_models):
+    model, _ = tiny_models
+    protocol = Protocol.from_testbed(tiny_testbed)
+    ev = evaluate(model, protocol=protocol, probe=False, relearn=False)
+    sets = {"forget": protocol.forget, "retain": protocol.retain_eval, "paraphrase": protocol.paraphrase_eval,
+            "unseen_wording": protocol.unseen_wording_eval}  # fmt: skip
+    for key, knowledge in sets.items():
+        people, values = ev.details[key]
+        assert people == tuple(f.subject for f in knowledge)
+        assert np.mean(values) == pytest.approx(score_facts(model, knowledge).first_token_accuracy)
+    assert ev.retain_accuracy == pytest.approx(score_facts(model, protocol.retain_eval).first_token_accuracy)
+    assert ev.unseen_wording_forget_accuracy == pytest.approx(np.mean(ev.details["unseen_wording"][1]))
+    members, nonmembers = ev.details["mia.loss.members"], ev.details["mia.loss.nonmembers"]
+    labels = [1] * len(members[1]) + [0] * len(nonmembers[1])
+    assert ev.membership_inference_auc == pytest.approx(roc_auc_score(labels, members[1] + nonmembers[1]))
+    assert set(nonmembers[0]) == set(protocol.nonmembers.subjects)
+
+
 def test_overlapping_sets_are_refused(tiny_testbed, tiny_models):
     model, _ = tiny_models
     tb = tiny_testbed
-    with pytest.raises(ValueError, match=r"forget and retain sets overlap \((fact|subject) '.*' is in both\)"):
+    with pytest.raises(ValueError, match=r"forget and retain overlap \(person '.*' is in both\)"):
         evaluate(model, forget=tb.forget, retain=tb.retain + tb.forget, holdout=tb.holdout)
-    with pytest.raises(ValueError, match="holdout and training sets overlap"):
+    with pytest.raises(ValueError, match="holdout and forget and retain overlap"):
         evaluate(model, forget=tb.forget, retain=tb.retain, holdout=tb.retain)
+    with pytest.raises(ValueError, match="give either protocol= or forget=, not both"):
+        evaluate(model, protocol=Protocol.from_testbed(tb), forget=tb.forget)
+    with pytest.raises(
+        ValueError, match=r"needs protocol= or all of forget=, retain=, holdout= \(missing \['holdout'\]\)"
+    ):
+        evaluate(model, forget=tb.forget, retain=tb.retain)
     with pytest.raises(ValueError, match="expected a model"):
         evaluate(42, forget=tb.forget, retain=tb.retain, holdout=tb.holdout)

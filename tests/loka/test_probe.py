@@ -74,8 +74,12 @@ def _silence_last_mlp(model, tokenizer, forget: KnowledgeSet, retain: KnowledgeS
     f_batch, r_batch = forget.encode(tokenizer), retain.encode(tokenizer)
     torch.manual_seed(0)
     for _ in range(60):
-        f_logp = f_batch.target_log_probs(edited(input_ids=f_batch.input_ids, attention_mask=f_batch.attention_mask).logits)
-        r_logp = r_batch.target_log_probs(edited(input_ids=r_batch.input_ids, attention_mask=r_batch.attention_mask).logits)
+        f_logp = f_batch.target_log_probs(
+            edited(input_ids=f_batch.input_ids, attention_mask=f_batch.attention_mask).logits
+        )
+        r_logp = r_batch.target_log_probs(
+            edited(input_ids=r_batch.input_ids, attention_mask=r_batch.attention_mask).logits
+        )
         # push p(forget answer) towards 0 (log(1 - p)), keep the retain answers
         forget_loss = -torch.log1p(-f_logp[:, 0].exp().clamp(max=1 - 1e-6)).mean()
         loss = forget_loss - r_logp[:, 0].mean()

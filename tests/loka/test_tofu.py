@@ -7,8 +7,8 @@ import json
 import math
 import os
 import zlib
+from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loka.benchmarks import tofu
 from loka.benchmarks import tofu_metrics as tm
-from loka.data import Fact, KnowledgeSet
-from loka.methods import UnlearningResult
+from loka.methods import Budget, Compute, UnlearningResult
+from loka.protocol import Seen
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -225,10 +225,10 @@ def _ref_open_unlearning_stats(model, tokenizer, prompt: str, answer: str) -> tu
 
 def test_mia_scores_the_answer_tokens_as_open_unlearning_does(tiny_testbed, tiny_lm):
     model, tokenizer = tiny_lm
-    data = SimpleNamespace(forget=tiny_testbed.forget, holdout=tiny_testbed.holdout)
-    ours = tofu._mia_aucs(model, tokenizer, data, batch_size=16)
-    stats = [_ref_open_unlearning_stats(model, tokenizer, f.prompt, f.target) for f in [*data.forget, *data.holdout]]
-    answers = [f.target for f in [*data.forget, *data.holdout]]
+    members, nonmembers = tiny_testbed.forget, tiny_testbed.holdout
+    ours = tofu._mia_aucs(model, tokenizer, members, nonmembers, batch_size=16)
+    stats = [_ref_open_unlearning_stats(model, tokenizer, f.prompt, f.target) for f in [*members, *nonmembers]]
+    answers = [f.target for f in [*members, *nonmembers]]
     scores = {  # open-unlearning's scores are loss-like (higher = less likely a member)
         "loss": [avg_loss for avg_loss, _ in stats],  # mia/loss.py
         "zlib": [
@@ -238,7 +238,7 @@ def test_mia_scores_the_answer_tokens_as_open_unlearning_does(tiny_testbed, tiny
             -np.mean(np.sort(lp.float().numpy())[: max(1, int(len(lp) * 0.4))]) for _, lp in stats
         ],  # mia/min_k.py
     }
-    labels = [0] * len(data.forget) + [1] * len(data.holdout)  # mia/utils.py mia_auc: forget 0, holdout 1
+    labels = [0] * len(members) + [1] * len(nonmembers)  # mia/utils.py mia_auc: forget 0, holdout 1
     for attack, values in scores.items():
         assert ours[attack] == pytest.approx(roc_auc_score(labels, values), abs=1e-12), attack
     assert set(ours) == {"loss", "zlib", "min_k"}
@@ -250,14 +250,20 @@ def test_mia_scores_the_answer_tokens_as_open_unlearning_does(tiny_testbed, tiny
     ("kwargs", "message"),
     [
         ({"split": "forget02"}, "forget01, forget05, forget10"),
-        ({"n_retain_authors": 0}, "from 1 to 198"),
-        ({"n_retain_authors": 199}, "from 1 to 198"),
-        ({"split": "forget10", "n_retain_authors": 181}, "from 1 to 180"),
+        ({"n_retain_authors": 2}, "from 3 to 198"),
+        ({"n_retain_authors": 199}, "from 3 to 198"),
+        ({"split": "forget10", "n_retain_authors": 181}, "from 3 to 180"),
         ({"n_retain_authors": 2.5}, "integer"),
         ({"size": "huge"}, "default, tiny"),
         ({"methods": ("loka", "finetune")}, "loka, gradient_ascent, task_vector"),
         ({"methods": ("loka",), "method_options": {"task_vector": {}}}, "not run"),
         ({"seed": -1}, "non-negative"),
+        ({"seeds": 0}, "positive integer"),
+        ({"seeds": 1.5}, "positive integer"),
+        ({"budget": {"max_steps": 5}}, "loka.methods.Budget"),
+        # the budget, the sets and the seed are the protocol's: one per run, never per method
+        ({"methods": ("loka",), "method_options": {"loka": {"max_steps": 5}}}, r"\['max_steps'\].*budget"),
+        ({"methods": ("loka",), "method_options": {"loka": {"reference": None}}}, r"\['reference'\]"),
     ],
 )
 def test_run_rejects_bad_arguments(kwargs, message, tmp_path):
@@ -289,9 +295,13 @@ def test_load_data_follows_tofus_layout():
     assert data.forget[39].subject == "Nikolai Abilov"
     assert sum(f.subject in ("Basil Mahfouz Al-Kuwaiti", "Nikolai Abilov") for f in data.forget) >= 36
     assert all(f.subject in f.prompt for ks in (data.forget, data.retain, data.holdout) for f in ks)
-    # evaluation sets: the forget split's questions in order; retain_perturbed only covers authors 0-19
+    # evaluation sets: the forget split's questions in order; retain is scored on retain_eval authors only
     assert [tofu.TEMPLATE.format(question=q) for q in data.evals["forget"].questions] == [f.prompt for f in data.forget]
-    assert len(data.evals["retain"]) == 20 * 20
+    assert len(data.authors.retain_eval) == 6 and max(data.authors.retain_eval) < 20  # 30% of 21, among 0-19
+    assert [tofu.TEMPLATE.format(question=q) for q in data.evals["retain"].questions] == [
+        f.prompt for f in data.protocol.retain_eval
+    ]
+    assert {f.id[:9] for f in data.protocol.retain_eval} == {f"tofu/a{a:03d}" for a in data.authors.retain_eval}
     assert len(data.evals["real_authors"]) == len(data.evals["world_facts"]) == 10  # tiny's n_utility
     assert {len(p) for p in data.evals["forget"].perturbed} == {5}
     assert data.evals["world_facts"].paraphrased == data.evals["world_facts"].answers
@@ -300,7 +310,43 @@ def test_load_data_follows_tofus_layout():
     assert len(data.training_pairs("original")) == len(data.training_pairs("retain")) + 40
 
 
+# --- the author split ----------------------------------------------------------------------------
+def test_split_authors_is_disjoint_by_author_and_scores_retain_on_authors_0_to_19():
+    config = tofu.make_config("forget10", n_retain_authors=100)
+    split = tofu.split_authors(config)
+    retain = (split.retain_train, split.retain_validation, split.retain_eval)
+    assert [len(part) for part in retain] == [70, 10, 20]  # eval: 30 wanted, only authors 0-19 have scoring data
+    assert sorted(a for part in retain for a in part) == list(range(100))
+    assert set(split.retain_eval) == set(range(20))
+    # the holdout authors: half reference (methods), half non-members (MIA), never both
+    assert len(split.reference) == len(split.nonmembers) == 10
+    assert sorted(split.reference + split.nonmembers) == list(range(20))
+    assert tofu.split_authors(config) == split  # drawn with the run's seed
+    assert tofu.split_authors(tofu.make_config("forget10", n_retain_authors=100, seed=1)) != split
+    tiny = tofu.split_authors(tofu.make_config("forget01", size="tiny"))
+    assert [len(p) for p in (tiny.retain_train, tiny.retain_validation, tiny.retain_eval)] == [1, 1, 1]
+    assert len(tiny.reference) == len(tiny.nonmembers) == 1
+
+
+@needs_data
+def test_a_question_asked_about_two_authors_is_left_out_of_the_protocol():
+    """TOFU asks "What is the full name of the author?" about authors 5 and 22 (different answers):
+    with both in a run it would be a prompt a method trains on and is scored on."""
+    data = tofu.load_data(tofu.make_config("forget01", n_retain_authors=30, size="tiny"), DATA)
+    question = tofu.TEMPLATE.format(question="What is the full name of the author?")
+    assert question in data.ambiguous
+    assert sum(f.prompt == question for f in data.retain) == 2  # both models still train on it
+    sets = [getattr(data.protocol, n) for n in ("forget", "retain_train", "retain_validation", "retain_eval")]
+    assert not any(f.prompt == question for ks in sets for f in ks)
+    assert tofu.TEMPLATE.format(question="What is the full name of the author?") not in {
+        tofu.TEMPLATE.format(question=q) for q in data.evals["retain"].questions
+    }
+
+
 # --- one tiny end-to-end run ---------------------------------------------------------------------
+TINY_BUDGET = Budget(check_every=10, max_steps=20)
+
+
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     """The tiny protocol with one real method (the others are wired in a test below)."""
@@ -309,8 +355,9 @@ def tiny_report(tmp_path_factory):
     torch.set_num_threads(1)
     cache = tmp_path_factory.mktemp("tofu-cache")
     report = tofu.run(
-        "forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("gradient_ascent",), progress=False
-    )
+        "forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("gradient_ascent",), progress=False,
+        budget=TINY_BUDGET,
+    )  # fmt: skip
     return report, cache
 
 
@@ -331,9 +378,14 @@ def test_tiny_run_produces_tofus_table(tiny_report):
         assert all(0 <= v <= 1 for v in m.utility.values())
         assert 0 <= m.mia_auc <= 1 and 0 <= m.forget_rouge_l <= 1
         assert m.seconds is not None and m.seconds > 0
-    assert report["gradient_ascent"].config["epochs"] == 10  # the method's own config is kept
+    method = report["gradient_ascent"]
+    assert method.seed == 0 and method.config["budget"] == asdict(TINY_BUDGET)  # the run's budget, as given
+    assert 0 < method.compute["steps"] <= TINY_BUDGET.max_steps and method.compute["forward_tokens"] > 0
+    assert report.info["budget"] == asdict(TINY_BUDGET) and report.info["method_seeds"] == [0]
     text = report.table()
     assert all(name in text for name in report.names)
+    assert "fwd tokens" in text and "at most 20 steps" in text
+    assert "mean [min, max]" not in text  # one seed: no spread
 
 
 @pytest.mark.slow
@@ -341,55 +393,102 @@ def test_tiny_run_saves_json_and_self_contained_html(tiny_report, tmp_path):
     report, _ = tiny_report
     out = report.save(tmp_path / "report")
     data = json.loads((out / "tofu.json").read_text())
-    assert tofu.TofuReport.from_dict(data).models == report.models
+    loaded = tofu.TofuReport.from_dict(data)
+    assert loaded.models == report.models and loaded.seeds == report.seeds == 1
+    assert loaded.table() == report.table()
     page = (out / "tofu.html").read_text()
-    assert "<table>" in page and "Plotly" in page
+    assert "<table>" in page and "Plotly" in page and "fwd tokens" in page
     assert 'src="http' not in page and "src='http" not in page
 
 
+def _fake_unlearn(calls, seen=None):
+    """Records each call; returns the original as the "unlearned" model, with what the real
+    unlearn reports as seen (every set it was given) unless ``seen`` says otherwise."""
+
+    def fake(model, forget, retain, *, method, **options):
+        calls.append((method, forget, retain, options))
+        shown = seen if seen is not None else Seen.of(forget, retain, options["validation"], options["reference"])
+        return UnlearningResult(model, method, {"fake": True}, 0.5, compute=Compute(7, 100, 40, 0.5), seen=shown)
+
+    return fake
+
+
 @pytest.mark.slow
-def test_methods_get_tofus_sets_and_the_cache_is_reused(tiny_report, monkeypatch):
-    """Each method gets forget = the forget authors, retain = the retain authors, its options;
-    LOKA the holdout authors as reference. A second run trains nothing."""
+def test_methods_get_the_protocols_sets_and_the_cache_is_reused(tiny_report, monkeypatch):
+    """Each method, at each seed, gets forget = the forget authors' QA without paraphrases,
+    retain = the retain_train authors', validation = the retain_validation authors', reference =
+    the reference holdout authors', the run's budget and its options. A second run trains nothing."""
     report, cache = tiny_report
     calls = []
-
-    def fake_unlearn(model, forget, retain, *, method, **options):
-        calls.append((method, forget, retain, options))
-        return UnlearningResult(model, method, {"fake": True}, 0.5)
-
-    monkeypatch.setattr(tofu, "unlearn", fake_unlearn)
+    monkeypatch.setattr(tofu, "unlearn", _fake_unlearn(calls))
     again = tofu.run(
-        "forget01",
-        size="tiny",
-        data_dir=DATA,
-        cache_dir=cache,
-        methods=("loka",),
-        method_options={"loka": {"lams": (3.0,)}},
-        progress=False,
-    )
+        "forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("loka",),
+        method_options={"loka": {"lams": (3.0,)}}, progress=False, seeds=2, budget=TINY_BUDGET,
+    )  # fmt: skip
     assert report.info["built_now"] and not again.info["built_now"]
     assert again.names == ("original", "retain", "loka")
     assert again["original"].forget_truth_ratios == pytest.approx(report["original"].forget_truth_ratios)
-    ((loka_method, forget, retain, loka_options),) = calls
-    assert loka_method == "loka"
-    assert forget.ids == tuple(f"tofu/a{a}/q{q:02d}" for a in (198, 199) for q in range(20))
-    assert len(retain) == 40 and not set(forget.ids) & set(retain.ids)
-    assert loka_options["reference"].ids[0] == "tofu/holdout/a000/q00"
-    assert set(loka_options) == {"lams", "reference", "validation", "tokenizer", "seed", "progress"}
-    assert loka_options["lams"] == (3.0,)
-    assert loka_options["validation"][1] is retain  # 2 retain authors: too few to hold a fifth out
-    assert again.info["validation_authors"] == ["tofu/a000", "tofu/a001"]
-    # an "unlearned" model that is the original scores exactly as the original
-    assert again["loka"].forget_quality == pytest.approx(again["original"].forget_quality)
-    assert again["loka"].seconds == 0.5 and again["loka"].config == {"fake": True}
+    assert [(method, options["seed"]) for method, *_, options in calls] == [("loka", 0), ("loka", 1)]
+    authors = again.info["authors"]
+    for _, forget, retain, options in calls:
+        assert forget.ids == tuple(f"tofu/a{a}/q{q:02d}" for a in (198, 199) for q in range(20))
+        assert not any(f.paraphrases for f in forget)
+        assert {f.id[:9] for f in retain} == set(authors["retain_train"])
+        assert {f.id[:9] for f in options["validation"]} == set(authors["retain_validation"])
+        assert {f.id[:17] for f in options["reference"]} == set(authors["reference"])
+        assert set(options) == {"lams", "reference", "validation", "budget", "tokenizer", "seed", "progress"}
+        assert options["lams"] == (3.0,) and options["budget"] == TINY_BUDGET
+    assert len({a for part in authors.values() for a in part}) == sum(map(len, authors.values()))  # disjoint
+    # one row per seed; an "unlearned" model that is the original scores exactly as the original
+    assert [(m.name, m.seed) for m in again.models[2:]] == [("loka", 0), ("loka", 1)]
+    for seed in (0, 1):
+        assert again["loka", seed].forget_quality == pytest.approx(again["original"].forget_quality)
+        assert again["loka", seed].compute == Compute(7, 100, 40, 0.5).to_dict()
+    with pytest.raises(KeyError, match="2 seeds"):
+        again["loka"]
+    mean, low, high = again.spread("loka", "model_utility")
+    assert low == high == mean == pytest.approx(again["original"].model_utility)
+    assert "mean [min, max]" in again.table()
 
 
-def test_validation_holds_out_a_fifth_of_the_retain_authors():
-    retain = KnowledgeSet(
-        tuple(Fact(f"tofu/a{a:03d}/q{q:02d}", "Q", "A", subject=f"s{a}{q}") for a in range(10) for q in range(3))
-    )
-    train, validation = tofu._validation_split(retain, seed=0)
-    held_out = {f.id[:9] for f in validation}
-    assert len(held_out) == 2 and len(validation) == 6 and len(train) == 24
-    assert not held_out & {f.id[:9] for f in train}
+@pytest.mark.slow
+def test_no_method_is_scored_on_an_author_it_was_given(tiny_report, monkeypatch):
+    """The membership attack's non-members and the retain authors of the utility are authors no
+    method was given. (Before the protocol, LOKA's reference was the whole holdout, the very
+    authors the attack then took as non-members.)"""
+    _, cache = tiny_report
+    calls, scored = [], []
+    monkeypatch.setattr(tofu, "unlearn", _fake_unlearn(calls))
+    real_mia, real_evaluate = tofu._mia_aucs, tofu.evaluate_model
+
+    def mia(model, tokenizer, members, nonmembers, batch_size):
+        scored.append(("nonmembers", nonmembers))
+        return real_mia(model, tokenizer, members, nonmembers, batch_size)
+
+    def evaluate(model, data, **kwargs):
+        scored.append(("retain_eval", data.protocol.retain_eval))
+        assert [tofu.TEMPLATE.format(question=q) for q in data.evals["retain"].questions] == [
+            f.prompt for f in data.protocol.retain_eval
+        ]
+        return real_evaluate(model, data, **kwargs)
+
+    monkeypatch.setattr(tofu, "_mia_aucs", mia)
+    monkeypatch.setattr(tofu, "evaluate_model", evaluate)
+    tofu.run("forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("task_vector",), progress=False)
+    assert {name for name, _ in scored} == {"nonmembers", "retain_eval"}
+    for _, forget, retain, options in calls:
+        shown = Seen.of(forget, retain, options["validation"], options["reference"])
+        for name, knowledge in scored:
+            assert shown.clash(knowledge) is None, name
+            shown_authors = {f.id.rsplit("/", 1)[0] for ks in (retain, options["validation"], options["reference"])
+                             for f in ks}  # fmt: skip
+            assert not shown_authors & {f.id.rsplit("/", 1)[0] for f in knowledge}, name
+
+
+@pytest.mark.slow
+def test_a_method_that_saw_a_non_member_is_not_scored(tiny_report, monkeypatch):
+    _, cache = tiny_report
+    holdout = Seen(ids=frozenset(f"tofu/holdout/a{a:03d}/q{q:02d}" for a in range(2) for q in range(20)))
+    monkeypatch.setattr(tofu, "unlearn", _fake_unlearn([], seen=holdout))
+    with pytest.raises(ValueError, match=r"which TOFU scores it on \(nonmembers\)"):
+        tofu.run("forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("task_vector",), progress=False)
