@@ -295,7 +295,7 @@ def _tofu(args: argparse.Namespace) -> int:
     report = tofu.run(
         args.split, n_retain_authors=args.retain_authors, size=args.size, data_dir=args.data_dir,
         cache_dir=args.cache_dir, methods=args.methods, method_options=options, progress=_progress(args),
-        seed=args.seed,
+        seed=args.seed, seeds=args.seeds, budget=_budget(args),
     )  # fmt: skip
     report.save(out)
     print(report.table())
@@ -532,7 +532,9 @@ def _parser() -> argparse.ArgumentParser:
         _tofu,
     )
     tf.add_argument("--split", choices=("forget01", "forget05", "forget10"), default="forget01")
-    tf.add_argument("--retain-authors", type=int, help="other authors both models train on (default: the size preset)")
+    tf.add_argument(
+        "--retain-authors", type=int, help="other authors both models train on, at least 3 (default: the size preset)"
+    )
     tf.add_argument("--size", choices=("default", "tiny"), default="default")
     tf.add_argument("--data-dir", help="TOFU's JSONL files (default: $LOKA_TOFU_DIR)")
     tf.add_argument("--cache-dir", help="where the trained models are kept (default: $LOKA_CACHE_DIR/tofu)")
@@ -542,6 +544,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     tf.add_argument("--option", action="append", type=_option, metavar="METHOD.KEY=VALUE")
     tf.add_argument("--seed", type=int, default=0)
+    tf.add_argument("--seeds", type=int, default=1, help="method seeds per method (seed, seed+1, ...)")
+    budget_options(tf)
     tf.add_argument("--out", default="loka-tofu", help="directory for tofu.json and tofu.html")
     overwrite(tf)
 

@@ -17,6 +17,7 @@ they do; otherwise the table says "uninformative".
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -375,12 +376,17 @@ def compare(
     if isinstance(model, str | Path):
         model = load_model(model)
     budget = budget or Budget()
-    common = dict(protocol=protocol, probe=probe, relearn=relearn)
+    common: dict[str, Any] = dict(protocol=protocol, probe=probe, relearn=relearn)
     outcomes = []
+    original = evaluate(model, **common, label="original")
+    # the probe reads every model at the block where it reads the original best (chosen on held-out
+    # retain people of the original): one readout location for all, fixed like the relearning grid
+    common["probe_layer"] = original.probe.layer if original.probe is not None else None
     reference = None
     if oracle is not None:
         reference = evaluate(oracle, **common, label="oracle")
-    outcomes.append(MethodOutcome("original", (evaluate(model, **common, oracle=reference, label="original"),)))
+        original = dataclasses.replace(original, reference=reference)
+    outcomes.append(MethodOutcome("original", (original,)))
     if reference is not None:
         outcomes.append(MethodOutcome("oracle", (reference,), configs=({"oracle": str(oracle)},),
                                       seconds=oracle_seconds))  # fmt: skip

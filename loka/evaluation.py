@@ -304,6 +304,7 @@ def evaluate(
     oracle: Any = None,
     passages: KnowledgeSet | None = None,
     probe: bool = True,
+    probe_layer: int | None = None,
     relearn: bool = True,
     control: Any = None,
     seen: Seen | None = None,
@@ -323,6 +324,8 @@ def evaluate(
     computed UnlearningEvaluation of the oracle) is evaluated the same way and stored as
     ``reference``; ``control`` (a random edit of the same size) likewise as ``control``.
     ``passages`` (prefix -> continuation facts) turn on verbatim-extraction scoring.
+    ``probe_layer`` fixes the block the probe reads (default: chosen on held-out retain people of
+    this model; :func:`loka.compare` chooses it once, on the original model, for every model).
     """
     sets = _Sets.of(protocol, forget, retain, holdout, passages)
     sets.check_unseen(seen)
@@ -351,7 +354,7 @@ def evaluate(
             details["relearning"] = _relearning_detail(sets.forget, relearning)
         probe_result = None
         if probe:
-            probe_result = fit_probe(model, tokenizer, sets.forget, sets.probe_retain, seed=seed)
+            probe_result = fit_probe(model, tokenizer, sets.forget, sets.probe_retain, seed=seed, layer=probe_layer)
             readable = [i for i, ok in enumerate(probe_result.forget_readable) if ok]
             details["probe"] = (
                 tuple(probe_result.forget_people[i] for i in readable),
@@ -365,7 +368,8 @@ def evaluate(
             return other
         return evaluate(
             other, protocol=protocol, forget=forget, retain=retain, holdout=holdout, passages=passages,
-            probe=probe, relearn=relearn, tokenizer=tokenizer, min_k=min_k, seed=seed, label=name,
+            probe=probe, probe_layer=probe_layer, relearn=relearn, tokenizer=tokenizer, min_k=min_k, seed=seed,
+            label=name,
         )  # fmt: skip
 
     return UnlearningEvaluation(

@@ -104,7 +104,8 @@ class Probe:
     person (its subject, or ``fact:{id}`` when it has none), the unit to resample over.
     ``layer_retain_accuracy`` / ``layer_forget_accuracy`` hold, for every block, the held-out
     retain accuracy that chose ``layer`` and the forget readout of the probe fitted without the
-    held-out people (NaN for the blocks not tried when ``fit_probe`` was given a ``layer``).
+    held-out people (None for the blocks not tried when ``fit_probe`` was given a ``layer``, so that
+    two evaluations of one model compare equal).
     """
 
     layer: int
@@ -115,8 +116,8 @@ class Probe:
     forget_readable: tuple[bool, ...] = ()
     forget_ids: tuple[str, ...] = ()
     forget_people: tuple[str, ...] = ()
-    layer_retain_accuracy: tuple[float, ...] = ()
-    layer_forget_accuracy: tuple[float, ...] = ()
+    layer_retain_accuracy: tuple[float | None, ...] = ()
+    layer_forget_accuracy: tuple[float | None, ...] = ()
     n_retain_people: int = 0
 
 
@@ -356,8 +357,8 @@ def _fit(
         forget_readable=readable,
         forget_ids=forget.ids,
         forget_people=_people(forget),
-        layer_retain_accuracy=tuple(retain_scores),
-        layer_forget_accuracy=tuple(forget_scores),
+        layer_retain_accuracy=tuple(None if np.isnan(v) else v for v in retain_scores),  # None: not tried
+        layer_forget_accuracy=tuple(None if np.isnan(v) else v for v in forget_scores),
         n_retain_people=len(set(retain_people)),
     )
 

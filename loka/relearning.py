@@ -48,8 +48,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -142,39 +141,36 @@ def relearn(
     fresh copy of the model takes ``steps`` full-batch AdamW steps on the train half plus
     ``retain_ratio`` x as many facts sampled from ``retain`` (seeded by ``seed`` and the split
     seed; the same sample for every learning rate). ``tokenizer`` may be None for a bridge.
-    ``retain`` must share no fact id and no subject with ``forget``. On a CPU the attack runs on
-    one thread (restored afterwards), as the testbed trains: its small batches run many times
-    faster than on contended cores, and the result does not depend on the core count.
+    ``retain`` must share no fact id and no subject with ``forget``.
     """
     lrs, split_seeds = _check(forget, retain, steps, lrs, split_seeds, retain_ratio)
     encoder = tokenizer if tokenizer is not None else model
     device = next(model.parameters()).device
     best: dict[str, Any] | None = None
     grid: dict[tuple[float, int], RelearningPoint] = {}
-    with _one_thread_on(device):
-        for split_seed in split_seeds:
-            train, test = forget.split(0.5, seed=split_seed)
-            start = score_facts(model, test, tokenizer=encoder).first_token_correct
-            before = start.float().mean().item()
-            mixed = _retain_sample(retain, retain_ratio * len(train), seed, split_seed)
-            batch = encode_facts(train.facts + mixed, encoder).to(device)
-            for lr in lrs:
-                curve, correct = _attack(model, batch, test, encoder, steps=steps, lr=lr, before=before)
-                after = curve[-1][1]
-                grid[(lr, split_seed)] = RelearningPoint(lr, split_seed, before, after)
-                if best is None or after > best["after"]:
-                    best = {
-                        "lr": lr,
-                        "split_seed": split_seed,
-                        "n_train": len(train),
-                        "n_test": len(test),
-                        "before": before,
-                        "after": after,
-                        "curve": curve,
-                        "held_out_ids": test.ids,
-                        "held_out_correct": tuple(bool(c) for c in correct),
-                        "held_out_correct_before": tuple(bool(c) for c in start),
-                    }
+    for split_seed in split_seeds:
+        train, test = forget.split(0.5, seed=split_seed)
+        start = score_facts(model, test, tokenizer=encoder).first_token_correct
+        before = start.float().mean().item()
+        mixed = _retain_sample(retain, retain_ratio * len(train), seed, split_seed)
+        batch = encode_facts(train.facts + mixed, encoder).to(device)
+        for lr in lrs:
+            curve, correct = _attack(model, batch, test, encoder, steps=steps, lr=lr, before=before)
+            after = curve[-1][1]
+            grid[(lr, split_seed)] = RelearningPoint(lr, split_seed, before, after)
+            if best is None or after > best["after"]:
+                best = {
+                    "lr": lr,
+                    "split_seed": split_seed,
+                    "n_train": len(train),
+                    "n_test": len(test),
+                    "before": before,
+                    "after": after,
+                    "curve": curve,
+                    "held_out_ids": test.ids,
+                    "held_out_correct": tuple(bool(c) for c in correct),
+                    "held_out_correct_before": tuple(bool(c) for c in start),
+                }
     assert best is not None  # the grid is not empty (checked above)
     return Relearning(
         steps=steps,
@@ -209,19 +205,6 @@ def _attack(
             correct = score_facts(attacker, test, tokenizer=encoder).first_token_correct
             curve.append((step, correct.float().mean().item()))
     return tuple(curve), correct
-
-
-@contextmanager
-def _one_thread_on(device: torch.device) -> Iterator[None]:
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _retain_sample(retain: KnowledgeSet, n: int, seed: int, split_seed: int) -> tuple[Fact, ...]:

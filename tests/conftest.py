@@ -18,6 +18,10 @@ this machine did not happen to train, for checking that bounds on trained models
 and not properties of one model. Tests that name the seed-0 world's people skip under it
 (``seed0_world``).
 
+Torch runs on one intra-op thread in every test (``LOKA_TEST_THREADS`` to change it): the models
+here are tiny, and on a small shared machine torch's thread pool spin-waits against other
+processes (a forward of the tiny testbed took 43 ms on two threads, 1.5 ms on one).
+
 Markers: ``slow`` (registered in pyproject.toml); ``pytest -m "not slow"`` is the fast tier.
 """
 
@@ -27,10 +31,20 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from loka import testbed
 
 TEST_SEED = int(os.environ.get("LOKA_TEST_SEED", "0"))
+THREADS = int(os.environ.get("LOKA_TEST_THREADS", "1"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -89,6 +89,7 @@ def number(pattern: str, text: str) -> float:
     return float(match.group(1))
 
 
+@pytest.mark.slow
 def test_locate_knowledge_notebook(kernel_env: dict[str, str], tmp_path: Path) -> None:
     notebook = execute("01_locate_knowledge.ipynb", kernel_env, tmp_path)
     text = text_of(notebook)
@@ -104,6 +105,7 @@ def test_locate_knowledge_notebook(kernel_env: dict[str, str], tmp_path: Path) -
     assert "Attention pattern of L" in titles
 
 
+@pytest.mark.slow
 def test_ablation_masks_notebook(kernel_env: dict[str, str], tmp_path: Path) -> None:
     notebook = execute("02_ablation_masks.ipynb", kernel_env, tmp_path)
     text = text_of(notebook)
@@ -113,14 +115,19 @@ def test_ablation_masks_notebook(kernel_env: dict[str, str], tmp_path: Path) -> 
     chart = next(f for f in figures if "random neurons" in str(f["layout"].get("title", "")))
     names = {trace["name"] for trace in chart["data"]}
     assert {"contrast: forget", "contrast: retain", "random: forget", "random: retain"} <= names
-    by_name = {t["name"]: t["y"] for t in chart["data"] if t.get("xaxis") in (None, "x")}
-    # the largest attributed mask hurts the forget facts more than random masks of its size do
-    assert by_name["contrast: forget"][-1] < by_name["random: forget"][-1]
+    accuracy = {t["name"]: t["y"] for t in chart["data"] if t.get("xaxis") in (None, "x")}
+    log_p = {t["name"]: t["y"] for t in chart["data"] if t.get("xaxis") == "x2"}
+    # the largest attributed mask hurts the forget facts more than random masks of its size do:
+    # log p(target) -0.57 vs -0.10 (seed 0), -0.47 vs -0.12 (seed 1); first-token accuracy moves
+    # by a few of the 30 facts (0.83 vs 1.00, 0.90 vs 0.98), so it is only asserted not to be better
+    assert log_p["contrast: forget"][-1] < log_p["random: forget"][-1]
+    assert accuracy["contrast: forget"][-1] <= accuracy["random: forget"][-1]
     # the files: JSON beside safetensors for a mean mask
     assert re.search(r"forget_mask\.json\s+\d+ bytes", text)
     assert re.search(r"forget_mask\.safetensors\s+\d+ bytes", text)
 
 
+@pytest.mark.slow
 def test_unlearn_and_export_notebook(kernel_env: dict[str, str], tmp_path: Path) -> None:
     notebook = execute("03_unlearn_and_export.ipynb", kernel_env, tmp_path)
     text = text_of(notebook)

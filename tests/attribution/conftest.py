@@ -1,24 +1,14 @@
-"""Fixtures shared by the attribution tests: one torch thread, the tiny testbed's model, a donor pool."""
+"""Fixtures shared by the attribution tests: the tiny testbed's model, a donor pool (one torch
+thread: tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from loka.data import KnowledgeSet
 from loka.models import load_model
 from loka.testbed import Testbed
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, torch's thread pool spin-waits against
-    other processes and small forwards run tens of times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

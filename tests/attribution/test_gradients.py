@@ -50,10 +50,16 @@ def agreement(estimate: attribution.AttributionScores, exact: attribution.Attrib
 
 @pytest.mark.parametrize(
     "corruption",
-    [Corruption("subject"), Corruption("noise", samples=3)],
+    [Corruption("subject"), pytest.param(Corruption("noise", samples=8), marks=pytest.mark.slow)],
     ids=["subject", "noise"],
 )
-def test_attribution_patching_ranks_like_exact_patching(model, facts, pool, corruption, record_property):
+def test_attribution_patching_ranks_like_exact_patching(model, tiny_testbed, facts, pool, corruption, record_property):
+    """Noise is one random draw per sample: with 15 facts and 3 samples, one draw on a model of
+    another seed ranked the 8 heads at Spearman 0.79; with all forget facts and 8 samples both
+    Spearmans were >= 0.92 and the top-1% overlap >= 0.8 on seeds 0 and 1, three noise draws
+    each (subject corruption, 15 facts: Spearmans >= 0.96, overlap 1.0)."""
+    if corruption.kind == "noise":
+        facts = tiny_testbed.forget
     options = dict(
         baseline="corrupt",
         corruption=corruption,
@@ -72,18 +78,23 @@ def test_attribution_patching_ranks_like_exact_patching(model, facts, pool, corr
     assert estimate.metadata.base_metric == pytest.approx(exact.metadata.base_metric, abs=1e-4)
 
 
-def test_the_estimate_is_the_derivative_of_exact_patching(model, facts):
+@pytest.mark.parametrize(("kind", "noise_scale"), [("heads", 0.003), ("neurons", 0.01)])
+def test_the_estimate_is_the_derivative_of_exact_patching(model, facts, kind, noise_scale):
     """For a corruption small enough that the metric is linear over it, grad x act equals exact
-    patching (to first order: within a few percent of the largest effect)."""
-    small = Corruption("noise", samples=1, noise_scale=0.01)
+    patching (to first order: within a few percent of the largest effect).
+
+    Each kind at its own step: the heads' error is curvature, which shrinks with the step (at
+    0.01 it was 2-7% of the largest effect, at 0.003 at most 1%, on seeds 0 and 1); a neuron's
+    effect is ~1e-6, where float32 rounding of the log-probabilities grows as the step shrinks
+    (at most 2% at 0.01, up to 6% at 0.003)."""
+    small = Corruption("noise", samples=1, noise_scale=noise_scale)
     few = KnowledgeSet(facts.facts[:5])
-    options = dict(baseline="corrupt", corruption=small, progress=False)
+    options = dict(baseline="corrupt", corruption=small, components=kind, progress=False)
     estimate = attribution.attribute(model, few, **options)
     exact = attribution.attribute(model, few, method="activation_patching", **options)
-    for kind in ("neurons", "heads"):
-        largest = exact.of(kind).abs().max()
-        assert largest > 0
-        assert (estimate.of(kind) - exact.of(kind)).abs().max() < 0.05 * largest
+    largest = exact.of(kind).abs().max()
+    assert largest > 0
+    assert (estimate.of(kind) - exact.of(kind)).abs().max() < 0.05 * largest
 
 
 def count_passes(model: TransformerBridge):

@@ -158,6 +158,7 @@ def test_update_replaces_facts_and_keeps_neighbours(tiny_testbed, files, tmp_pat
     assert json.loads((tmp_path / "upd" / "loka_edit.json").read_text())["settings"]["kind"] == "update"
 
 
+@pytest.mark.slow
 def test_compare_writes_a_report(tiny_testbed, testbed_cache, tmp_path, capsys):
     code, out, _ = run(
         capsys, "compare", "--size", "tiny", "--cache-dir", testbed_cache, "--methods", "task_vector",
@@ -216,10 +217,11 @@ TOFU_DIR = next(
 
 
 @pytest.mark.skipif(TOFU_DIR is None, reason="TOFU data not found beside the repository")
+@pytest.mark.slow
 def test_tofu_prints_the_table_and_writes_the_report(tmp_path, capsys):
     code, out, _ = run(
         capsys, "tofu", "--size", "tiny", "--data-dir", TOFU_DIR, "--cache-dir", tmp_path / "cache",
-        "--methods", "gradient_ascent", "--option", "gradient_ascent.epochs=1", "--out", tmp_path / "tofu",
+        "--methods", "gradient_ascent", "--max-steps", "20", "--check-every", "10", "--out", tmp_path / "tofu",
     )  # fmt: skip
     assert code == 0
     assert "forget quality" in out and "gradient_ascent" in out and "retain" in out

@@ -16,6 +16,7 @@ from loka.methods import Budget
 from loka.models import load_model
 from loka.protocol import Protocol
 
+pytestmark = pytest.mark.slow  # a comparison runs a method twice and evaluates six models
 FAST = Budget(max_steps=10, check_every=5)
 
 
@@ -27,8 +28,12 @@ def comparison(tiny_testbed) -> Comparison:
 def test_rows_are_the_original_the_oracle_and_each_method(tiny_testbed, comparison):
     assert comparison.names == ["original", "oracle", "task_vector"]
     oracle = comparison["oracle"].evaluation
-    direct = evaluate(tiny_testbed.oracle_dir, protocol=Protocol.from_testbed(tiny_testbed), label="oracle")
+    layer = comparison["original"].evaluation.probe.layer  # the probe reads every model where it reads the original
+    direct = evaluate(
+        tiny_testbed.oracle_dir, protocol=Protocol.from_testbed(tiny_testbed), probe_layer=layer, label="oracle"
+    )
     assert oracle == direct  # the oracle row is the shared evaluation of the oracle
+    assert comparison["task_vector"].evaluation.probe.layer == layer
     for name in ("original", "task_vector"):
         assert comparison[name].evaluation.reference == oracle
         assert comparison[name].evaluation.privleak is not None

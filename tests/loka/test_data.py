@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from loka.data import Fact, KnowledgeSet, load_tofu
+from loka.data import Fact, KnowledgeSet, content_id, load_tofu
 from tests.checkpoints import build_tiny_checkpoint
 
 TOFU_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tofu"
@@ -48,7 +48,10 @@ def tokenizer(checkpoint: Path):
 def test_records_get_default_ids_and_optional_fields():
     ks = KnowledgeSet.from_records(RECORDS)
     assert len(ks) == 3
-    assert ks.ids == ("curie/birthplace", "turing/school", "fact-2")
+    # a record without an id gets one made from its text: the same in every file that holds it
+    assert ks.ids == ("curie/birthplace", "turing/school", content_id("The capital of France is", " Paris"))
+    assert ks.ids[2].startswith("fact-") and len(ks.ids[2]) == len("fact-") + 12
+    assert KnowledgeSet.from_records(RECORDS[2:]).ids == ks.ids[2:]
     assert ks[0].paraphrases == ("Marie Curie's hometown is",)
     assert ks[2].subject is None and ks[2].paraphrases == ()
     assert ks.subjects == ("Marie Curie", "Alan Turing")

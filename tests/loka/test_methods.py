@@ -26,7 +26,7 @@ def protocol(tiny_testbed):
 BUDGET = Budget(target_forget_accuracy=0.1, check_every=10, max_steps=40)
 
 
-@pytest.mark.parametrize("method", ["gradient_ascent", "task_vector", "loka"])
+@pytest.mark.parametrize("method", ["gradient_ascent", "task_vector", pytest.param("loka", marks=pytest.mark.slow)])
 def test_every_method_follows_the_shared_budget(protocol, model, method):
     """Every method checks forget accuracy on the same schedule and stops by the same rule; the
     bounds are relative to the model's own numbers, so they hold for any trained testbed."""

@@ -1,4 +1,5 @@
-"""The fact-world testbed: the world, the accuracy bars, the oracle at chance, determinism, caching."""
+"""The fact-world testbed: the world, the accuracy bars, the oracle at chance, determinism, caching,
+and its checkpoints read as anyone would (plain transformers, a pipeline, TransformerLens)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 import loka
 from ablation import export_checkpoint
@@ -208,8 +209,6 @@ def test_plain_transformers_reproduces_loka_first_token_accuracy(tiny_testbed):
 def test_text_generation_pipeline_answers_retain_facts(tiny_testbed):
     """transformers.pipeline greedy generation from the saved directory produces the target, on
     retain facts whose every target token the model predicts top-1 (loka's exact match)."""
-    from transformers import pipeline
-
     retain = tiny_testbed.retain
     tokenizer = AutoTokenizer.from_pretrained(tiny_testbed.model_dir)
     known = score_facts(loka.load_model(tiny_testbed.model_dir), retain).exact_match.tolist()
