@@ -13,16 +13,6 @@ import loka
 from loka.extraction import Extraction, _greedy_continuations, extract, rouge_l, rouge_l_f1, rouge_l_recall
 from loka.models import logits as model_logits
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run many times faster on one thread than on two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # (prediction, reference): case, punctuation, stemming, hyphens, digits, word order, empty strings
 PAIRS = [
     ("the cat sat on the mat", "the cat sat on the mat"),

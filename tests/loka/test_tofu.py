@@ -37,15 +37,6 @@ needs_data = pytest.mark.skipif(DATA is None, reason="TOFU data not found (set L
 LN2 = math.log(2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run many times faster on one thread than on two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --- metrics, by hand -------------------------------------------------------------------------
 def test_answer_probability_is_exp_of_minus_mean_token_nll():
     assert tm.answer_probability([0.0, LN2, 2 * LN2]) == pytest.approx([1.0, 0.5, 0.25])
@@ -352,7 +343,6 @@ def tiny_report(tmp_path_factory):
     """The tiny protocol with one real method (the others are wired in a test below)."""
     if DATA is None:
         pytest.skip("TOFU data not found (set LOKA_TOFU_DIR)")
-    torch.set_num_threads(1)
     cache = tmp_path_factory.mktemp("tofu-cache")
     report = tofu.run(
         "forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("gradient_ascent",), progress=False,
