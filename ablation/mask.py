@@ -2,7 +2,7 @@
 
 An :class:`AblationMask` is the hand-off between *finding* components (attribution) and *changing*
 a model (hooks, baked weights, localized edits). It holds two boolean tensors, one per component
-kind of DESIGN.md:
+kind (the component addresses of :mod:`loka.components`):
 
 * ``neurons`` ``[n_layers, d_mlp]``: True where neuron ``i`` of ``blocks.{l}.mlp.hook_post`` is ablated;
 * ``heads`` ``[n_layers, n_heads]``: True where head ``h`` of ``blocks.{l}.attn.hook_z`` is ablated;
@@ -186,7 +186,7 @@ class AblationMask:
 
     @property
     def components(self) -> list[Component]:
-        """The ablated components as DESIGN.md addresses, neurons first, in (layer, index) order."""
+        """The ablated components (:mod:`loka.components` addresses), neurons first, in (layer, index) order."""
         return from_masks(self.neurons, self.heads)
 
     def __len__(self) -> int:

@@ -3,7 +3,7 @@
 A cell is how much of the component is removed (``AblationMask.strength``): 1 for zero, mean and
 resample ablation, ``1 - factor`` for scaling, 0 where nothing is done. The colour scale is RdBu
 centred on 0, so removed components are red and amplified ones (factor > 1) blue. Hover labels
-use the DESIGN.md names ``L{l}N{i}`` and ``L{l}H{h}``.
+use the component labels of :mod:`loka.components`, ``L{l}N{i}`` and ``L{l}H{h}``.
 """
 
 from __future__ import annotations
