@@ -69,8 +69,12 @@ class MethodOutcome:
         return self.configs[0] if self.configs else {}
 
     def interval(self, column: str, *, controls: bool = False) -> Interval | None:
-        """Mean and 95% interval of ``column`` (see :data:`COLUMNS`) over people and seeds."""
-        return column_interval(self.controls if controls else self.runs, column)
+        """Mean and 95% interval of ``column`` (see :data:`COLUMNS`) over people and seeds
+        (computed once per outcome: the bootstrap is the slow part of a table)."""
+        cache = self.__dict__.setdefault("_intervals", {})
+        if (column, controls) not in cache:
+            cache[column, controls] = column_interval(self.controls if controls else self.runs, column)
+        return cache[column, controls]
 
     def compute_summary(self) -> dict[str, float] | None:
         """Mean optimizer steps, forward tokens (millions) and seconds over the runs."""
@@ -204,13 +208,14 @@ class Comparison:
         people), MIA ans the same on the answer tokens; relearn is the worst case of the relearning
         attack; probe the residual probe's readout; then optimizer steps, forward tokens and
         seconds per run."""
-        columns = [c for c in COLUMNS if any(r[1][c] is not None for r in self.rows())]
+        rows = self.rows()
+        columns = [c for c in COLUMNS if any(r[1][c] is not None for r in rows)]
         blind = [c for c, ok in self.informative().items() if ok is False]
         width = 17
         header = f"{'method':<17}" + "".join(f"{c:>{width}}" for c in columns)
         header += f"{'steps':>7}{'Mtok':>8}{'sec':>7}"
         lines = [self.title, header, "-" * len(header)]
-        for label, numbers, compute, _ in self.rows():
+        for label, numbers, compute, _ in rows:
             cells = "".join(
                 f"{format(v, '.2f').replace(', ', ','):>{width}}" if v is not None else f"{'-':>{width}}"
                 for c, v in numbers.items()
