@@ -6,7 +6,8 @@ components matter is attribution's question, and ablation never scores a model i
 * :class:`AblationMask` (``mask.py``): which neurons ``[n_layers, d_mlp]`` and heads
   ``[n_layers, n_heads]`` are ablated, and how (``zero``, ``mean``, ``scale``, ``resample``);
   built from attribution scores, from component addresses, or at random as a control; saved as
-  readable JSON with the values in safetensors beside it.
+  readable JSON with the values in safetensors beside it (``mask_file.py``; the names both share
+  are in ``mask_schema.py``).
 * :func:`ablate` (``hooks.py``): ``with ablate(model, mask):`` applies the mask through
   TransformerLens hooks on ``hook_post`` / ``hook_z``; on exit the model is exactly as before.
   :func:`mean_activations` computes the means for ``mean`` masks.
@@ -14,6 +15,9 @@ components matter is attribution's question, and ablation never scores a model i
   zeroed or scaled, means folded into output biases); same logits as the hooked model.
 * :func:`edit` (``edit.py``): fine-tune only the masked components' own weights of a copy,
   with a caller-supplied objective; everything else stays bit-identical.
+* :func:`rewrite` (``rewrite.py``; keys in ``rewrite_keys.py``, the constraint in ``covariance.py``,
+  the targets in ``rewrite_targets.py``): a closed-form, covariance-constrained edit of MLP output
+  projections (ROME / MEMIT) that erases or updates facts.
 * :func:`random_edit_like` (``control.py``): the random control of a weight edit, the same
   singular values per changed tensor along random directions.
 * :func:`export_checkpoint` (``export.py``): write an edited model as a plain Hugging Face

@@ -41,34 +41,24 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
+import plotly.graph_objects as go
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from ablation.mask_file import MaskFile, mask_file_error, read_mask, write_mask
+from ablation.mask_schema import BAKEABLE_MODES, MODE_VALUES, MODES, VALUE_FIELDS, Mode, check_mode
+from ablation.plot import plot_strengths
 from ablation.selection import count_for, random_like_layers, select_top
 from loka.components import Component, ComponentShapes, from_masks, to_masks
 from loka.models import ModelFingerprint, fingerprint, head_output_weights
 
-if TYPE_CHECKING:
-    import plotly.graph_objects as go
+__all__ = ["AblationMask", "MeanActivations", "Mode", "MODES", "BAKEABLE_MODES", "KindChoice", "check_mode"]
 
-__all__ = ["AblationMask", "MeanActivations", "Mode", "MODES", "BAKEABLE_MODES", "KindChoice"]
-
-Mode = Literal["zero", "mean", "scale", "resample"]
-MODES: tuple[Mode, ...] = get_args(Mode)
-BAKEABLE_MODES: tuple[Mode, ...] = ("zero", "mean", "scale")
 KindChoice = Literal["neuron", "head", "all"]
 KIND_CHOICES: tuple[KindChoice, ...] = get_args(KindChoice)
-
-_VALUE_FIELDS = ("neuron_means", "head_means", "neuron_scales", "head_scales")
-_MODE_VALUES: dict[str, tuple[str, ...]] = {
-    "zero": (),
-    "mean": ("neuron_means", "head_means"),
-    "scale": ("neuron_scales", "head_scales"),
-    "resample": (),
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,11 +68,6 @@ class MeanActivations:
     neurons: Float[Tensor, "n_layers d_mlp"]
     heads: Float[Tensor, "n_layers n_heads d_head"]
     n_tokens: int
-
-
-def check_mode(mode: Any, allowed: tuple[str, ...] = MODES) -> None:
-    if mode not in allowed:
-        raise ValueError(f"unknown ablation mode {mode!r}; use one of {allowed}")
 
 
 def _label(kind: str, layer: int, index: int) -> str:
@@ -146,8 +131,8 @@ class AblationMask:
             raise ValueError(
                 f"fingerprint must be a loka.models.ModelFingerprint, got {type(self.fingerprint).__name__}"
             )
-        allowed = _MODE_VALUES[self.mode]
-        for name in _VALUE_FIELDS:
+        allowed = MODE_VALUES[self.mode]
+        for name in VALUE_FIELDS:
             value = getattr(self, name)
             kind_mask = self.neurons if name.startswith("neuron") else self.heads
             if value is None:
@@ -243,7 +228,7 @@ class AblationMask:
             raise ValueError(f"means are only used with mode='mean', not {mode!r}")
         if scale is not None and mode != "scale":
             raise ValueError(f"scale is only used with mode='scale', not {mode!r}")
-        values: dict[str, Tensor | None] = dict.fromkeys(_VALUE_FIELDS)
+        values: dict[str, Tensor | None] = dict.fromkeys(VALUE_FIELDS)
         if mode == "mean" and means is not None:
             values["neuron_means"] = None if self.neurons is None else getattr(means, "neurons", None)
             values["head_means"] = None if self.heads is None else getattr(means, "heads", None)
@@ -344,7 +329,7 @@ class AblationMask:
             name: None if m is None else random_like_layers(m, generator)
             for name, m in (("neurons", mask.neurons), ("heads", mask.heads))
         }
-        values: dict[str, Tensor | None] = {name: getattr(mask, name) for name in _VALUE_FIELDS}
+        values: dict[str, Tensor | None] = {name: getattr(mask, name) for name in VALUE_FIELDS}
         for name, old in (("neuron_scales", mask.neurons), ("head_scales", mask.heads)):
             factors, new = values[name], picked[name.split("_")[0] + "s"]
             if factors is not None and old is not None and new is not None:
@@ -381,7 +366,7 @@ class AblationMask:
                 result[name] = None if a is None or b is None else a & b
             else:  # "-"
                 result[name] = a if a is None or b is None else a & ~b
-        for name in _VALUE_FIELDS:
+        for name in VALUE_FIELDS:
             kind = name.split("_")[0] + "s"
             a, b = getattr(self, name), getattr(other, name)
             if result[kind] is None:
@@ -469,9 +454,12 @@ class AblationMask:
         A cell shows how much of the component is removed: 1 for zero / mean / resample
         ablation, ``1 - factor`` for scale (so 0 is untouched, negative is amplified).
         """
-        from ablation.plot import plot_mask
-
-        return plot_mask(self, title=title)
+        kinds = [kind for kind in ("neuron", "head") if self.tensor(kind) is not None]
+        return plot_strengths(
+            {kind: self.strength(kind) for kind in kinds},  # type: ignore[misc]
+            {kind: int(self.tensor(kind).sum()) for kind in kinds},  # type: ignore[misc, union-attr]
+            title=title or f"ablation mask ({self.mode}, {len(self)} components)",
+        )
 
     def strength(self, kind: Literal["neuron", "head"]) -> Float[Tensor, "n_layers width"] | None:
         """How much of each component is removed (see :meth:`plot`), 0 where not ablated."""
@@ -487,16 +475,19 @@ class AblationMask:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``path`` (readable JSON) and, when the mode has values, ``path`` with suffix
         ``.safetensors`` beside it. ``AblationMask.load(path)`` gives back an equal mask."""
-        from ablation.mask_file import save_mask
-
-        return save_mask(self, path)
+        values = {name: getattr(self, name) for name in VALUE_FIELDS if getattr(self, name) is not None}
+        return write_mask(MaskFile(self.neurons, self.heads, self.mode, self.fingerprint, values), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AblationMask:
         """Read a mask written by :meth:`save` (ValueError naming the first problem in the file)."""
-        from ablation.mask_file import load_mask
-
-        return load_mask(path)
+        content = read_mask(path)
+        try:
+            return cls(
+                content.neurons, content.heads, mode=content.mode, fingerprint=content.fingerprint, **content.values
+            )
+        except ValueError as err:  # a file that parses but does not make a mask
+            raise mask_file_error(Path(path), str(err)) from err
 
 
 def _scores_fingerprint(scores: Any) -> ModelFingerprint | None:

@@ -21,6 +21,10 @@ tensors, go into a safetensors file beside it, named in the JSON with its sha256
 about that kind; ``values`` is ``null`` for ``zero`` and ``resample`` masks. Saving then loading
 gives an equal mask (same indices, mode, fingerprint, value tensors bit for bit and dtype), and
 loading rejects anything else with a ValueError that names the file and the first problem.
+
+The class lives in :mod:`ablation.mask`; this module reads and writes the file's contents
+(:class:`MaskFile`) and knows nothing of the class, so neither imports the other's internals
+(the names both need are in :mod:`ablation.mask_schema`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +42,27 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ablation.mask import _VALUE_FIELDS, MODES, AblationMask
+from ablation.mask_schema import FORMAT, KEYS, MODES, SCHEMA_VERSION, VALUE_FIELDS, WIDTHS, Mode
 from loka.models import ModelFingerprint
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "load_mask", "mask_to_json", "save_mask", "values_path"]
+__all__ = ["MaskFile", "file_sha256", "mask_file_error", "mask_to_json", "read_mask", "values_path", "write_mask"]
 
-FORMAT = "loka-ablation-mask"
-SCHEMA_VERSION = 1
-_KEYS = (
-    "format",
-    "schema_version",
-    "mode",
-    "n_layers",
-    "d_mlp",
-    "n_heads",
-    "fingerprint",
-    "neurons",
-    "heads",
-    "values",
-)
-_WIDTH = {"neurons": "d_mlp", "heads": "n_heads"}
+
+@dataclass(frozen=True, eq=False)
+class MaskFile:
+    """What a mask file holds: the component masks, the mode, the fingerprint and the value tensors
+    (a subset of :data:`ablation.mask_schema.VALUE_FIELDS`). :class:`ablation.AblationMask` is
+    built from it and checks it; this module only reads and writes it."""
+
+    neurons: torch.Tensor | None
+    heads: torch.Tensor | None
+    mode: Mode
+    fingerprint: ModelFingerprint | None
+    values: Mapping[str, torch.Tensor]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.neurons if self.neurons is not None else self.heads)  # type: ignore[arg-type]
 
 
 def values_path(path: str | os.PathLike[str]) -> Path:
@@ -76,18 +83,16 @@ def _compact_int_lists(text: str) -> str:
     )
 
 
-def mask_to_json(
-    mask: AblationMask, values_file: str | None = None, values_sha256: str | None = None
-) -> dict[str, Any]:
+def mask_to_json(mask: MaskFile, values_file: str | None = None, values_sha256: str | None = None) -> dict[str, Any]:
     """The JSON object for ``mask`` (``values_file`` / ``values_sha256`` name its values, if any)."""
-    value_names = [name for name in _VALUE_FIELDS if getattr(mask, name) is not None]
+    value_names = [name for name in VALUE_FIELDS if mask.values.get(name) is not None]
     return {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "mode": mask.mode,
         "n_layers": mask.n_layers,
-        "d_mlp": mask.d_mlp,
-        "n_heads": mask.n_heads,
+        "d_mlp": None if mask.neurons is None else mask.neurons.shape[1],
+        "n_heads": None if mask.heads is None else mask.heads.shape[1],
         "fingerprint": None if mask.fingerprint is None else mask.fingerprint.to_dict(),
         "neurons": None if mask.neurons is None else [row.nonzero().flatten().tolist() for row in mask.neurons],
         "heads": None if mask.heads is None else [row.nonzero().flatten().tolist() for row in mask.heads],
@@ -95,12 +100,12 @@ def mask_to_json(
     }
 
 
-def save_mask(mask: AblationMask, path: str | os.PathLike[str]) -> Path:
+def write_mask(mask: MaskFile, path: str | os.PathLike[str]) -> Path:
     """Write ``mask`` to ``path`` (JSON) and its values, if any, beside it; return ``path``."""
     path = Path(path)
     if path.suffix == ".safetensors":
         raise ValueError(f"{path}: name the JSON file (e.g. mask.json); the values go beside it as .safetensors")
-    tensors = {name: getattr(mask, name).contiguous() for name in _VALUE_FIELDS if getattr(mask, name) is not None}
+    tensors = {name: mask.values[name].contiguous() for name in VALUE_FIELDS if mask.values.get(name) is not None}
     values_file = sha = None
     if tensors:
         target = values_path(path)
@@ -115,37 +120,40 @@ def save_mask(mask: AblationMask, path: str | os.PathLike[str]) -> Path:
 # ---------------------------------------------------------------------------------- loading
 
 
-def _fail(path: Path, message: str) -> ValueError:
+def mask_file_error(path: Path, message: str) -> ValueError:
+    """The error for a problem in the mask file at ``path``: ``mask file {path}: {message}``."""
     return ValueError(f"mask file {path}: {message}")
 
 
 def _int(path: Path, key: str, value: Any, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(path, f"{key!r} must be an integer >= {minimum}, got {value!r}")
+        raise mask_file_error(path, f"{key!r} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
 def _indices(path: Path, key: str, value: Any, n_layers: int, width: int | None) -> torch.Tensor | None:
     if value is None:
         if width is not None:
-            raise _fail(path, f"{key!r} is null but {_WIDTH[key]!r} is {width}")
+            raise mask_file_error(path, f"{key!r} is null but {WIDTHS[key]!r} is {width}")
         return None
     if width is None:
-        raise _fail(path, f"{key!r} lists components but {_WIDTH[key]!r} is null")
+        raise mask_file_error(path, f"{key!r} lists components but {WIDTHS[key]!r} is null")
     if not isinstance(value, list) or len(value) != n_layers:
-        raise _fail(path, f"{key!r} must be a list with one list of indices per layer ({n_layers} layers)")
+        raise mask_file_error(path, f"{key!r} must be a list with one list of indices per layer ({n_layers} layers)")
     mask = torch.zeros(n_layers, width, dtype=torch.bool)
     letter = "N" if key == "neurons" else "H"
     for layer, row in enumerate(value):
         if not isinstance(row, list):
-            raise _fail(path, f"{key}[{layer}] must be a list of indices, got {row!r}")
+            raise mask_file_error(path, f"{key}[{layer}] must be a list of indices, got {row!r}")
         for index in row:
             if isinstance(index, bool) or not isinstance(index, int):
-                raise _fail(path, f"{key}[{layer}] holds {index!r}, which is not an integer index")
+                raise mask_file_error(path, f"{key}[{layer}] holds {index!r}, which is not an integer index")
             if not 0 <= index < width:
-                raise _fail(path, f"{key}[{layer}]: L{layer}{letter}{index} is out of range ({_WIDTH[key]} = {width})")
+                raise mask_file_error(
+                    path, f"{key}[{layer}]: L{layer}{letter}{index} is out of range ({WIDTHS[key]} = {width})"
+                )
             if mask[layer, index]:
-                raise _fail(path, f"{key}[{layer}]: L{layer}{letter}{index} is listed twice")
+                raise mask_file_error(path, f"{key}[{layer}]: L{layer}{letter}{index} is listed twice")
             mask[layer, index] = True
     return mask
 
@@ -154,28 +162,31 @@ def _values(path: Path, spec: Any) -> dict[str, torch.Tensor]:
     if spec is None:
         return {}
     if not isinstance(spec, dict) or set(spec) != {"file", "sha256", "tensors"}:
-        raise _fail(path, "'values' must be null or an object with keys 'file', 'sha256', 'tensors'")
+        raise mask_file_error(path, "'values' must be null or an object with keys 'file', 'sha256', 'tensors'")
     name, tensors = spec["file"], spec["tensors"]
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
-        raise _fail(path, f"values file must be a .safetensors file name beside the mask, got {name!r}")
-    if not isinstance(tensors, list) or not set(tensors) <= set(_VALUE_FIELDS):
-        raise _fail(path, f"values 'tensors' must list some of {list(_VALUE_FIELDS)}, got {tensors!r}")
+        raise mask_file_error(path, f"values file must be a .safetensors file name beside the mask, got {name!r}")
+    if not isinstance(tensors, list) or not set(tensors) <= set(VALUE_FIELDS):
+        raise mask_file_error(path, f"values 'tensors' must list some of {list(VALUE_FIELDS)}, got {tensors!r}")
     target = path.parent / name
     if not target.is_file():
-        raise _fail(path, f"its values file {target} does not exist (a mean or scale mask needs it)")
+        raise mask_file_error(path, f"its values file {target} does not exist (a mean or scale mask needs it)")
     if file_sha256(target) != spec["sha256"]:
-        raise _fail(path, f"{target} does not match the sha256 recorded in the mask (it was changed or replaced)")
+        raise mask_file_error(
+            path, f"{target} does not match the sha256 recorded in the mask (it was changed or replaced)"
+        )
     try:
         loaded = load_file(str(target))
     except (SafetensorError, OSError) as err:
-        raise _fail(path, f"could not read {target}: {err}") from err
+        raise mask_file_error(path, f"could not read {target}: {err}") from err
     if sorted(loaded) != sorted(tensors):
-        raise _fail(path, f"{target} holds {sorted(loaded)} but the mask lists {sorted(tensors)}")
+        raise mask_file_error(path, f"{target} holds {sorted(loaded)} but the mask lists {sorted(tensors)}")
     return loaded
 
 
-def load_mask(path: str | os.PathLike[str]) -> AblationMask:
-    """Read a mask written by :func:`save_mask`."""
+def read_mask(path: str | os.PathLike[str]) -> MaskFile:
+    """Read a mask written by :func:`write_mask` (ValueError naming the file and its first problem;
+    whether the contents make a valid mask is :class:`ablation.AblationMask`'s to check)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -184,38 +195,31 @@ def load_mask(path: str | os.PathLike[str]) -> AblationMask:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise _fail(path, f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from err
+        raise mask_file_error(path, f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from err
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise _fail(path, f'not a loka ablation mask (expected an object with "format": {FORMAT!r})')
+        raise mask_file_error(path, f'not a loka ablation mask (expected an object with "format": {FORMAT!r})')
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise _fail(
+        raise mask_file_error(
             path, f"unknown schema version {version!r}; this version of loka reads schema version {SCHEMA_VERSION}"
         )
-    missing, extra = sorted(set(_KEYS) - set(data)), sorted(set(data) - set(_KEYS))
+    missing, extra = sorted(set(KEYS) - set(data)), sorted(set(data) - set(KEYS))
     if missing or extra:
-        raise _fail(path, f"missing keys {missing}, unexpected keys {extra}")
+        raise mask_file_error(path, f"missing keys {missing}, unexpected keys {extra}")
     mode = data["mode"]
     if mode not in MODES:
-        raise _fail(path, f"unknown ablation mode {mode!r}; use one of {MODES}")
+        raise mask_file_error(path, f"unknown ablation mode {mode!r}; use one of {MODES}")
     n_layers = _int(path, "n_layers", data["n_layers"], minimum=1)
     widths = {
-        key: None if data[width] is None else _int(path, width, data[width], minimum=1) for key, width in _WIDTH.items()
+        key: None if data[width] is None else _int(path, width, data[width], minimum=1) for key, width in WIDTHS.items()
     }
-    masks = {key: _indices(path, key, data[key], n_layers, widths[key]) for key in _WIDTH}
+    masks = {key: _indices(path, key, data[key], n_layers, widths[key]) for key in WIDTHS}
     fp = data["fingerprint"]
     if fp is not None:
         if not isinstance(fp, dict):
-            raise _fail(path, f"'fingerprint' must be an object or null, got {fp!r}")
+            raise mask_file_error(path, f"'fingerprint' must be an object or null, got {fp!r}")
         try:
             fp = ModelFingerprint.from_dict(fp)
         except (TypeError, ValueError) as err:
-            raise _fail(path, f"bad fingerprint: {err}") from err
-    try:
-        return AblationMask(
-            masks["neurons"], masks["heads"], mode=mode, fingerprint=fp, **_values(path, data["values"])
-        )
-    except ValueError as err:
-        if str(err).startswith("mask file"):
-            raise
-        raise _fail(path, str(err)) from err
+            raise mask_file_error(path, f"bad fingerprint: {err}") from err
+    return MaskFile(masks["neurons"], masks["heads"], mode, fp, _values(path, data["values"]))

@@ -7,8 +7,12 @@ a mean, another fact's run, a corrupted run) and read how the metric of "knowing
 - :func:`attribute` scores every neuron (``blocks.{l}.mlp.hook_post``, ``[n_layers, d_mlp]``) and
   head (``blocks.{l}.attn.hook_z``, ``[n_layers, n_heads]``), exactly (``"activation_patching"``,
   batched) or by the first-order estimate (``"grad_x_act"``, one backward pass per batch), and
-  returns :class:`AttributionScores` (``.top()``, ``.contrast()``, ``.plot()``, ``.save()``).
-- :func:`patch_components` patches chosen components exactly, per fact.
+  returns :class:`AttributionScores` (``.top()``, ``.contrast()``, ``.plot()``, ``.save()``,
+  ``.validate()``). The defaults (noise-corrupted runs, denoising) are the settings where the
+  estimate agrees with exact patching; see :mod:`attribution.api` for when it does not.
+- :func:`patch_components` patches chosen components exactly, per fact;
+  :meth:`AttributionScores.validate` uses it to check an estimate's top components
+  (:class:`ScoreCheck`: rank correlation and top-k agreement with exact patching).
 - :func:`layer_scan` is ROME's causal tracing: per layer and token position, the effect of the
   residual stream, attention output and MLP output.
 - :func:`metric_values` is the metric itself, per fact.
@@ -19,11 +23,12 @@ a fact needs are negative. See :mod:`attribution.scores`.
 
 from attribution.api import METHODS, ComponentEffects, Method, attribute, patch_components
 from attribution.baselines import BASELINES, DIRECTIONS, Baseline, Direction, corrupted_run
-from attribution.corruption import CORRUPTIONS, Corruption, CorruptionKind
+from attribution.corruption import CORRUPTIONS, SPANS, Corruption, CorruptionKind, CorruptionSpan
 from attribution.metric import METRICS, FactMetric, MetricName, MetricValues, metric_values
 from attribution.positions import POSITION_CLASSES, POSITIONS, Positions
 from attribution.scores import AttributionScores, ContrastKind, ScoresMetadata
 from attribution.tracing import SITES, LayerScan, Site, layer_scan
+from attribution.validation import KindCheck, ScoreCheck
 
 __all__ = [
     "attribute",
@@ -51,6 +56,10 @@ __all__ = [
     "CorruptionKind",
     "corrupted_run",
     "CORRUPTIONS",
+    "CorruptionSpan",
+    "SPANS",
+    "ScoreCheck",
+    "KindCheck",
     "Positions",
     "POSITIONS",
     "POSITION_CLASSES",

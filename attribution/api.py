@@ -2,9 +2,10 @@
 
 This is the entry point most code needs::
 
-    scores = attribute(model, forget)                                  # gradient x activation
+    scores = attribute(model, forget)          # attribution patching: noise-corrupted, denoised
+    scores.validate(model, forget).describe()  # the top components, checked by exact patching
     exact = attribute(model, forget, method="activation_patching", components="heads")
-    traced = attribute(model, forget, baseline="corrupt", corruption="noise", direction="denoise")
+    ablated = attribute(model, forget, baseline="zero")                # gradient x activation
     selective = scores.contrast(attribute(model, retain), kind="ratio")
     selective.top(fraction=0.01, kind="neurons")
 
@@ -14,6 +15,33 @@ batches, and averages per-fact effects into :class:`~attribution.scores.Attribut
 (:mod:`attribution.gradients`); ``method="activation_patching"`` measures it exactly with batched
 patched forwards (:mod:`attribution.patching`). :func:`patch_components` measures chosen
 components exactly, per fact.
+
+The defaults are the settings whose first-order estimate agrees with exact patching:
+``baseline="corrupt"`` with ROME's noise corruption, ``direction="denoise"``, all positions. The
+gradient is then taken on the corrupted run, where the answer is unlikely and the metric is far
+from saturation (attribution patching). On the tiny testbed (30 forget facts, three seeds) these
+estimates rank-correlate with exact patching in the same settings at Spearman 0.98-1.0 (heads)
+and 0.998-0.999 (neurons); the former defaults (zero ablation, clean run) gave -0.74 to 0.10 for
+heads and 0.62-0.68 for neurons. Restricting ``positions`` to the last or the subject tokens did
+not agree better.
+
+When the first-order estimate fails (and why ``validate`` exists):
+
+- **zero (or mean) ablation of saturated facts.** When the model is sure of a fact
+  (log-probability near 0), the log-probability is flat around the clean run: its gradient
+  there is near zero whatever removing a component would do, so ``(0 - a) . dM/da`` can be
+  small, or of the wrong sign, for a component whose removal costs the fact a lot.
+- **large, nonlinear effects.** The estimate is a tangent: ablating a neuron with a large
+  activation (GELU and softmax saturate), or a head whose output moves later attention
+  patterns, changes the metric by far more (or less) than the tangent predicts.
+- **any setting, on a new model or metric.** The rank agreement is a property of the model, the
+  facts and the settings, not of the method.
+
+:meth:`AttributionScores.validate <attribution.scores.AttributionScores.validate>` is the
+check: it measures the top-k components of each kind (and k random ones) exactly, in the settings
+recorded in the scores' metadata, and reports the rank correlation and top-k agreement
+(:class:`attribution.validation.ScoreCheck`). Run it before trusting an estimate you have not
+checked, and prefer ``method="activation_patching"`` where it is affordable.
 
 The model is only read: hooks live inside ``model.hooks(...)`` contexts and are gone when a call
 returns or raises; weights, ``requires_grad`` flags and the train/eval mode are never touched.
@@ -49,6 +77,14 @@ METHODS: tuple[Method, ...] = get_args(Method)
 ComponentKinds = Literal["neurons", "heads"]
 
 
+def default_direction(baseline: str, direction: str | None) -> str:
+    """``direction``, or where it is None the default for ``baseline``: ``"denoise"`` for
+    ``"corrupt"``, else ``"ablate"`` (validated with the baseline in :class:`Baselines`)."""
+    if direction is None:
+        return "denoise" if baseline == "corrupt" else "ablate"
+    return direction
+
+
 def _kinds(components: str | Iterable[str]) -> tuple[Kind, ...]:
     if isinstance(components, str):
         components = (components,)
@@ -74,9 +110,9 @@ def attribute(
     *,
     method: Method = "grad_x_act",
     components: ComponentKinds | Iterable[ComponentKinds] = ("neurons", "heads"),
-    baseline: Baseline = "zero",
+    baseline: Baseline = "corrupt",
     positions: Positions = "all",
-    direction: Direction = "ablate",
+    direction: Direction | None = None,
     corruption: CorruptionKind | Corruption | None = None,
     reference: KnowledgeSet | None = None,
     metric: MetricName | None = None,
@@ -93,16 +129,21 @@ def attribute(
         method: ``"grad_x_act"`` (first-order estimate, one backward pass per batch) or
             ``"activation_patching"`` (exact, batched patched forwards).
         components: ``"neurons"``, ``"heads"`` or both; a kind not asked for is ``None`` in the result.
-        baseline: what an activation is replaced with: ``"zero"``, ``"mean"`` (per position class,
-            over ``reference``), ``"resample"`` (a donor fact's run from ``reference``) or
-            ``"corrupt"`` (the fact's own run with its subject obscured by ``corruption``).
-        positions: where components are patched / read: ``"all"`` tokens, the ``"last"``
-            prompt token, or the ``"subject"`` tokens.
-        direction: ``"ablate"`` (effect = metric(ablated) - metric(clean)) or ``"denoise"``
-            (``baseline="corrupt"`` only; effect = metric(corrupted + restored) - metric(corrupted)).
+        baseline: what an activation is replaced with: ``"corrupt"`` (default: the fact's own run
+            with its subject, or its whole prompt, obscured by ``corruption``), ``"zero"``,
+            ``"mean"`` (per position class, over ``reference``) or ``"resample"`` (a donor fact's
+            run from ``reference``).
+        positions: where components are patched / read: ``"all"`` tokens (default), the
+            ``"last"`` prompt token, or the ``"subject"`` tokens (every fact must then have a
+            subject in its prompt).
+        direction: ``"denoise"`` (``baseline="corrupt"`` only; effect = metric(corrupted +
+            restored) - metric(corrupted)) or ``"ablate"`` (effect = metric(ablated) -
+            metric(clean)). Default: ``"denoise"`` for ``baseline="corrupt"``, else ``"ablate"``.
         corruption: ``"noise"`` (default; Gaussian noise of 3x the embedding std on the
-            subject tokens, 10 samples) or ``"subject"`` (another subject of the same token
-            length), or a :class:`~attribution.baselines.Corruption` for other settings.
+            subject tokens, or on every prompt token after BOS for a fact without a subject in
+            its prompt, 10 samples) or ``"subject"`` (another subject of the same token length),
+            or a :class:`~attribution.corruption.Corruption` for other settings (its ``span``
+            chooses the noised tokens).
         reference: the set ``"mean"`` averages over and ``"resample"`` / ``"subject"`` draw from
             (default: ``knowledge`` itself).
         metric: ``"log_prob"`` (default) or ``"logit_diff"`` (default when ``contrast`` is
@@ -119,12 +160,11 @@ def attribute(
         ``direction`` and metadata naming the model.
 
     Which to use: ``"grad_x_act"`` is cheap enough for every component of a large model, but it
-    is a first-order estimate. On facts the model is sure of (log-probability near 0) the
-    log-probability is saturated and its gradient at the clean run says little about ablating
-    (on the tiny testbed its rank correlation with exact zero-ablation of heads is negative);
-    there, use ``direction="denoise"`` with a corruption (attribution patching: the gradient is
-    taken where the answer is unlikely; Spearman >= 0.9 with exact patching on the testbed) or
-    ``metric="logit_diff"``, and confirm the top components with :func:`patch_components`.
+    is a first-order estimate: see the module docstring for when it fails, and check it with
+    ``scores.validate(model, knowledge)``. With ``baseline="zero"`` (``"mean"``) on facts the model
+    is sure of, the log-probability is saturated and its gradient at the clean run says little
+    about ablating (on the tiny testbed its rank correlation with exact zero-ablation of heads
+    is negative); there use ``method="activation_patching"`` or ``metric="logit_diff"``.
     """
     model = check_model(model)
     knowledge = check_knowledge(knowledge)
@@ -132,6 +172,7 @@ def attribute(
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(map(repr, METHODS))}")
     kinds = _kinds(components)
     positions = check_positions(positions)
+    direction = default_direction(baseline, direction)
     batch_size = check_batch_size(batch_size)
     fact_metric = FactMetric.resolve(metric, contrast)
     fact_metric.check(knowledge)

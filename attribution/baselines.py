@@ -13,7 +13,8 @@ Patching a component means running the model with that component's activation re
   prompt length where there is one). Positions are aligned at the last prompt token.
 - ``"corrupt"``: the same component's activation on a *corrupted* run of the same fact, where the
   subject is obscured, ROME-style (:mod:`attribution.corruption`: Gaussian noise on the subject's
-  embeddings, or another subject of the same token length).
+  embeddings, or on the whole prompt of a fact without a subject; or another subject of the same
+  token length).
 
 Two directions (``direction``):
 
@@ -48,11 +49,13 @@ from attribution.corruption import (
     allowed,
     embedding_std,
     fact_seed,
+    noise_mask,
     noise_run,
+    noised_spans,
     subject_replaced_run,
 )
 from attribution.metric import FactMetric, Targets
-from attribution.positions import POSITION_CLASSES, Positions, position_classes, position_mask
+from attribution.positions import POSITION_CLASSES, Positions, position_classes, position_mask, subject_tokens
 from attribution.runs import Run, forward, record
 from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
 
@@ -153,8 +156,11 @@ class Baselines:
             raise ValueError(f"samples must be a positive integer, got {samples!r}")
         if baseline in ("zero", "mean") and samples != 1:
             raise ValueError(f"baseline={baseline!r} is deterministic; samples must be 1, got {samples}")
-        if self.corruption is not None and self.corruption.samples is not None and samples != 1:
-            raise ValueError("give the number of corrupted samples once, in Corruption(samples=...)")
+        if self.corruption is not None and samples != 1:
+            raise ValueError(
+                "give the number of corrupted samples once, in Corruption(samples=...); "
+                f"samples={samples} is for baseline='resample'"
+            )
 
         self.model = model
         self.device = next(model.parameters()).device
@@ -167,6 +173,7 @@ class Baselines:
         self.reference = reference if reference is not None else knowledge
         self.samples = self.corruption.n_samples if self.corruption is not None else samples
         self.noise_std: float | None = None
+        self.noised: dict[str, int] = {}
         self.means: dict[str, Tensor] = {}
         self._pool: tuple[str, ...] = ()
         self._reference_lengths: list[int] = []
@@ -175,10 +182,18 @@ class Baselines:
         encoded = encode_facts(knowledge.facts, model)
         position_mask(encoded, positions)
         if self.corruption is not None:
-            position_mask(encoded, "subject")  # both corruptions act on the subject
             if self.corruption.kind == "noise":
-                self.noise_std = embedding_std(self.model, encoded)
+                spans = noised_spans(encoded, self.corruption.span)  # ValueError for span='subject' without one
+                self.noised = {span: spans.count(span) for span in ("subject", "prompt")}
+                self.noise_std = embedding_std(self.model, encoded, noise_mask(encoded, self.corruption.span))
             else:
+                has_subject = subject_tokens(encoded).any(-1).tolist()
+                missing = [i for i, has in zip(knowledge.ids, has_subject, strict=True) if not has]
+                if missing:
+                    raise ValueError(
+                        f"corruption 'subject' replaces each fact's subject; {len(missing)} fact(s) have none in "
+                        f"their prompt, e.g. {missing[0]!r} (corruption='noise' noises their whole prompt instead)"
+                    )
                 self._pool = self.corruption.subjects or tuple(
                     dict.fromkeys(knowledge.subjects + self.reference.subjects)
                 )
@@ -195,6 +210,7 @@ class Baselines:
             out["corruption"] = self.corruption.to_dict()
             if self.noise_std is not None:
                 out["corruption"]["embedding_std"] = self.noise_std
+                out["corruption"]["noised"] = dict(self.noised)
         if self.baseline in ("mean", "resample") or (self.corruption and self.corruption.kind == "subject"):
             out["reference"] = {"name": self.reference.name, "n_facts": len(self.reference)}
         if self.baseline in ("resample", "corrupt"):

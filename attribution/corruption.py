@@ -1,17 +1,40 @@
-"""Corrupted runs: the same fact with its subject obscured, the way ROME traces causes.
+"""Corrupted runs: the same fact with what it is about obscured, the way ROME traces causes.
 
 A *corrupted* run of a fact is the baseline that keeps everything about the prompt except the
 one thing it is about. ``"corrupt"`` patching takes a component's activation from that run
 (ablation direction), or restores the clean activation into it (denoising, ROME's indirect
-effect). Two corruptions, both acting on the subject tokens only:
+effect). Two corruptions:
 
-- ``"noise"`` (Meng et al. 2022): add Gaussian noise to the token embeddings of the subject
-  (``hook_embed``), with standard deviation ``noise_scale`` (3) times the standard deviation of the
-  embeddings of the subjects' tokens across the set, ``samples`` (10) times with independent
-  noise. Positions and tokens are unchanged, so every activation lines up with the clean run.
+- ``"noise"`` (Meng et al. 2022): add Gaussian noise to the token embeddings (``hook_embed``) of
+  the fact's *corruption span*, with standard deviation ``noise_scale`` (3) times the standard
+  deviation of the embeddings of the tokens that get noised across the set, ``samples`` (10)
+  times with independent noise. Positions and tokens are unchanged, so every activation lines up
+  with the clean run.
 - ``"subject"``: replace the subject by another subject (from the set, the reference set, or
   ``Corruption.subjects``) such that the prompt tokenizes to the same length and every non-subject
   token is unchanged, so positions line up again. ``samples`` replacements per fact (default 1).
+
+The corruption span (``Corruption.span``) says which prompt tokens the noise covers:
+
+- ``"subject"``: the subject's tokens (ROME). Every fact must name a subject that occurs in its
+  prompt.
+- ``"prompt"``: every prompt token after BOS: the whole question.
+- ``"auto"`` (default): per fact, the subject where the fact has one in its prompt, else the
+  whole prompt.
+
+Why the whole prompt for a fact without a subject: a question-answer pair or a passage has no
+single token span that "the fact is about", and any guessed span (the last word, the nouns)
+would make the corruption depend on a heuristic. Noising every prompt token is the one choice
+that surely removes what the answer depends on, so the corrupted run's metric falls to the
+model's prior for the target, which is what denoising measures recovery from. It is coarser
+than ROME's: restoring a component must undo noise on the whole question, not only the subject,
+so components that merely read the question's wording can score alongside those that recall
+the answer.
+BOS is never noised (it carries no content, and many models use it as an attention sink), and
+target tokens never are (the metric reads them). The noise unit, ``embedding_std``, is taken
+over exactly the tokens that get noised, so a span of common words is noised on their scale. The
+``"subject"`` corruption has no such fallback: it needs a subject to replace. The span every fact
+got is recorded in the scores' metadata (``options["corruption"]["noised"]``).
 
 Noise and the order in which replacement subjects are tried are seeded per fact (by the seed
 and the fact's id), so a fact's corrupted runs do not depend on the batch it is in.
@@ -27,16 +50,21 @@ from typing import Any, Literal, get_args
 
 import einops
 import torch
+from jaxtyping import Bool
 from torch import Tensor
 
-from attribution.positions import position_mask
+from attribution.positions import position_mask, subject_tokens
 from attribution.runs import Run
 from loka.data import Fact, FactBatch, encode_facts
 
 __all__ = [
     "CorruptionKind",
     "CORRUPTIONS",
+    "CorruptionSpan",
+    "SPANS",
     "Corruption",
+    "noise_mask",
+    "noised_spans",
     "embedding_std",
     "noise_run",
     "subject_replaced_run",
@@ -45,6 +73,8 @@ __all__ = [
 
 CorruptionKind = Literal["noise", "subject"]
 CORRUPTIONS: tuple[CorruptionKind, ...] = get_args(CorruptionKind)
+CorruptionSpan = Literal["auto", "subject", "prompt"]
+SPANS: tuple[CorruptionSpan, ...] = get_args(CorruptionSpan)
 DEFAULT_SAMPLES: dict[str, int] = {"noise": 10, "subject": 1}
 
 
@@ -60,17 +90,21 @@ def fact_seed(seed: int, fact_id: str) -> int:
 
 @dataclass(frozen=True)
 class Corruption:
-    """How the corrupted run of a fact obscures its subject (see the module docstring).
+    """How the corrupted run of a fact obscures what it is about (see the module docstring).
 
     ``samples`` defaults to 10 for ``"noise"`` (ROME) and 1 for ``"subject"``. ``subjects`` is the
     pool of replacement subjects for ``"subject"`` (default: the subjects of the attributed set
-    and of the reference set).
+    and of the reference set). ``span`` is the tokens ``"noise"`` covers: ``"auto"`` (the subject
+    where a fact has one in its prompt, else the whole prompt after BOS), ``"subject"`` or
+    ``"prompt"``; the ``"subject"`` corruption always acts on the subject (``"auto"`` or
+    ``"subject"``).
     """
 
     kind: CorruptionKind = "noise"
     samples: int | None = None
     noise_scale: float = 3.0
     subjects: tuple[str, ...] | None = None
+    span: CorruptionSpan = "auto"
 
     def __post_init__(self) -> None:
         if self.subjects is not None:
@@ -83,6 +117,10 @@ class Corruption:
             raise ValueError(f"noise_scale must be positive, got {self.noise_scale}")
         if self.subjects is not None and not self.subjects:
             raise ValueError("corruption subjects, when given, must not be empty")
+        if self.span not in SPANS:
+            raise ValueError(f"unknown corruption span {self.span!r}; use one of {allowed(SPANS)}")
+        if self.kind == "subject" and self.span == "prompt":
+            raise ValueError("corruption 'subject' replaces the subject; span='prompt' is for 'noise' only")
 
     @classmethod
     def parse(cls, value: Corruption | str) -> Corruption:
@@ -103,9 +141,44 @@ class Corruption:
         return out
 
 
-def embedding_std(model: Any, batch: FactBatch) -> float:
-    """ROME's unit of noise: the std of the token embeddings of the subjects' tokens in ``batch``."""
-    ids = batch.input_ids[batch.subject_mask].to(model.W_E.device)
+def _prompt_tokens(batch: FactBatch) -> Bool[Tensor, "batch pos"]:
+    """Every prompt token after BOS (positions 1 .. last prompt token)."""
+    index = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device)
+    return (index[None] >= 1) & (index[None] <= batch.answer_positions[:, None])
+
+
+def noised_spans(batch: FactBatch, span: CorruptionSpan) -> list[Literal["subject", "prompt"]]:
+    """The span each fact of ``batch`` gets noised on: ``"subject"`` or ``"prompt"``.
+
+    ValueError for ``span="subject"`` when a fact has no subject in its prompt."""
+    if span not in SPANS:
+        raise ValueError(f"unknown corruption span {span!r}; use one of {allowed(SPANS)}")
+    if span == "prompt":
+        return ["prompt"] * len(batch)
+    has_subject = subject_tokens(batch).any(-1).tolist()
+    if span == "subject":
+        missing = [fact_id for fact_id, has in zip(batch.fact_ids, has_subject, strict=True) if not has]
+        if missing:
+            raise ValueError(
+                f"corruption span 'subject' needs every fact to name a subject that occurs in its prompt; "
+                f"{len(missing)} fact(s) have none, e.g. {missing[0]!r} (span='auto' noises their whole prompt)"
+            )
+    return ["subject" if has else "prompt" for has in has_subject]
+
+
+def noise_mask(batch: FactBatch, span: CorruptionSpan = "auto") -> Bool[Tensor, "batch pos"]:
+    """True at the tokens whose embeddings ``"noise"`` corrupts, per fact (see :func:`noised_spans`)."""
+    spans = noised_spans(batch, span)
+    use_subject = torch.tensor([s == "subject" for s in spans], device=batch.input_ids.device)
+    return torch.where(use_subject[:, None], subject_tokens(batch), _prompt_tokens(batch))
+
+
+def embedding_std(model: Any, batch: FactBatch, mask: Bool[Tensor, "batch pos"] | None = None) -> float:
+    """ROME's unit of noise: the std of the token embeddings of the tokens in ``batch`` that get
+    noised (``mask``; default: :func:`noise_mask` with ``span="auto"``)."""
+    if mask is None:
+        mask = noise_mask(batch, "auto")
+    ids = batch.input_ids[mask.to(batch.input_ids.device)].to(model.W_E.device)
     with torch.no_grad():
         return model.W_E[ids].float().std().item()
 
@@ -114,7 +187,7 @@ def noise_run(
     model: Any, facts: Sequence[Fact], batch: FactBatch, corruption: Corruption, *, std: float, seed: int
 ) -> Run:
     """``samples * len(facts)`` rows (sample-major): the clean tokens, with Gaussian noise of
-    ``noise_scale * std`` to add to the subject tokens' embeddings."""
+    ``noise_scale * std`` to add to the embeddings of each fact's corruption span."""
     s = corruption.n_samples
     width, d_model = batch.input_ids.shape[1], model.cfg.d_model
     noise = torch.zeros(s, len(facts), width, d_model)
@@ -123,8 +196,8 @@ def noise_run(
         # Drawn per fact over its own length: the noise does not depend on the batch.
         generator = torch.Generator().manual_seed(fact_seed(seed, fact.id))
         noise[:, i, :length] = torch.randn(s, length, d_model, generator=generator)
-    subject = position_mask(batch, "subject").cpu()
-    noise = noise * subject[None, :, :, None] * (corruption.noise_scale * std)
+    noised = noise_mask(batch, corruption.span).cpu()
+    noise = noise * noised[None, :, :, None] * (corruption.noise_scale * std)
     device = batch.input_ids.device
     return Run(
         batch.input_ids.repeat(s, 1),

@@ -30,8 +30,11 @@ mean-ablating neurons with large activations (the GELU and the final softmax sat
 pattern downstream (patching a head's ``z`` moves every later query and key), and
 log-probabilities near 0 (the metric saturates: once a fact is certain, one component's
 gradient is small even if removing it would matter). Corrupt baselines, whose activations are
-close to the clean ones, are where it tracks exact patching best; check the top components with
-exact patching when it matters (the validation tests report the rank correlation).
+close to the clean ones, are where it tracks exact patching best, which is why
+:func:`attribution.attribute` defaults to them. Check any estimate with
+:meth:`AttributionScores.validate <attribution.scores.AttributionScores.validate>`: it patches the
+top-k components (and k random ones) exactly in the same settings and reports the rank
+correlation.
 """
 
 from __future__ import annotations

@@ -28,7 +28,15 @@ from torch import Tensor
 
 from loka.data import FactBatch
 
-__all__ = ["Positions", "POSITIONS", "POSITION_CLASSES", "check_positions", "position_mask", "position_classes"]
+__all__ = [
+    "Positions",
+    "POSITIONS",
+    "POSITION_CLASSES",
+    "check_positions",
+    "position_mask",
+    "position_classes",
+    "subject_tokens",
+]
 
 Positions = Literal["all", "last", "subject"]
 POSITIONS: tuple[Positions, ...] = get_args(Positions)
@@ -58,7 +66,7 @@ def check_positions(positions: str) -> Positions:
     return positions  # type: ignore[return-value]
 
 
-def _subject_tokens(batch: FactBatch) -> Bool[Tensor, "batch pos"]:
+def subject_tokens(batch: FactBatch) -> Bool[Tensor, "batch pos"]:
     """Subject tokens of the prompt (never the last prompt token's successors)."""
     index = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device)
     return batch.subject_mask & (index[None] <= batch.answer_positions[:, None])
@@ -77,7 +85,7 @@ def position_mask(batch: FactBatch, positions: Positions) -> Bool[Tensor, "batch
     index = torch.arange(real.shape[1], device=real.device)
     if positions == "last":
         return index[None] == batch.answer_positions[:, None]
-    subject = _subject_tokens(batch)
+    subject = subject_tokens(batch)
     missing = [fact_id for fact_id, row in zip(batch.fact_ids, subject.any(-1).tolist(), strict=True) if not row]
     if missing:
         raise ValueError(
@@ -97,7 +105,7 @@ def position_classes(batch: FactBatch) -> Int[Tensor, "batch pos"]:
     real = batch.attention_mask.bool()
     index = torch.arange(real.shape[1], device=real.device)[None].expand_as(real)
     answer = batch.answer_positions[:, None]
-    subject = _subject_tokens(batch) & (index < answer)
+    subject = subject_tokens(batch) & (index < answer)
     has_subject = subject.any(-1, keepdim=True)
     first = torch.where(subject, index, real.shape[1]).amin(-1, keepdim=True)
     last = torch.where(subject, index, -1).amax(-1, keepdim=True)

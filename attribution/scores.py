@@ -43,6 +43,8 @@ from loka.models import ModelFingerprint, fingerprint
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
+    from attribution.validation import ScoreCheck
+
 __all__ = ["AttributionScores", "ScoresMetadata", "ScoreDirection", "ContrastKind", "SCORES_FILE", "METADATA_FILE"]
 
 ScoreDirection = Literal["ablate", "denoise", "contrast"]
@@ -303,6 +305,43 @@ class AttributionScores:
             check_same_model(metadata.model, _fingerprint_of(model), f"the scores in {str(directory)!r}")
         tensors = load_file(str(directory / SCORES_FILE))
         return cls(tensors.get("neurons"), tensors.get("heads"), metadata)
+
+    # checking ---------------------------------------------------------------------------------
+    def validate(
+        self,
+        model: Any,
+        knowledge: Any,
+        *,
+        k: int = 20,
+        kind: str | None = None,
+        seed: int = 0,
+        reference: Any = None,
+        contrast: Mapping[str, str] | None = None,
+        batch_size: int = 16,
+        chunk_size: int | None = None,
+        progress: bool = False,
+    ) -> ScoreCheck:
+        """Check these ``grad_x_act`` scores against exact patching: the top ``k`` components of
+        each kind (or of ``kind``) by :meth:`importance`, and ``k`` more drawn at random (``seed``),
+        patched exactly on ``knowledge`` (the facts scored) in the settings of the metadata.
+        Returns a :class:`attribution.validation.ScoreCheck` (``.spearman``, ``.agreement``,
+        ``.ok()``, ``.describe()``, ``.plot()``). ``reference`` / ``contrast``: the reference set
+        and the contrast answers the scores used, where the metadata can only name them."""
+        from attribution.validation import validate
+
+        return validate(
+            self,
+            model,
+            knowledge,
+            k=k,
+            kind=kind,
+            seed=seed,
+            reference=reference,
+            contrast=contrast,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
 
     # plots ------------------------------------------------------------------------------------
     def plot(self, k: int = 20) -> dict[str, go.Figure]:

@@ -109,15 +109,18 @@ def forward_backward(model: Any, facts: KnowledgeSet) -> None:
 
 
 def grad_x_act(model: Any, facts: KnowledgeSet) -> attribution.AttributionScores:
-    return attribution.attribute(model, facts, method="grad_x_act", batch_size=len(facts), progress=False)
+    return attribution.attribute(
+        model, facts, method="grad_x_act", baseline="zero", direction="ablate", batch_size=len(facts), progress=False
+    )
 
 
 def exact_heads(model: Any, facts: KnowledgeSet, layers: list[int] | None = None) -> torch.Tensor:
     """loka's exact zero-ablation of every head (of ``layers``), as ``[layer, head]``."""
     if layers is None:
         scores = attribution.attribute(
-            model, facts, method="activation_patching", components="heads", batch_size=len(facts), progress=False
-        )
+            model, facts, method="activation_patching", components="heads", baseline="zero", direction="ablate",
+            batch_size=len(facts), progress=False,
+        )  # fmt: skip
         return scores.heads
     heads = [("head", layer, h) for layer in layers for h in range(model.cfg.n_heads)]
     effects = attribution.patch_components(model, facts, heads, batch_size=len(facts))

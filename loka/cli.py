@@ -249,6 +249,8 @@ def _compare(args: argparse.Namespace) -> int:
     options = _method_options(args.option, methods)
     common = dict(methods=methods, options=options, control=not args.no_control, seed=args.seed)
     common.update(progress=_progress(args), seeds=args.seeds, control_seeds=args.control_seeds, budget=_budget(args))
+    common["locations"] = args.locations if "loka" in methods else ()
+    common["location_seeds"] = max(1, args.control_seeds)
     if args.model is not None:
         missing = [f"--{n}" for n in ("forget", "retain", "holdout") if getattr(args, n) is None]
         if missing:
@@ -268,6 +270,8 @@ def _compare(args: argparse.Namespace) -> int:
     print()
     for name, verdict in comparison.verdicts().items():
         print(f"{name}: {verdict}")
+    for name, verdict in comparison.localization().items():
+        print(f"localization, {name}: {verdict}")
     print(f"\nreport: {out / HTML_FILE}")
     return 0
 
@@ -494,7 +498,16 @@ def _parser() -> argparse.ArgumentParser:
         testbed_options(p)
         p.add_argument("--out", default=out, help=f"directory for report.html and comparison.json (default {out})")
         p.add_argument("--seeds", type=int, default=3, help="method seeds per method (default 3)")
-        p.add_argument("--control-seeds", type=int, default=1, help="runs per method with a random control (1)")
+        p.add_argument(
+            "--control-seeds", type=int, default=1,
+            help="seeds that get a random control: a random-direction edit per method, LOKA's location rows (1)",
+        )  # fmt: skip
+        p.add_argument(
+            "--locations", nargs="*", default=["random"], metavar="LOCATION",
+            choices=("random", "least", "complement", "layers", "full"),
+            help="LOKA's localization controls: the same edit on random | least | complement | layers | full "
+            "(default: random; none with an empty list)",
+        )  # fmt: skip
         budget_options(p)
         overwrite(p)
 

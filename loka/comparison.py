@@ -30,10 +30,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import attribution
-from ablation import AblationMask, bake, random_edit_like
+from ablation import AblationMask, random_edit_like
+from loka.curve import BudgetCurve, budget_curve, check_sizes
 from loka.data import KnowledgeSet
 from loka.evaluation import UnlearningEvaluation, evaluate
 from loka.intervals import Interval, auc_interval, compare_intervals, mean_interval, per_person
+from loka.localization import LOCATIONS
 from loka.methods import METHODS, Budget, Compute, UnlearningResult, unlearn
 from loka.models import load_model
 from loka.protocol import Protocol
@@ -76,6 +78,17 @@ class MethodOutcome:
             cache[column, controls] = column_interval(self.controls if controls else self.runs, column)
         return cache[column, controls]
 
+    @property
+    def parameter_fraction(self) -> float | None:
+        """Mean share of the model's parameters the runs changed (1 for methods that train every
+        weight; None for the original and the oracle)."""
+        shares = [
+            c["chosen"]["parameter_fraction"] for c in self.configs if "parameter_fraction" in c.get("chosen", {})
+        ]
+        if shares:
+            return float(np.mean(shares))
+        return 1.0 if self.computes else None
+
     def compute_summary(self) -> dict[str, float] | None:
         """Mean optimizer steps, forward tokens (millions) and seconds over the runs."""
         if not self.computes:
@@ -99,6 +112,7 @@ class MethodOutcome:
                 else None
             ),
             "compute": self.compute_summary(),
+            "parameter_fraction": self.parameter_fraction,
             "computes": [c.to_dict() for c in self.computes],
             "configs": [dict(c) for c in self.configs],
             "mask": None if self.mask is None else self.mask.summary(),
@@ -120,6 +134,9 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "probe": ("probe", "mean", "probe.forget_accuracy"),
     "extract": ("extraction", "mean", "extraction.exact_match"),
 }
+# the columns the localization verdict compares (located vs each control)
+LOCALIZATION_COLUMNS = ("forget", "retain", "para", "relearn", "MIA")
+LOCATION_PREFIX = "loka @"
 # checks that must first tell the original from the oracle (else "uninformative")
 CALIBRATED = ("MIA", "MIA ans", "relearn", "probe")
 
@@ -164,6 +181,7 @@ class Comparison:
     title: str = "loka comparison"
     sets: Mapping[str, int] = field(default_factory=dict)  # facts (and people) per set
     protocol: str = ""  # the protocol in words
+    curve: BudgetCurve | None = None  # LOKA's budget curve, when asked for
 
     def __getitem__(self, name: str) -> MethodOutcome:
         for outcome in self.outcomes:
@@ -206,15 +224,17 @@ class Comparison:
         no method trained on; the forget facts in other wordings the original learned; a wording
         held out of training); MIA is the whole-text LOSS attack's AUC (forget vs never-seen
         people), MIA ans the same on the answer tokens; relearn is the worst case of the relearning
-        attack; probe the residual probe's readout; then optimizer steps, forward tokens and
-        seconds per run."""
+        attack; probe the residual probe's readout; then optimizer steps, forward tokens,
+        seconds per run and the percentage of the model's parameters the method changed. Rows
+        ``loka @random`` etc. are LOKA's localization controls (:mod:`loka.localization`)."""
         rows = self.rows()
         columns = [c for c in COLUMNS if any(r[1][c] is not None for r in rows)]
         blind = [c for c, ok in self.informative().items() if ok is False]
         width = 17
         header = f"{'method':<17}" + "".join(f"{c:>{width}}" for c in columns)
-        header += f"{'steps':>7}{'Mtok':>8}{'sec':>7}"
+        header += f"{'steps':>7}{'Mtok':>8}{'sec':>7}{'%par':>7}"
         lines = [self.title, header, "-" * len(header)]
+        shares = {o.name: o.parameter_fraction for o in self.outcomes}
         for label, numbers, compute, _ in rows:
             cells = "".join(
                 f"{format(v, '.2f').replace(', ', ','):>{width}}" if v is not None else f"{'-':>{width}}"
@@ -223,6 +243,8 @@ class Comparison:
             )
             if compute is not None:
                 cells += f"{compute['steps']:>7.0f}{compute['forward_Mtokens']:>8.2f}{compute['seconds']:>7.1f}"
+                if shares.get(label) is not None:
+                    cells += f"{100 * shares[label]:>7.1f}"
             lines.append(f"{label:<17}{cells}")
         if blind:
             lines.append(
@@ -246,15 +268,64 @@ class Comparison:
             out[o.name] = " ".join(parts)
         return out
 
+    def localization(self) -> dict[str, str]:
+        """For every localization control row (``loka @random`` ...), in words: did the located
+        set beat it at equal budget on forget, retain, para, relearn and MIA (lower forget, para,
+        relearn and |MIA - oracle MIA| is better; higher retain)? A difference only where the
+        intervals do not overlap."""
+        if "loka" not in self.names:
+            return {}
+        located = self["loka"]
+        blind = {c for c, ok in self.informative().items() if ok is False}
+        oracle_mia = self["oracle"].interval("MIA") if "oracle" in self.names else None
+        out = {}
+        for o in self.outcomes:
+            if not o.name.startswith(LOCATION_PREFIX):
+                continue
+            won, lost, same = [], [], []
+            for column in LOCALIZATION_COLUMNS:
+                x, y = located.interval(column), o.interval(column)
+                if column in blind or x is None or y is None:
+                    continue
+                relation = compare_intervals(x, y)
+                if column == "MIA" and oracle_mia is not None and relation != "no difference":
+                    better = abs(x.mean - oracle_mia.mean) < abs(y.mean - oracle_mia.mean)
+                elif relation != "no difference":
+                    better = (relation == "higher") == (column == "retain")
+                text = f"{column} {x.mean:.2f} vs {y.mean:.2f}"
+                if relation == "no difference":
+                    same.append(text)
+                else:
+                    (won if better else lost).append(text)
+            share = (located.parameter_fraction or 0.0, o.parameter_fraction or 0.0)
+            verdict = (
+                "beat"
+                if won and not lost
+                else "lost to"
+                if lost and not won
+                else "tied with"
+                if not won
+                else "mixed against"
+            )
+            out[o.name] = (
+                f"The located components {verdict} {o.name.removeprefix(LOCATION_PREFIX)} components "
+                f"({100 * share[0]:.1f}% vs {100 * share[1]:.1f}% of parameters changed). "
+                f"Better: {'; '.join(won) or 'none'}. Worse: {'; '.join(lost) or 'none'}. "
+                f"No difference: {'; '.join(same) or 'none'}."
+            )
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
+            "localization": self.localization(),
             "title": self.title,
             "protocol": self.protocol,
             "sets": dict(self.sets),
             "informative": self.informative(),
             "outcomes": [o.to_dict() for o in self.outcomes],
             "top_components": [c.label for c in self.scores.top(20)] if self.scores is not None else None,
+            "curve": None if self.curve is None else self.curve.to_dict(),
         }
 
     def figures(self) -> dict[str, Any]:
@@ -314,8 +385,6 @@ def check_output_dir(out: Path, *, overwrite: bool, marker: str) -> None:
 
 
 def _control(model: Any, result: UnlearningResult, seed: int) -> Any:
-    if result.mask is not None:
-        return bake(model, AblationMask.random_like(result.mask, seed=seed))
     return random_edit_like(model, result.model, seed=seed)
 
 
@@ -335,6 +404,9 @@ def compare(
     seeds: int | Sequence[int] = 3,
     control_seeds: int = 1,
     control: bool = True,
+    locations: Sequence[str] | None = None,
+    location_seeds: int | None = None,
+    curve: Sequence[float] | None = None,
     probe: bool = True,
     relearn: bool = True,
     attribute: bool = True,
@@ -353,7 +425,15 @@ def compare(
     ``oracle`` (a model directory or model trained without ``forget``) is evaluated once and is
     every row's reference; ``oracle_seconds`` (its training time) goes in its row. ``options``
     maps a method name to its options for :func:`loka.unlearn`. ``control`` adds, for the first
-    ``control_seeds`` runs of every method, the evaluation of a random edit of the same size.
+    ``control_seeds`` runs of every method, the evaluation of a random edit of the same size
+    (same singular values, random directions). ``locations`` (default: ``("random",)`` when LOKA
+    is among the methods) adds LOKA's localization controls
+    (:data:`loka.localization.LOCATIONS`: ``"random"``, ``"least"``, ``"complement"``,
+    ``"layers"``, ``"full"``) as rows ``loka @random`` ...: the same edit, objective, budget and
+    seeds on other components (the first ``location_seeds`` seeds; default all);
+    :meth:`Comparison.localization` says which won. ``curve`` (sizes,
+    fractions of the components) adds LOKA's budget curve, located vs random, for the same seeds
+    (:func:`loka.curve.budget_curve`; the report plots it).
     ``attribute`` attaches forget-set attribution scores for the report's heatmaps.
     """
     unknown = [m for m in methods if m not in METHODS or m == "retrain"]
@@ -369,6 +449,16 @@ def compare(
     run_seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
     if not run_seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in run_seeds):
         raise ValueError(f"seeds must be a positive count or a list of non-negative integers, got {seeds!r}")
+    if locations is None:
+        locations = ("random",) if "loka" in methods else ()
+    bad = [x for x in locations if x not in LOCATIONS or x == "located"]
+    if isinstance(locations, str) or bad:
+        allowed = ", ".join(x for x in LOCATIONS if x != "located")
+        raise ValueError(f"unknown location {bad[0] if bad else locations!r}; locations are a list of {allowed}")
+    if curve is not None:
+        check_sizes(curve)
+    if (locations or curve) and "loka" not in methods:
+        raise ValueError("locations and curve are about LOKA's edit; include 'loka' in methods or leave them out")
     if not isinstance(control_seeds, int) or control_seeds < 0:
         raise ValueError(f"control_seeds must be a non-negative integer, got {control_seeds!r}")
     if protocol is None:
@@ -401,21 +491,31 @@ def compare(
             model, protocol.forget, method="grad_x_act", baseline="corrupt", direction="denoise", positions="last",
             seed=seed, progress=progress,
         )  # fmt: skip
-    jobs = [(name, s) for name in methods for s in run_seeds]
+    rows = [(name, name, dict(options.get(name, {}))) for name in methods]
+    rows += [(f"{LOCATION_PREFIX}{x}", "loka", {**options.get("loka", {}), "location": x}) for x in locations]
+    if location_seeds is not None and (isinstance(location_seeds, bool) or not isinstance(location_seeds, int)
+                                       or location_seeds < 1):  # fmt: skip
+        raise ValueError(f"location_seeds must be a positive integer or None, got {location_seeds!r}")
+    jobs = [(row, s) for row in rows for s in (run_seeds[:location_seeds] if " @" in row[0] else run_seeds)]
     runs: dict[str, list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]] = {}
-    for name, run_seed in tqdm(jobs, desc="compare: method runs", disable=not progress, leave=False):
+    for (name, method, method_options), run_seed in tqdm(
+        jobs, desc="compare: method runs", disable=not progress, leave=False
+    ):
         logger.info("running %s (seed %d)", name, run_seed)
+        if "location" in method_options:  # each seed draws its own control components
+            method_options = {**method_options, "location_seed": run_seed}
         result = unlearn(
-            model, protocol.forget, protocol.retain_train, method=name, validation=protocol.retain_validation,
+            model, protocol.forget, protocol.retain_train, method=method, validation=protocol.retain_validation,
             reference=protocol.reference, augment=protocol.augment, budget=budget, seed=run_seed,
-            progress=progress, **options.get(name, {}),
+            progress=progress, **method_options,
         )  # fmt: skip
         evaluation = evaluate(result.model, **common, oracle=reference, seen=result.seen, label=name)
         controlled = None
-        if control and len(runs.get(name, [])) < control_seeds:
+        # LOKA's own controls are the location rows; the direction control is for whole-model edits
+        if control and method != "loka" and len(runs.get(name, [])) < control_seeds:
             controlled = evaluate(_control(model, result, run_seed), **common, label=f"{name} control")
         runs.setdefault(name, []).append((result, evaluation, controlled))
-    for name in methods:
+    for name, _, _ in rows:
         done = runs[name]
         outcomes.append(
             MethodOutcome(
@@ -428,7 +528,12 @@ def compare(
                 seconds=float(np.mean([r.seconds for r, _, _ in done])),
             )
         )
-    return Comparison(tuple(outcomes), scores, title, protocol.sizes(), protocol.describe())
+    budget_curve_ = None
+    if curve is not None:
+        budget_curve_ = budget_curve(
+            model, protocol, sizes=curve, seeds=run_seeds, budget=budget, options=options.get("loka"), progress=progress
+        )
+    return Comparison(tuple(outcomes), scores, title, protocol.sizes(), protocol.describe(), budget_curve_)
 
 
 def compare_testbed(testbed: Any, **kwargs: Any) -> Comparison:

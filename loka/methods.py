@@ -20,21 +20,28 @@ that built a graph (i.e. were back-propagated), and wall seconds.
   ``theta - scale * tau`` (Ilharco et al. 2023) for the smallest scale on the grid that reaches the
   forget target (one check per scale); if none does, the scale with the best validation-retain
   minus forget margin.
-- ``"loka"``: localized knowledge ablation. *Locate*: attribution patching (gradient x
-  activation on a subject-noised run, denoising direction, at the answer position) scores every
-  MLP neuron for the forget facts; the layers that hold at least ``min_layer_share`` of the
-  positive attribution are edited. *Edit* (``edit="finetune"``, the default): only those layers'
-  MLP weights are trained, so that every forget prompt and paraphrase outputs what the model says
-  about people it does not know (the mean answer distribution over ``reference`` facts, people
-  the model never saw, of the same relation and template; :func:`ablation.rewrite.unknown_distributions`)
-  while the retain prompts' answer distributions stay put (KL to the original, weight
-  ``retain_weight``). ``edit="rewrite"`` instead applies the
-  closed-form, retain-covariance-constrained rewrite of the MLP output projections
-  (:func:`ablation.rewrite`) and searches layer sets and ``lam`` from the smallest intervention up,
-  returning the first candidate that reaches the forget target with validation-retain
-  accuracy above ``retain_floor`` (else the best retain-minus-forget margin). On the default
-  testbed the closed form is not selective when 5% of the people are forgotten (their answer-position
-  keys are not linearly separable from the retain people's), the constrained fine-tune is.
+- ``"loka"``: localized knowledge ablation. *Locate* (:mod:`loka.localization`): attribution
+  patching (gradient x activation, noise on the subject tokens, or on the whole prompt of a fact
+  that names no subject; denoising) scores every MLP neuron (``components="neurons"``, or
+  ``"heads"`` / ``"all"``) on the forget facts and on the retain facts; the ``size`` components
+  (a fraction of the pool, default 5%, a count, or ``"auto"``: the smallest size on ``sizes``
+  that reaches the forget target with validation retain at least ``retain_floor`` x the
+  original's) with the largest forget-minus-retain contrast are located (``localize``: where
+  attribution reads them: ``"all"`` tokens, ``"output"`` = the last prompt token, ``"lookup"`` =
+  the subject tokens, ``"exact"`` = activation patching of the best candidates). *Edit*
+  (``edit="finetune"``, the default): only the parameters those components own are trained (a
+  neuron's ``W_in`` column, ``b_in`` entry and ``W_out`` row; a head's ``W_Q``/``W_K``/``W_V``
+  slices and ``W_O`` rows; :func:`ablation.edit`: every other parameter is bit-identical), on
+  :mod:`loka.objectives`: with ``reference`` facts about people the model never saw, the forget
+  prompts should give the model's answer distribution for unknown people (plus NPO on any further
+  answer tokens); without, NPO on every answer token; and ``retain_weight`` x KL to the
+  original on every answer token of the retain facts. ``edit="ablate"`` instead zeroes or
+  mean-ablates the located components (baked into the weights). ``location`` runs the same edit
+  elsewhere, the controls that test whether the location matters (``"random"``, ``"least"``,
+  ``"complement"``, ``"layers"``, ``"full"``). ``edit="rewrite"`` is the closed-form,
+  retain-covariance-constrained rewrite of whole MLP output projections
+  (:func:`ablation.rewrite`), searched over layer sets and ``lam``. The result carries the mask,
+  and its config the number and share of parameters changed.
 - ``"retrain"``: the exact-retrain oracle (pass ``oracle=`` a model directory, e.g. the testbed's
   ``oracle_dir``), so that the gold standard sits in every comparison table.
 
@@ -55,11 +62,31 @@ import torch
 from tqdm.auto import tqdm
 
 import attribution
-from ablation import key_covariance, rewrite
+from ablation import AblationMask, bake, edit, key_covariance, mean_activations, rewrite
 from ablation.rewrite import unknown_distributions
-from loka.data import KnowledgeSet
+from loka.data import FactBatch, KnowledgeSet
+from loka.localization import (
+    LOCATIONS,
+    ComponentChoice,
+    Localization,
+    Localize,
+    Location,
+    check_choice,
+    control_mask,
+    count_for_size,
+    locate,
+)
 from loka.metrics import lm_loss, score_facts
-from loka.models import architecture, hf_model, hf_state_dict, load_model, plain_copy, same_kind_as
+from loka.models import hf_model, hf_state_dict, load_model, plain_copy, same_kind_as
+from loka.objectives import (
+    OBJECTIVES,
+    Objective,
+    answer_log_probs,
+    npo_loss,
+    retain_kl,
+    sequence_log_probs,
+    unknown_loss,
+)
 from loka.protocol import Seen
 
 __all__ = ["METHODS", "Budget", "Compute", "UnlearningResult", "unlearn"]
@@ -77,9 +104,11 @@ def _check(name: str, value: Any, *, low: float = 0.0, high: float | None = None
 
 @dataclass(frozen=True)
 class Budget:
-    """The stopping rule every method follows: check forget accuracy (first target token, on the
-    forget prompts the method was given) every ``check_every`` optimizer steps; stop at the first
-    check where it is at most ``target_forget_accuracy``, or after ``max_steps`` steps."""
+    """The stopping rule every method follows: check forget accuracy (the share of answer tokens
+    predicted, :attr:`loka.metrics.FactScores.answer_accuracy`: the first-token accuracy for
+    one-token answers; on the forget prompts the method was given) every ``check_every`` optimizer
+    steps; stop at the first check where it is at most ``target_forget_accuracy``, or after
+    ``max_steps`` steps."""
 
     target_forget_accuracy: float = 0.1
     check_every: int = 25
@@ -161,7 +190,7 @@ def _batches(knowledge: KnowledgeSet, tokenizer: Any, batch_size: int, generator
 def _accuracy(model: Any, forget: KnowledgeSet, tokenizer: Any) -> float:
     was_training = model.training
     model.eval()
-    accuracy = score_facts(model, forget, tokenizer=tokenizer).first_token_accuracy
+    accuracy = score_facts(model, forget, tokenizer=tokenizer).answer_accuracy
     model.train(was_training)
     return accuracy
 
@@ -250,7 +279,7 @@ def _task_vector(
     for scale in sorted(scales):  # one check per scale, smallest intervention first
         candidate = plain_copy(model, state={k: base[k] - scale * vector[k] for k in base})
         forget_accuracy = _accuracy(candidate, forget, tokenizer)
-        retain_accuracy = score_facts(candidate, validation_retain, tokenizer=tokenizer).first_token_accuracy
+        retain_accuracy = _accuracy(candidate, validation_retain, tokenizer)
         log.append({"step": finetune_steps, "scale": scale, "forget_accuracy": forget_accuracy,
                     "retain_accuracy": retain_accuracy})  # fmt: skip
         if budget.reached(forget_accuracy):
@@ -262,19 +291,91 @@ def _task_vector(
     return best, config, log
 
 
-def _answer_log_probs(model: Any, batch: Any) -> torch.Tensor:
-    """log-softmax of the logits at each row's answer position (the last prompt token)."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return out[torch.arange(len(batch), device=out.device), batch.answer_positions].float().log_softmax(-1)
+def _rows(batch: FactBatch, rows: torch.Tensor) -> FactBatch:
+    """The rows ``rows`` of a FactBatch."""
+    picked = rows.tolist()
+    return replace(
+        batch,
+        input_ids=batch.input_ids[rows],
+        attention_mask=batch.attention_mask[rows],
+        target_ids=batch.target_ids[rows],
+        target_mask=batch.target_mask[rows],
+        prediction_positions=batch.prediction_positions[rows],
+        subject_mask=batch.subject_mask[rows],
+        fact_ids=tuple(batch.fact_ids[i] for i in picked),
+    )
 
 
-def _localized_finetune(
+class _Forget:
+    """LOKA's forget loss on the forget prompts (:mod:`loka.objectives`), on a batch of rows."""
+
+    def __init__(self, model: Any, forget: KnowledgeSet, reference: KnowledgeSet | None, objective: str,
+                 beta: float, tokenizer: Any, device: torch.device) -> None:  # fmt: skip
+        self.objective, self.beta = objective, beta
+        if objective == "unknown":
+            assert reference is not None
+            prompts, unknown = unknown_distributions(model, forget, reference)
+            self.unknown = unknown.to(device)
+        else:
+            prompts = forget
+        self.batch = prompts.encode(tokenizer).to(device)
+        with torch.no_grad():  # log p_ref(answer | prompt) before the edit, for the NPO term
+            original = answer_log_probs(hf_model(model), self.batch)
+            self.reference = sequence_log_probs(original, self.batch, skip_first=objective == "unknown")
+        self.multi = self.batch.target_mask.sum(-1) > 1
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def __call__(self, student: Any, rows: torch.Tensor) -> torch.Tensor:
+        batch = _rows(self.batch, rows)
+        log_probs = answer_log_probs(student, batch)
+        if self.objective == "npo":
+            return npo_loss(sequence_log_probs(log_probs, batch), self.reference[rows], beta=self.beta)
+        loss = unknown_loss(log_probs[:, 0], self.unknown[rows])
+        multi = self.multi[rows]
+        if multi.any():  # the rest of a multi-token answer: NPO on the tokens after the first
+            rest = sequence_log_probs(log_probs, batch, skip_first=True)
+            loss = loss + npo_loss(rest[multi], self.reference[rows][multi], beta=self.beta) * multi.float().mean()
+        return loss
+
+
+class _Retain:
+    """KL(original || student) at every answer position of a batch of retain rows. The original's
+    log-probabilities are computed once when they fit in ``cache_bytes`` (small vocabularies and
+    short answers), else recomputed per batch with the unedited model."""
+
+    def __init__(self, model: Any, batch: FactBatch, cache_bytes: int = 1 << 28) -> None:
+        self.model, self.batch, self.cached = model, batch, None
+        vocab = int(hf_model(model).get_input_embeddings().num_embeddings)
+        if batch.target_ids.numel() * vocab * 4 <= cache_bytes:
+            with torch.no_grad():
+                self.cached = torch.cat(
+                    [self._original(_rows(batch, rows)) for rows in torch.arange(len(batch)).split(256)]
+                )
+
+    def _original(self, batch: FactBatch) -> torch.Tensor:
+        with torch.no_grad():
+            return answer_log_probs(hf_model(self.model), batch)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def __call__(self, student: Any, rows: torch.Tensor) -> torch.Tensor:
+        batch = _rows(self.batch, rows)
+        original = self.cached[rows.to(self.cached.device)] if self.cached is not None else self._original(batch)
+        return retain_kl(answer_log_probs(student, batch), original, batch.target_mask)
+
+
+def _masked_finetune(
     model: Any,
     forget: KnowledgeSet,
     retain: KnowledgeSet,
     *,
-    layers: Sequence[int],
-    reference: KnowledgeSet,
+    mask: AblationMask,
+    reference: KnowledgeSet | None,
+    objective: str,
+    beta: float,
     tokenizer: Any,
     validation_retain: KnowledgeSet,
     seed: int,
@@ -284,66 +385,40 @@ def _localized_finetune(
     retain_weight: float,
     batch_size: int,
 ) -> tuple[Any, list[dict[str, float]]]:
-    """Fine-tune only the MLP weights of ``layers`` so that every forget prompt (and paraphrase)
-    outputs what the model says about unknown people, while the retain prompts' answer
-    distributions stay where they were: minimise ``KL(unknown || p_forget) + retain_weight *
-    KL(p_original || p_retain)`` at the answer positions, with Adam, under ``budget``."""
+    """Train only the parameters the components of ``mask`` own (:func:`ablation.edit`: every other
+    parameter stays bit-identical) on ``forget loss + retain_weight * retain KL``, under ``budget``."""
     device = next(hf_model(model).parameters()).device
-    prompts, unknown = unknown_distributions(model, forget, reference)
-    forget_batch = prompts.encode(tokenizer).to(device)
-    unknown = unknown.to(device)
-    retain_prompts = retain + retain.paraphrased() if any(f.paraphrases for f in retain) else retain
-    retain_batch = retain_prompts.encode(tokenizer).to(device)
-    with torch.no_grad():  # the model itself is not trained (the student below is a copy)
-        original = hf_model(model)
-        kept = torch.cat([_answer_log_probs(original, b.to(device)) for b in retain_prompts.batches(tokenizer, 256)])
+    forget_loss = _Forget(model, forget, reference, objective, beta, tokenizer, device)
+    retain_loss = _Retain(model, retain.encode(tokenizer).to(device))
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    student = plain_copy(model).train()
-    spec = architecture(model)
-    names = {spec.name(w, layer) for layer in layers for w in (spec.mlp_out_weight, *spec.mlp_in_weights)}
-    params = dict(student.named_parameters())
-    for name, param in params.items():
-        param.requires_grad_(name in names)
-    optimizer = torch.optim.Adam([params[name] for name in sorted(names)], lr=lr)
     log: list[dict[str, float]] = []
-    kl = torch.nn.functional.kl_div
-    for step in tqdm(
-        range(1, budget.max_steps + 1), disable=not progress, desc="loka: localized fine-tune", leave=False
-    ):
-        forget_loss = kl(_answer_log_probs(student, forget_batch), unknown, reduction="batchmean")
-        rows = torch.randperm(len(retain_batch), generator=generator)[:batch_size].to(device)
-        retain_log_probs = _answer_log_probs(student, _rows(retain_batch, rows))
-        retain_loss = kl(retain_log_probs, kept[rows], reduction="batchmean", log_target=True)
-        optimizer.zero_grad(set_to_none=True)
-        (forget_loss + retain_weight * retain_loss).backward()
-        optimizer.step()
-        if budget.due(step):
-            forget_accuracy = _accuracy(student, forget, tokenizer)
-            retain_accuracy = _accuracy(student, validation_retain, tokenizer)
-            log.append({
-                "step": step, "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item(),
-                "forget_accuracy": forget_accuracy, "retain_accuracy": retain_accuracy,
-            })  # fmt: skip
-            if budget.reached(forget_accuracy):
-                break
-    for param in student.parameters():
-        param.requires_grad_(False)
-    return student.eval(), log
+    state: dict[str, Any] = {}
+
+    def loss(student: Any) -> torch.Tensor:
+        state["student"] = student
+        rows = torch.randperm(len(forget_loss), generator=generator)[:batch_size].to(device)
+        kept = torch.randperm(len(retain_loss), generator=generator)[:batch_size].to(device)
+        f, r = forget_loss(student, rows), retain_loss(student, kept)
+        state["losses"] = (f.item(), r.item())
+        return f + retain_weight * r
+
+    def check(step: int, value: float) -> bool:
+        if not budget.due(step + 1):
+            return False
+        student = state["student"]
+        forget_accuracy = _accuracy(student, forget, tokenizer)
+        log.append({
+            "step": step + 1, "forget_loss": state["losses"][0], "retain_loss": state["losses"][1],
+            "forget_accuracy": forget_accuracy, "retain_accuracy": _accuracy(student, validation_retain, tokenizer),
+        })  # fmt: skip
+        return budget.reached(forget_accuracy)
+
+    edited = edit(model, mask, loss, steps=budget.max_steps, lr=lr, on_step=check, progress=progress)
+    return edited, log
 
 
-def _rows(batch: Any, rows: torch.Tensor) -> Any:
-    """The rows ``rows`` of a FactBatch (only the fields a forward pass and answer positions need)."""
-    return replace(
-        batch,
-        input_ids=batch.input_ids[rows],
-        attention_mask=batch.attention_mask[rows],
-        target_ids=batch.target_ids[rows],
-        target_mask=batch.target_mask[rows],
-        prediction_positions=batch.prediction_positions[rows],
-        subject_mask=batch.subject_mask[rows],
-        fact_ids=tuple(batch.fact_ids[i] for i in rows.tolist()),
-    )
+SIZES: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 def _loka(
@@ -357,57 +432,137 @@ def _loka(
     budget: Budget,
     validation_retain: KnowledgeSet,
     reference: KnowledgeSet | None = None,
-    edit: Literal["finetune", "rewrite"] = "finetune",
-    retain_floor: float = 0.9,
-    min_layer_share: float = 0.05,
-    lr: float = 1e-3,
+    edit: Literal["finetune", "ablate", "rewrite"] = "finetune",
+    size: float | int | Literal["auto"] = 0.05,
+    localize: Localize = "all",
+    components: ComponentChoice = "neurons",
+    contrast: bool = True,
+    location: Location = "located",
+    location_seed: int | None = None,
+    objective: Objective = "auto",
+    beta: float = 0.1,
+    ablate_mode: Literal["zero", "mean"] = "mean",
+    retain_floor: float = 0.95,
+    lr: float = 1e-2,
     retain_weight: float = 3.0,
-    batch_size: int = 256,
+    batch_size: int = 64,
+    sizes: tuple[float, ...] = SIZES,
+    min_layer_share: float = 0.05,
+    check_scores: int = 10,
     max_layers: int = 2,
     lams: tuple[float, ...] = (10.0, 3.0, 1.0, 0.3, 0.1),
-) -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
-    if edit not in ("finetune", "rewrite"):
-        raise ValueError(f"edit must be 'finetune' or 'rewrite', got {edit!r}")
+) -> tuple[Any, dict[str, Any], list[dict[str, float]], AblationMask | None]:
+    check_choice("edit", edit, ("finetune", "ablate", "rewrite"))
+    check_choice("objective", objective, OBJECTIVES)
+    check_choice("ablate_mode", ablate_mode, ("zero", "mean"))
+    check_choice("location", location, LOCATIONS)
+    if not isinstance(contrast, bool):
+        raise ValueError(f"contrast must be True or False, got {contrast!r}")
+    if location_seed is not None:
+        _check("location_seed", location_seed, integer=True)
+    _check("beta", beta, low=1e-6)
     _check("retain_floor", retain_floor, high=1.0)
     _check("min_layer_share", min_layer_share, high=1.0)
     _check("lr", lr)
     _check("retain_weight", retain_weight)
     _check("batch_size", batch_size, low=1, integer=True)
     _check("max_layers", max_layers, low=1, integer=True)
+    _check("check_scores", check_scores, integer=True)
     if not lams or any(not isinstance(v, int | float) or v < 0 for v in lams):
         raise ValueError(f"lams must be non-negative numbers, got {lams!r}")
+    if not sizes or any(isinstance(v, bool) or not isinstance(v, float) or not 0 < v <= 1 for v in sizes):
+        raise ValueError(f"sizes must be fractions in (0, 1], got {sizes!r}")
+    if size != "auto":
+        count_for_size(size, 1 << 62)  # the type and range check; the pool is known after attribution
+    if edit == "rewrite":
+        return (*_rewrite_search(model, forget, retain, tokenizer=tokenizer, seed=seed, progress=progress,
+                                 budget=budget, validation_retain=validation_retain, reference=reference,
+                                 retain_floor=retain_floor, max_layers=max_layers, lams=lams), None)  # fmt: skip
+    if objective == "auto":
+        objective = "unknown" if reference is not None else "npo"
+    if objective == "unknown" and reference is None:
+        raise ValueError("objective='unknown' needs reference= facts about people the model never saw; use 'npo'")
+    config: dict[str, Any] = dict(
+        edit=edit, size=size, localize=localize, components=components, contrast=contrast, location=location,
+        objective=objective, beta=beta, retain_floor=retain_floor, lr=lr, retain_weight=retain_weight,
+        batch_size=batch_size, reference=reference.name if reference is not None else None,
+    )  # fmt: skip
+    original_retain = _accuracy(model, validation_retain, tokenizer)
+    floor = retain_floor * original_retain
+    candidates = list(sizes) if size == "auto" else [size]
+    log: list[dict[str, float]] = []
+    best: tuple[float, Any, Localization, list[dict[str, float]]] | None = None
+    located: Localization | None = None
+    for candidate in candidates:
+        if located is None or localize == "exact":
+            located = locate(model, forget, retain, size=candidate, localize=localize, components=components,
+                             contrast=contrast, check=check_scores, seed=seed)  # fmt: skip
+        else:
+            located = located.resized(model, candidate, components)
+        chosen = control_mask(model, located, location, seed=seed if location_seed is None else location_seed,
+                              min_layer_share=min_layer_share)  # fmt: skip
+        if edit == "ablate":
+            means = mean_activations(model, retain.encode(tokenizer)) if ablate_mode == "mean" else None
+            edited = bake(model, chosen.mask.with_mode(ablate_mode, means=means))
+            run = [{"step": 0, "forget_accuracy": _accuracy(edited, forget, tokenizer),
+                    "retain_accuracy": _accuracy(edited, validation_retain, tokenizer)}]  # fmt: skip
+        else:
+            edited, run = _masked_finetune(
+                model, forget, retain, mask=chosen.mask, reference=reference, objective=objective, beta=beta,
+                tokenizer=tokenizer, validation_retain=validation_retain, seed=seed, progress=progress,
+                budget=budget, lr=lr, retain_weight=retain_weight, batch_size=batch_size,
+            )  # fmt: skip
+        offset = _steps(log)
+        log += [{**entry, "step": entry["step"] + offset, "size": float(candidate)} for entry in run]
+        last = run[-1]
+        margin = last["retain_accuracy"] - last["forget_accuracy"]
+        if best is None or margin > best[0]:
+            best = (margin, edited, chosen, run)
+        if budget.reached(last["forget_accuracy"]) and last["retain_accuracy"] >= floor:
+            best = (margin, edited, chosen, run)
+            break
+    assert best is not None
+    _, edited, chosen, run = best
+    last = run[-1]
+    if not budget.reached(last["forget_accuracy"]) or last["retain_accuracy"] < floor:
+        logger.warning(
+            "loka: stopped at forget %.3f, validation retain %.3f (target forget <= %.2f, retain >= %.3f)",
+            last["forget_accuracy"], last["retain_accuracy"], budget.target_forget_accuracy, floor,
+        )  # fmt: skip
+    config["original_validation_retain"] = round(original_retain, 6)
+    config["chosen"] = {**chosen.to_dict(), "size": chosen.mask.summary()["total"], "steps": int(last["step"])}
+    return same_kind_as(edited, model), config, log, chosen.mask
+
+
+def _rewrite_search(
+    model: Any,
+    forget: KnowledgeSet,
+    retain: KnowledgeSet,
+    *,
+    tokenizer: Any,
+    seed: int,
+    progress: bool,
+    budget: Budget,
+    validation_retain: KnowledgeSet,
+    reference: KnowledgeSet | None,
+    retain_floor: float,
+    max_layers: int,
+    lams: tuple[float, ...],
+) -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
+    """``edit="rewrite"``: the closed-form rewrite of whole MLP output projections (layer sets from
+    attribution and MEMIT's last layers, smaller first; ``lam`` from large to small)."""
     scores = attribution.attribute(
         model, forget, method="grad_x_act", components=("neurons",), baseline="corrupt",
         direction="denoise", positions="last", seed=seed, progress=progress,
     )  # fmt: skip
     per_layer = scores.neurons.clamp(min=0).sum(-1)
-    if reference is None:
-        reference = retain  # "unknown" = the mean answer over people: a fallback when there is no reference
+    reference = reference if reference is not None else retain
+    floor = retain_floor * _accuracy(model, validation_retain, tokenizer)
     config: dict[str, Any] = dict(
-        edit=edit, retain_floor=retain_floor, reference=reference.name if reference is not None else None,
+        edit="rewrite", retain_floor=retain_floor, reference=reference.name, max_layers=max_layers, lams=list(lams),
         layer_attribution=[round(v, 6) for v in per_layer.tolist()],
     )  # fmt: skip
     ranked = per_layer.argsort(descending=True).tolist()
-    if edit == "finetune":
-        share = per_layer / per_layer.sum().clamp(min=1e-12)
-        layers = sorted(layer for layer in ranked if share[layer] >= min_layer_share) or ranked[:1]
-        config.update(min_layer_share=min_layer_share, lr=lr, retain_weight=retain_weight, batch_size=batch_size)
-        edited, log = _localized_finetune(
-            model, forget, retain, layers=layers, reference=reference, tokenizer=tokenizer,
-            validation_retain=validation_retain, seed=seed, progress=progress, budget=budget, lr=lr,
-            retain_weight=retain_weight, batch_size=batch_size,
-        )  # fmt: skip
-        last = log[-1]
-        if not budget.reached(last["forget_accuracy"]) or last["retain_accuracy"] < retain_floor:
-            logger.warning(
-                "loka: stopped at forget %.3f, validation retain %.3f (target forget <= %.2f, retain >= %.2f)",
-                last["forget_accuracy"], last["retain_accuracy"], budget.target_forget_accuracy, retain_floor,
-            )  # fmt: skip
-        chosen = {"layers": layers, "steps": int(last["step"])}
-        return same_kind_as(edited, model), {**config, "chosen": chosen}, log
-    config.update(max_layers=max_layers, lams=list(lams))
-    # Layer sets from attribution (the n layers that restore the most) and MEMIT's choice (the last
-    # n layers, which write the answer at the answer position); smaller sets first.
     sizes = range(1, min(max_layers, len(ranked)) + 1)
     candidates = list(dict.fromkeys(
         tuple(layers) for n in sizes for layers in (sorted(ranked[:n]), list(range(len(ranked) - n, len(ranked))))
@@ -421,7 +576,7 @@ def _loka(
                 model, forget, retain=retain, layers=layers, lam=lam, covariance=covariance, reference=reference
             )
             forget_accuracy = _accuracy(result.model, forget, tokenizer)
-            retain_accuracy = score_facts(result.model, validation_retain, tokenizer=tokenizer).first_token_accuracy
+            retain_accuracy = _accuracy(result.model, validation_retain, tokenizer)
             log.append(
                 {"layers": layers, "lam": lam, "forget_accuracy": forget_accuracy, "retain_accuracy": retain_accuracy}
             )
@@ -431,14 +586,14 @@ def _loka(
                 "update_norms": list(result.norms),
                 "ranks": list(result.ranks),
             }
-            if budget.reached(forget_accuracy) and retain_accuracy >= retain_floor:
+            if budget.reached(forget_accuracy) and retain_accuracy >= floor:
                 return result.model, {**config, "chosen": chosen}, log
             margin = retain_accuracy - forget_accuracy
             if best is None or margin > best[0]:
                 best = (margin, result.model, chosen)
     assert best is not None
     logger.warning(
-        "loka: no candidate reached forget <= %.2f with retain >= %.2f", budget.target_forget_accuracy, retain_floor
+        "loka: no candidate reached forget <= %.2f with retain >= %.3f", budget.target_forget_accuracy, floor
     )
     return best[1], {**config, "chosen": best[2]}, log
 
@@ -533,7 +688,7 @@ def unlearn(
     vocab = int(hf_model(model).get_input_embeddings().num_embeddings)
     try:
         with _TokenMeter(vocab) as meter:
-            edited, used, log = runner(model, given, train_retain, **options)
+            edited, used, log, *mask = runner(model, given, train_retain, **options)
     except TypeError as err:
         if "unexpected keyword argument" in str(err):
             raise ValueError(f"unknown option for {method!r}: {err}") from None
@@ -542,6 +697,6 @@ def unlearn(
     compute = Compute(_steps(log), meter.forward, meter.backward, round(seconds, 3))
     used = {**used, "budget": asdict(budget), "seed": seed}
     return UnlearningResult(
-        same_kind_as(edited, model), method, used, seconds, tuple(log), compute=compute,
+        same_kind_as(edited, model), method, used, seconds, tuple(log), mask=mask[0] if mask else None, compute=compute,
         seen=Seen.of(forget, augment, train_retain, validation, reference),
     )  # fmt: skip

@@ -5,6 +5,7 @@ predict the target tokens:
 
 - ``log_prob``: log p(target | prompt), the sum over target tokens;
 - ``first_token_correct``: the top-1 prediction after the prompt is the target's first token;
+- ``n_correct_tokens``: how many target tokens are the top-1 prediction given the ones before;
 - ``exact_match``: every target token is the top-1 prediction given the ones before it, which is
   exactly "greedy decoding reproduces the target".
 
@@ -53,6 +54,13 @@ class FactScores:
     @property
     def mean_log_prob(self) -> float:
         return self.log_prob.mean().item()
+
+    @property
+    def answer_accuracy(self) -> float:
+        """Mean over facts of the share of the fact's answer tokens predicted top-1 (teacher
+        forcing): the first-token accuracy for one-token answers, and every token counts for
+        longer ones. What every unlearning method's stopping rule reads."""
+        return (self.n_correct_tokens / self.n_target_tokens.clamp(min=1)).mean().item()
 
     @property
     def token_accuracy(self) -> float:

@@ -76,16 +76,19 @@ def comparison_figures(comparison: Comparison) -> dict[str, go.Figure]:
         for name, figure in comparison.scores.plot().items():
             if name in ("heads", "neurons"):
                 figures[name] = figure
+    if comparison.curve is not None:
+        figures["budget curve"] = comparison.curve.plot()
     for outcome in comparison.outcomes:
-        if outcome.mask is not None:
-            figures[f"mask: {outcome.name}"] = outcome.mask.plot(title=f"{outcome.name}: ablated components")
+        if outcome.mask is not None and outcome.name in ("loka", "loka @random"):
+            figures[f"mask: {outcome.name}"] = outcome.mask.plot(title=f"{outcome.name}: the components it edited")
     return figures
 
 
 def _table(comparison: Comparison) -> str:
     rows = comparison.rows()
     columns = [c for c in (rows[0][1] if rows else {}) if any(r[1][c] is not None for r in rows)]
-    heads = ["method", *columns, "steps", "M tokens", "seconds", "forget quality"]
+    heads = ["method", *columns, "steps", "M tokens", "seconds", "% params", "forget quality"]
+    shares = {o.name: o.parameter_fraction for o in comparison.outcomes}
     head = "".join(f"<th>{html.escape(c)}</th>" for c in heads)
     body = []
     for label, numbers, compute, quality in rows:
@@ -94,10 +97,25 @@ def _table(comparison: Comparison) -> str:
             cells += [f"{compute['steps']:.0f}", f"{compute['forward_Mtokens']:.2f}", f"{compute['seconds']:.1f}"]
         else:
             cells += ["–"] * 3
+        cells.append(f"{100 * shares[label]:.2f}" if shares.get(label) is not None else "–")
         row_class = ' class="control"' if label.startswith(" ") else ""
         tds = "".join(f"<td>{html.escape(c)}</td>" for c in [label.strip(), *cells, quality])
         body.append(f"<tr{row_class}>{tds}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _localization(comparison: Comparison) -> str:
+    verdicts = comparison.localization()
+    if not verdicts:
+        return ""
+    items = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(t)}</li>" for n, t in verdicts.items())
+    return (
+        '<h2>Does the location matter?</h2><p class="note">LOKA\'s edit (same objective, optimizer, budget and '
+        "seeds) on the located components against the same edit elsewhere: <i>random</i> components of the same "
+        "count per layer, the <i>least</i> attributed, the <i>complement</i> (same count, none of the located), "
+        "whole MLP <i>layers</i>, the <i>full</i> set of neurons and heads. Lower forget, para and relearn are "
+        "better, higher retain, and MIA closer to the oracle's.</p><ul>" + items + "</ul>"
+    )
 
 
 def _settings(comparison: Comparison) -> str:
@@ -161,7 +179,7 @@ rate of the forget passages. Steps, tokens (forward, millions) and seconds are p
 <i>random control</i> is an edit of the same size in random places; the oracle was trained without the forget
 set.</p>{calibration}
 <h2>Methods</h2>{_table(comparison)}
-<h2>Verdicts</h2><ul>{verdicts}</ul>
+<h2>Verdicts</h2><ul>{verdicts}</ul>{_localization(comparison)}
 <h2>Figures</h2>{_figures(comparison_figures(comparison))}
 <h2>Settings</h2>{_settings(comparison)}"""
     return _page(comparison.title, body)

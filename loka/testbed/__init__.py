@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from loka.data import KnowledgeSet
 from loka.metrics import score_facts
 from loka.models import quiet_transformers
+from loka.testbed import worker
 from loka.testbed.training import ModelConfig, TrainConfig, train_tokenizer
 from loka.testbed.world import SPLITS, World, WorldConfig, generate_world
 
@@ -193,22 +194,20 @@ def _build(config: TestbedConfig, root: Path, *, progress: bool) -> None:
     """Build into a temporary directory beside ``root``, then rename it into place.
 
     The original and the oracle train at once, each in its own process on one thread (so the
-    weights depend on the seed alone, not on the core count).
+    weights depend on the seed alone, not on the core count), under one progress bar.
     """
-    from loka.testbed import worker  # here, not at import: ``python -m loka.testbed.worker`` imports this package
-
     start = time.perf_counter()
     world = generate_world(config.world)
     with worker.build_directory(root) as (tmp, jobs):
         train_tokenizer(world.all_text(), config.model.vocab_size).save_pretrained(tmp / "tokenizer")
-        for position, (name, splits) in enumerate((("original", ("forget", "retain")), ("oracle", ("retain",)))):
+        specs = {}
+        for name, splits in (("original", ("forget", "retain")), ("oracle", ("retain",))):
             facts, passages = world.training_examples(splits)  # type: ignore[arg-type]
-            spec = worker.job(
-                tmp, name, facts, passages, config.model, config.train, progress=progress, position=position,
-                desc=f"testbed {name}",
-            )  # fmt: skip
-            jobs[name] = worker.start(tmp, name, spec)
-        logs = {name: worker.finish(tmp, name, job, f"the testbed's {name} model") for name, job in jobs.items()}
+            specs[name] = worker.job(tmp, name, facts, passages, config.model, config.train)
+            jobs[name] = worker.start(tmp, name, specs[name])
+        logs = worker.wait(
+            tmp, jobs, specs, progress=progress, desc="building the testbed", what="the testbed's {name} model"
+        )
         shutil.rmtree(tmp / "tokenizer")
         table = _accuracy_table(tmp, world)
         for split in SPLITS:

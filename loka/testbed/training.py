@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,7 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-__all__ = ["ModelConfig", "TrainConfig", "TrainLog", "train_tokenizer", "train_model"]
+__all__ = ["ModelConfig", "TrainConfig", "TrainLog", "count_steps", "train_tokenizer", "train_model"]
 
 logger = logging.getLogger(__name__)
 SPECIAL_TOKEN = "<|endoftext|>"
@@ -59,13 +60,15 @@ class TrainLog:
     epoch_losses: tuple[float, ...]
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (GPT-2's scheme) trained offline on ``texts``.
+def train_tokenizer(texts: list[str], vocab_size: int, *, add_bos: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2's scheme) trained offline on ``texts``; ``<|endoftext|>``
+    is its BOS, EOS, UNK and padding token. The one BPE builder of the project: the testbed, the
+    TOFU benchmark and the tiny test checkpoints (:mod:`loka.testbed.checkpoints`) all use it.
 
-    It adds BOS itself (``tokenizer(text)`` gives ``[BOS] + tokens``), because the models are
-    trained on ``[BOS] + text``: a plain ``AutoTokenizer`` + ``AutoModelForCausalLM`` pipeline then
-    reads text exactly as training did. loka's own encoders pass ``add_special_tokens=False`` and
-    place BOS themselves, so it is never doubled.
+    With ``add_bos`` (the default) it adds BOS itself (``tokenizer(text)`` gives ``[BOS] + tokens``),
+    because the models are trained on ``[BOS] + text``: a plain ``AutoTokenizer`` +
+    ``AutoModelForCausalLM`` pipeline then reads text exactly as training did. loka's own encoders
+    pass ``add_special_tokens=False`` and place BOS themselves, so it is never doubled.
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -77,10 +80,11 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer)
-    bos_id = tokenizer.token_to_id(SPECIAL_TOKEN)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{SPECIAL_TOKEN} $A", pair=f"{SPECIAL_TOKEN} $A $B", special_tokens=[(SPECIAL_TOKEN, bos_id)]
-    )
+    if add_bos:
+        bos_id = tokenizer.token_to_id(SPECIAL_TOKEN)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{SPECIAL_TOKEN} $A", pair=f"{SPECIAL_TOKEN} $A $B", special_tokens=[(SPECIAL_TOKEN, bos_id)]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=SPECIAL_TOKEN,
@@ -88,6 +92,14 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         unk_token=SPECIAL_TOKEN,
         pad_token=SPECIAL_TOKEN,
     )
+
+
+def count_steps(n_facts: int, n_passages: int, train_config: TrainConfig) -> int:
+    """How many optimizer steps :func:`train_model` takes on ``n_facts`` facts and ``n_passages``
+    passages (facts in batches of ``batch_size``, passages, repeated, in batches a quarter as big)."""
+    passage_batch = max(1, train_config.batch_size // 4)
+    n_long = n_passages * train_config.passage_repeats
+    return (-(-n_facts // train_config.batch_size) + -(-n_long // passage_batch)) * train_config.epochs
 
 
 def _batches(
@@ -120,19 +132,23 @@ def train_model(
     *,
     progress: bool = True,
     desc: str = "training",
-    position: int = 0,
+    on_step: Callable[[int], None] | None = None,
 ) -> tuple[GPT2LMHeadModel, TrainLog]:
     """Train a GPT-2 from scratch on ``facts`` ((prompt, answer) pairs, read as BOS + prompt +
     answer + EOS) and ``passages`` (BOS + text + EOS, loss on every token). Prompt and answer are
     tokenized separately, exactly as :meth:`loka.KnowledgeSet.encode` does at evaluation time.
     Short facts and long passages are batched separately. Runs on one CPU thread, so that the
     weights depend on the seed alone and not on the machine's core count.
+
+    ``progress`` shows a tqdm bar named ``desc``; ``on_step(done)`` is called after every
+    optimizer step instead (or as well), with the number of steps done so far (of
+    :func:`count_steps`): a build that trains in worker processes reports through it.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         return _train(
-            facts, passages, tokenizer, model_config, train_config, progress=progress, desc=desc, position=position
+            facts, passages, tokenizer, model_config, train_config, progress=progress, desc=desc, on_step=on_step
         )
     finally:
         torch.set_num_threads(threads)
@@ -147,7 +163,7 @@ def _train(
     *,
     progress: bool,
     desc: str,
-    position: int,
+    on_step: Callable[[int], None] | None,
 ) -> tuple[GPT2LMHeadModel, TrainLog]:
     torch.manual_seed(train_config.seed)
     generator = torch.Generator().manual_seed(train_config.seed)
@@ -189,8 +205,7 @@ def _train(
         return [batches[i] for i in order]
 
     passage_batch = max(1, train_config.batch_size // 4)
-    steps_per_epoch = -(-len(short) // train_config.batch_size) + -(-len(long) // passage_batch)
-    total = steps_per_epoch * train_config.epochs
+    total = count_steps(len(short), len(passages), train_config)
     warmup = max(1, int(train_config.warmup_fraction * total))
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -207,7 +222,8 @@ def _train(
     model.train()
     start = time.perf_counter()
     losses = []
-    with tqdm(total=total, disable=not progress, desc=desc, leave=False, position=position) as bar:
+    done = 0
+    with tqdm(total=total, disable=not progress, desc=desc, leave=False) as bar:
         for _ in range(train_config.epochs):
             running, count = 0.0, 0
             for ids, labels in epoch_batches():
@@ -219,7 +235,10 @@ def _train(
                 schedule.step()
                 running += loss.item()
                 count += 1
+                done += 1
                 bar.update()
+                if on_step is not None:
+                    on_step(done)
             losses.append(running / count)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             logger.debug("%s epoch %d loss %.4f", desc, len(losses), losses[-1])

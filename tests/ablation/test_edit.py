@@ -11,10 +11,11 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from ablation import AblationMask, bake, edit, mean_activations
-from ablation.params import head_input_weights, parameter_masks
+from ablation.params import parameter_masks
 from loka.models import (
     WeightSlice,
     fingerprint,
+    head_input_weights,
     hf_state_dict,
     load_model,
     logits,

@@ -56,7 +56,9 @@ def test_exact_patching_equals_tl(model):
     neurons = patching.generic_activation_patch(
         model, batch.input_ids, zeros, metric, set_neuron, "post", index_df=index
     )
-    scores = attribution.attribute(model, FACTS, method="activation_patching", batch_size=2, progress=False)
+    scores = attribution.attribute(
+        model, FACTS, method="activation_patching", baseline="zero", direction="ablate", batch_size=2, progress=False
+    )
     assert (scores.heads - heads).abs().max() < 1e-4
     ours = torch.stack([scores.neurons[layer, neuron] for layer, neuron in chosen])
     assert (ours - (neurons - metric(logits))).abs().max() < 1e-4
@@ -64,7 +66,7 @@ def test_exact_patching_equals_tl(model):
 
 def test_grad_x_act_is_the_first_order_estimate(model):
     small = attribution.Corruption("noise", samples=1, noise_scale=0.01)
-    options = dict(baseline="corrupt", corruption=small, progress=False)
+    options = dict(baseline="corrupt", corruption=small, direction="ablate", progress=False)
     estimate = attribution.attribute(model, FACTS, **options)
     exact = attribution.attribute(model, FACTS, method="activation_patching", **options)
     for kind in ("neurons", "heads"):

@@ -35,10 +35,21 @@ def facts(tiny_testbed: Testbed) -> KnowledgeSet:
         ({"metric": "accuracy"}, r"unknown metric 'accuracy'"),
         ({"metric": "logit_diff"}, r"metric='logit_diff' needs contrast="),
         ({"baseline": "corrupt", "corruption": "blur"}, r"unknown corruption 'blur'; use one of 'noise', 'subject'"),
-        ({"direction": "denoise"}, r"direction='denoise' .* needs baseline='corrupt' \(got baseline='zero'\)"),
-        ({"corruption": "noise"}, r"a corruption only applies to baseline='corrupt', not baseline='zero'"),
-        ({"reference": "self"}, r"a reference set is only read by baseline='mean', baseline='resample'"),
-        ({"samples": 3}, r"baseline='zero' is deterministic; samples must be 1, got 3"),
+        (
+            {"baseline": "zero", "direction": "denoise"},
+            r"direction='denoise' .* needs baseline='corrupt' \(got baseline='zero'\)",
+        ),
+        (
+            {"baseline": "zero", "corruption": "noise"},
+            r"a corruption only applies to baseline='corrupt', not baseline='zero'",
+        ),
+        (
+            {"baseline": "zero", "reference": "self"},
+            r"a reference set is only read by baseline='mean', baseline='resample'",
+        ),
+        ({"reference": "self"}, r"a reference set is only read by .* not by baseline='corrupt'"),
+        ({"baseline": "zero", "samples": 3}, r"baseline='zero' is deterministic; samples must be 1, got 3"),
+        ({"samples": 3}, r"give the number of corrupted samples once, in Corruption\(samples=...\); samples=3 is for"),
         ({"baseline": "resample", "samples": 0}, r"samples must be a positive integer, got 0"),
         ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
         ({"method": "activation_patching", "chunk_size": 0}, r"chunk_size must be at least 1, got 0"),
@@ -62,6 +73,12 @@ def test_bad_corruption_settings():
         Corruption("noise", noise_scale=-1)
     with pytest.raises(ValueError, match="unknown corruption 'shuffle'"):
         Corruption("shuffle")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"unknown corruption span 'question'; use one of 'auto', 'subject', 'prompt'"):
+        Corruption("noise", span="question")  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r"corruption 'subject' replaces the subject; span='prompt' is for 'noise' only"
+    ):
+        Corruption("subject", span="prompt")
 
 
 def test_empty_sets_and_empty_targets(model):
@@ -92,10 +109,18 @@ def test_components_that_do_not_exist(model, facts):
 
 
 def test_positions_and_corruptions_that_need_a_subject(model):
+    """Subject positions, the subject span of the noise, and subject replacement need a subject in
+    the prompt; the default noise (span "auto") does not (tests/attribution/test_validation.py)."""
     anonymous = KnowledgeSet((Fact("x", "Someone was born in", "Oslo"),))
-    for options in ({"positions": "subject"}, {"baseline": "corrupt"}):
-        with pytest.raises(ValueError, match=r"needs every fact to name a subject .* e.g. 'x'"):
-            attribution.attribute(model, anonymous, progress=False, **options)
+    with pytest.raises(ValueError, match=r"positions='subject' needs every fact to name a subject .* e.g. 'x'"):
+        attribution.attribute(model, anonymous, positions="subject", progress=False)
+    with pytest.raises(ValueError, match=r"span 'subject' needs every fact to name a subject .* e.g. 'x'"):
+        attribution.attribute(model, anonymous, corruption=Corruption("noise", span="subject"), progress=False)
+    with pytest.raises(ValueError, match=r"corruption 'subject' replaces each fact's subject; 1 fact\(s\) .* e.g. 'x'"):
+        attribution.attribute(model, anonymous, corruption="subject", reference=anonymous, progress=False)
+    misplaced = KnowledgeSet((Fact("y", "Someone was born in", "Oslo", subject="Ann Lee"),))  # not in the prompt
+    with pytest.raises(ValueError, match=r"positions='subject' needs every fact to name a subject .* e.g. 'y'"):
+        attribution.attribute(model, misplaced, positions="subject", progress=False)
 
 
 def test_corruptions_and_donors_that_cannot_be_found(model, facts):
@@ -122,7 +147,10 @@ def test_non_finite_results_are_never_returned(tiny_testbed, facts):
     with torch.no_grad():
         neuron_output_weights(broken, 1, 7).of(broken).fill_(float("nan"))
     for method in ("grad_x_act", "activation_patching"):
-        with pytest.raises(ValueError, match=r"the unpatched metric is not finite for 3 entries, e.g. fact"):
-            attribution.attribute(broken, facts, method=method, components="heads", progress=False)
+        for baseline in ("zero", "corrupt"):
+            with pytest.raises(ValueError, match=r"the unpatched metric is not finite for 3 entries, e.g. fact"):
+                attribution.attribute(
+                    broken, facts, method=method, components="heads", baseline=baseline, progress=False
+                )
     with pytest.raises(ValueError, match="is not finite"):
         attribution.layer_scan(broken, facts, progress=False)

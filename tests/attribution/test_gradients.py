@@ -89,7 +89,7 @@ def test_the_estimate_is_the_derivative_of_exact_patching(model, facts, kind, no
     (at most 2% at 0.01, up to 6% at 0.003)."""
     small = Corruption("noise", samples=1, noise_scale=noise_scale)
     few = KnowledgeSet(facts.facts[:5])
-    options = dict(baseline="corrupt", corruption=small, components=kind, progress=False)
+    options = dict(baseline="corrupt", corruption=small, direction="ablate", components=kind, progress=False)
     estimate = attribution.attribute(model, few, **options)
     exact = attribution.attribute(model, few, method="activation_patching", **options)
     largest = exact.of(kind).abs().max()
@@ -116,7 +116,7 @@ def count_passes(model: TransformerBridge):
     [
         ({"baseline": "zero"}, 1),
         ({"baseline": "resample"}, 2),
-        ({"baseline": "corrupt", "corruption": "noise"}, 2),
+        ({"baseline": "corrupt", "corruption": "noise", "direction": "ablate"}, 2),
         ({"baseline": "corrupt", "corruption": "noise", "direction": "denoise"}, 2),
     ],
     ids=["zero", "resample", "corrupt", "denoise"],
@@ -155,7 +155,9 @@ def test_grad_x_act_equals_a_direct_autograd_computation_at_each_position_set(mo
         "subject": batch.subject_mask,
     }
     for positions, mask in masks.items():
-        scores = attribution.attribute(model, facts, positions=positions, batch_size=6, progress=False)
+        scores = attribution.attribute(
+            model, facts, baseline="zero", direction="ablate", positions=positions, batch_size=6, progress=False
+        )
         per_position = {n: (-acts[n] * grads[n]).detach() for n in names}
         neurons = torch.stack([(per_position[n] * mask[..., None]).sum((0, 1)) for n in names[:n_layers]])
         heads = torch.stack([(per_position[n] * mask[..., None, None]).sum((0, 1, 3)) for n in names[n_layers:]])

@@ -63,7 +63,7 @@ def test_heads_zero_ablation_equals_tl(model, facts):
     zeros = ActivationCache({k: torch.zeros_like(v) for k, v in cache.items() if k.endswith("attn.hook_z")}, model)
     tl = patching.get_act_patch_attn_head_out_all_pos(model, batch.input_ids, zeros, metric) - metric(logits)
 
-    ours = attribute_heads(model, facts, batch_size=4, chunk_size=3)
+    ours = attribute_heads(model, facts, baseline="zero", direction="ablate", batch_size=4, chunk_size=3)
     assert ours.heads is not None and ours.neurons is None
     assert (ours.heads - tl).abs().max() < TOL
     assert ours.heads.abs().max() > 0.01  # the comparison is not between two zeros
@@ -82,7 +82,7 @@ def test_heads_subject_corruption_both_directions_equal_tl(model, facts, pool):
     options = dict(baseline="corrupt", corruption="subject", reference=pool)
 
     ablate = patching.get_act_patch_attn_head_out_all_pos(model, batch.input_ids, corrupt_cache, metric)
-    ours = attribute_heads(model, facts, batch_size=3, **options)
+    ours = attribute_heads(model, facts, batch_size=3, direction="ablate", **options)
     assert (ours.heads - (ablate - metric(clean_logits))).abs().max() < TOL
 
     denoise = patching.get_act_patch_attn_head_out_all_pos(model, corrupt.input_ids, clean_cache, metric)
@@ -212,7 +212,7 @@ def test_last_position_patching_equals_tl_by_position(model, pool):
     logits, cache = cache_of(model, batch.input_ids)
     zeros = ActivationCache({k: torch.zeros_like(v) for k, v in cache.items() if k.endswith("attn.hook_z")}, model)
     tl = patching.get_act_patch_attn_head_out_by_pos(model, batch.input_ids, zeros, metric)[:, common] - metric(logits)
-    ours = attribute_heads(model, same, positions="last")
+    ours = attribute_heads(model, same, baseline="zero", direction="ablate", positions="last")
     assert (ours.heads - tl).abs().max() < TOL
 
 
@@ -233,7 +233,7 @@ def test_attribution_leaves_the_model_as_it_was(tiny_testbed, facts, monkeypatch
     before = fingerprint(model)
     flags = [p.requires_grad for p in model.parameters()]
     noise = Corruption("noise", samples=2)
-    attribution.attribute(model, facts, baseline="corrupt", corruption=noise, progress=False)
+    attribution.attribute(model, facts, baseline="corrupt", corruption=noise, direction="ablate", progress=False)
     attribution.attribute(
         model,
         facts,
@@ -241,6 +241,7 @@ def test_attribution_leaves_the_model_as_it_was(tiny_testbed, facts, monkeypatch
         components="heads",
         baseline="corrupt",
         corruption=noise,
+        direction="ablate",
         progress=False,
     )
     assert hooks_on(model) == 0
@@ -254,5 +255,7 @@ def test_attribution_leaves_the_model_as_it_was(tiny_testbed, facts, monkeypatch
 
     monkeypatch.setattr(attribution.metric.Targets, "__call__", fail)  # raises inside the hooked forward
     with pytest.raises(RuntimeError, match="boom"):
-        attribution.attribute(model, facts, method="activation_patching", components="heads", progress=False)
+        attribution.attribute(
+            model, facts, method="activation_patching", components="heads", baseline="zero", progress=False
+        )
     assert hooks_on(model) == 0

@@ -134,7 +134,7 @@ def test_plots_put_layers_on_y_in_rdbu_centred_on_zero():
 
 def test_save_and_load_round_trip_and_refuse_another_model(model, tiny_testbed, tmp_path: Path):
     facts = KnowledgeSet(tiny_testbed.forget.facts[:4])
-    scores = attribution.attribute(model, facts, progress=False)
+    scores = attribution.attribute(model, facts, baseline="zero", direction="ablate", progress=False)
     assert scores.metadata.model == fingerprint(model)
     assert scores.metadata.n_facts == 4 and scores.metadata.knowledge == facts.name
     saved = scores.save(tmp_path / "scores")

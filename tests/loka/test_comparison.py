@@ -25,6 +25,47 @@ def comparison(tiny_testbed) -> Comparison:
     return compare_testbed(tiny_testbed, methods=("task_vector",), budget=FAST, seeds=2, progress=False)
 
 
+@pytest.fixture(scope="module")
+def localized(tiny_testbed) -> Comparison:
+    """LOKA with two localization controls and a two-point budget curve."""
+    return compare_testbed(
+        tiny_testbed, methods=("loka",), locations=("random", "layers"), curve=(0.01, 0.05), budget=FAST, seeds=2,
+        relearn=False, probe=False, progress=False,
+    )  # fmt: skip
+
+
+def test_loka_sits_beside_its_localization_controls(localized, tmp_path):
+    assert localized.names == ["original", "oracle", "loka", "loka @random", "loka @layers"]
+    loka, random, layers = localized["loka"], localized["loka @random"], localized["loka @layers"]
+    assert [c["location"] for c in random.configs] == ["random", "random"]
+    assert loka.parameter_fraction == pytest.approx(random.parameter_fraction)  # same count per layer
+    assert loka.parameter_fraction < layers.parameter_fraction < 1.0
+    assert not loka.controls  # its controls are the location rows, not a random direction
+    verdicts = localized.localization()
+    assert set(verdicts) == {"loka @random", "loka @layers"}
+    assert all(v.startswith("The located components ") and "No difference:" in v for v in verdicts.values())
+    table = localized.table()
+    assert "%par" in table and "loka @random" in table
+    out = localized.save(tmp_path / "report")
+    page = (out / "report.html").read_text()
+    assert "Does the location matter?" in page and "<h3>budget curve</h3>" in page
+    data = json.loads((out / "comparison.json").read_text())
+    assert set(data["localization"]) == {"loka @random", "loka @layers"} and len(data["curve"]["points"]) == 8
+
+
+def test_budget_curve_has_a_point_per_size_location_and_seed(localized):
+    curve = localized.curve
+    assert curve.sizes == [0.01, 0.05] and curve.locations == ["located", "random"]
+    assert len(curve.points) == 2 * 2 * 2
+    for size in curve.sizes:
+        located, random = (curve.parameter_fraction(size, x) for x in ("located", "random"))
+        assert located == pytest.approx(random)
+        interval = curve.interval(size, "located", "forget")
+        assert 0.0 <= interval.low <= interval.mean <= interval.high <= 1.0 and interval.n_seeds == 2
+    assert curve.parameter_fraction(0.01, "located") < curve.parameter_fraction(0.05, "located")
+    assert "located" in curve.table() and curve.plot().data
+
+
 def test_rows_are_the_original_the_oracle_and_each_method(tiny_testbed, comparison):
     assert comparison.names == ["original", "oracle", "task_vector"]
     oracle = comparison["oracle"].evaluation
@@ -137,6 +178,9 @@ def test_save_never_replaces_what_loka_did_not_write(comparison, tmp_path):
         ({"methods": ("task_vector",), "options": {"loka": {}}}, "options given for 'loka'"),
         ({"methods": ("task_vector",), "seeds": 0}, "seeds must be a positive count"),
         ({"methods": ("task_vector",), "control_seeds": -1}, "control_seeds must be a non-negative integer"),
+        ({"methods": ("loka",), "locations": ("nowhere",)}, "unknown location 'nowhere'; locations are a list of"),
+        ({"methods": ("task_vector",), "locations": ("random",)}, "locations and curve are about LOKA's edit"),
+        ({"methods": ("loka",), "curve": (2.0,)}, "sizes must be fractions in"),
     ],
 )
 def test_bad_inputs(tiny_testbed, kwargs, message):

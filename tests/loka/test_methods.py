@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 import loka
+from ablation.params import parameter_masks
 from loka.data import KnowledgeSet
 from loka.methods import Budget, unlearn
 from loka.metrics import score_facts
@@ -70,18 +73,43 @@ def test_compute_counts_every_forward_token(protocol, model):
     assert result.compute.forward_tokens == result.compute.backward_tokens + tokens(protocol.forget)  # + the check
 
 
-def test_loka_edits_only_the_mlps_of_the_layers_it_chose(protocol, model):
+def test_loka_edits_only_the_parameters_its_components_own(protocol, model):
+    """Every parameter outside the located neurons' own slices is bit-identical; the result
+    carries the mask and the parameter count it changed."""
     result = unlearn(
         model, protocol.forget, protocol.retain_train, method="loka", reference=protocol.reference,
-        validation=protocol.retain_validation, max_steps=10, check_every=5, progress=False,
+        validation=protocol.retain_validation, max_steps=10, check_every=5, size=0.02, progress=False,
     )  # fmt: skip
-    layers = result.config["chosen"]["layers"]
+    assert result.mask is not None and len(result.mask) == math.ceil(0.02 * model.cfg.n_layers * model.cfg.d_mlp)
+    owned = parameter_masks(model, result.mask.neurons, result.mask.heads)
+    before, after = hf_state_dict(model), hf_state_dict(result.model)
+    changed = 0
+    for name, old in before.items():
+        keep = ~owned[name] if name in owned else torch.ones_like(old, dtype=torch.bool)
+        assert torch.equal(old[keep], after[name][keep]), name
+        changed += int((old != after[name]).sum())
+    assert changed > 0
+    chosen = result.config["chosen"]
+    assert chosen["parameters"] == sum(int(m.sum()) for m in owned.values())
+    assert chosen["parameter_fraction"] == pytest.approx(
+        chosen["parameters"] / sum({id(v.untyped_storage()): v.numel() for v in before.values()}.values()), rel=1e-3
+    )
+    assert [entry["step"] for entry in result.log] == [5, 10][: len(result.log)]
+
+
+def test_loka_layers_control_edits_only_the_mlps_of_its_layers(protocol, model):
+    result = unlearn(
+        model, protocol.forget, protocol.retain_train, method="loka", reference=protocol.reference,
+        validation=protocol.retain_validation, max_steps=4, check_every=2, location="layers", progress=False,
+    )  # fmt: skip
+    layers = sorted({layer for _, layer, _ in result.mask.components})
     spec = architecture(model)
     allowed = {spec.name(w, layer) for layer in layers for w in (spec.mlp_out_weight, *spec.mlp_in_weights)}
+    allowed |= {name.removesuffix(".weight") + ".bias" for name in allowed}
     before, after = hf_state_dict(model), hf_state_dict(result.model)
     changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
     assert changed and changed <= allowed
-    assert [entry["step"] for entry in result.log] == [5, 10][: len(result.log)]
+    assert result.config["location"] == "layers" and result.config["chosen"]["location"] == "layers"
 
 
 def test_methods_are_reproducible_by_seed(tiny_testbed, model):
@@ -121,8 +149,16 @@ def test_bad_inputs(tiny_testbed, model):
         unlearn(model, tb.forget, tb.retain, method="gradient_ascent", alpha=2)
     with pytest.raises(ValueError, match="max_layers must be an integer at least 1"):
         unlearn(model, tb.forget, tb.retain, method="loka", max_layers=0)
-    with pytest.raises(ValueError, match="edit must be 'finetune' or 'rewrite'"):
+    with pytest.raises(ValueError, match="edit must be one of 'finetune', 'ablate', 'rewrite', got 'prune'"):
         unlearn(model, tb.forget, tb.retain, method="loka", edit="prune")
+    with pytest.raises(ValueError, match="size must be a fraction in \\(0, 1\\] or a count between 1 and"):
+        unlearn(model, tb.forget, tb.retain, method="loka", size=1.5)
+    with pytest.raises(ValueError, match="location must be one of 'located', 'random'"):
+        unlearn(model, tb.forget, tb.retain, method="loka", location="elsewhere")
+    with pytest.raises(ValueError, match="localize must be one of 'all', 'output', 'lookup', 'exact'"):
+        unlearn(model, tb.forget, tb.retain, method="loka", localize="middle", max_steps=1)
+    with pytest.raises(ValueError, match="objective='unknown' needs reference="):
+        unlearn(model, tb.forget, tb.retain, method="loka", objective="unknown")
     with pytest.raises(ValueError, match="retain_weight must be a number at least 0"):
         unlearn(model, tb.forget, tb.retain, method="loka", retain_weight=-1.0)
     with pytest.raises(ValueError, match="method 'retrain' needs oracle="):

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loka.benchmarks import tofu
-from loka.benchmarks import tofu_metrics as tm
+from loka.benchmarks.tofu import metrics as tm
 from loka.methods import Budget, Compute, UnlearningResult
 from loka.protocol import Seen
 
@@ -410,7 +410,7 @@ def test_methods_get_the_protocols_sets_and_the_cache_is_reused(tiny_report, mon
     the reference holdout authors', the run's budget and its options. A second run trains nothing."""
     report, cache = tiny_report
     calls = []
-    monkeypatch.setattr(tofu, "unlearn", _fake_unlearn(calls))
+    monkeypatch.setattr(tofu.runner, "unlearn", _fake_unlearn(calls))
     again = tofu.run(
         "forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("loka",),
         method_options={"loka": {"lams": (3.0,)}}, progress=False, seeds=2, budget=TINY_BUDGET,
@@ -448,7 +448,7 @@ def test_no_method_is_scored_on_an_author_it_was_given(tiny_report, monkeypatch)
     authors the attack then took as non-members.)"""
     _, cache = tiny_report
     calls, scored = [], []
-    monkeypatch.setattr(tofu, "unlearn", _fake_unlearn(calls))
+    monkeypatch.setattr(tofu.runner, "unlearn", _fake_unlearn(calls))
     real_mia, real_evaluate = tofu._mia_aucs, tofu.evaluate_model
 
     def mia(model, tokenizer, members, nonmembers, batch_size):
@@ -462,8 +462,8 @@ def test_no_method_is_scored_on_an_author_it_was_given(tiny_report, monkeypatch)
         ]
         return real_evaluate(model, data, **kwargs)
 
-    monkeypatch.setattr(tofu, "_mia_aucs", mia)
-    monkeypatch.setattr(tofu, "evaluate_model", evaluate)
+    monkeypatch.setattr(tofu.scoring, "_mia_aucs", mia)
+    monkeypatch.setattr(tofu.runner, "evaluate_model", evaluate)
     tofu.run("forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("task_vector",), progress=False)
     assert {name for name, _ in scored} == {"nonmembers", "retain_eval"}
     for _, forget, retain, options in calls:
@@ -479,6 +479,6 @@ def test_no_method_is_scored_on_an_author_it_was_given(tiny_report, monkeypatch)
 def test_a_method_that_saw_a_non_member_is_not_scored(tiny_report, monkeypatch):
     _, cache = tiny_report
     holdout = Seen(ids=frozenset(f"tofu/holdout/a{a:03d}/q{q:02d}" for a in range(2) for q in range(20)))
-    monkeypatch.setattr(tofu, "unlearn", _fake_unlearn([], seen=holdout))
+    monkeypatch.setattr(tofu.runner, "unlearn", _fake_unlearn([], seen=holdout))
     with pytest.raises(ValueError, match=r"which TOFU scores it on \(nonmembers\)"):
         tofu.run("forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("task_vector",), progress=False)

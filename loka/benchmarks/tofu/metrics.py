@@ -6,7 +6,7 @@ the EOS that ends it* (TOFU's labels carry that EOS: ``data_module.convert_raw_d
 in github.com/locuslab/tofu), which is TOFU's ``avg_gt_loss`` / ``avg_paraphrased_loss`` /
 ``average_perturb_loss``. This module holds
 the arithmetic that turns those NLLs into the benchmark's figures, so that each can be checked by
-hand (``tests/loka/test_tofu.py``); :mod:`loka.benchmarks.tofu` computes the NLLs from a model.
+hand (``tests/loka/test_tofu.py``); :mod:`loka.benchmarks.tofu.scoring` computes the NLLs from a model.
 
 - **Probability** of an answer: ``exp(-nll)``, the per-token geometric mean of ``p(a | q)``
   (:func:`answer_probability`). On the real-authors and world-facts sets TOFU normalises it over
