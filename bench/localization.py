@@ -34,6 +34,7 @@ from loka.comparison import compare_testbed  # noqa: E402
 from loka.curve import budget_curve  # noqa: E402
 from loka.data import KnowledgeSet  # noqa: E402
 from loka.localization import LOCATIONS  # noqa: E402
+from loka.methods import Budget  # noqa: E402
 from loka.protocol import Protocol  # noqa: E402
 from loka.report import figures_html  # noqa: E402
 
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--locations", default=",".join(x for x in LOCATIONS if x != "located"))
     parser.add_argument("--sizes", default="0.0025,0.005,0.01,0.02,0.05,0.1")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a LOKA option")
+    parser.add_argument("--max-steps", type=int, default=500, help="the budget's step cap for every run (500)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -88,7 +90,7 @@ def main() -> None:
     if args.what == "table":
         comparison = compare_testbed(
             tb, protocol=protocol, methods=("loka",), locations=[x for x in args.locations.split(",") if x],
-            seeds=args.seeds, options={"loka": options}, progress=False,
+            seeds=args.seeds, options={"loka": options}, budget=Budget(max_steps=args.max_steps), progress=False,
         )  # fmt: skip
         print(comparison.table())
         for name, verdict in comparison.localization().items():
@@ -98,7 +100,7 @@ def main() -> None:
     else:
         sizes = [float(s) for s in args.sizes.split(",") if s]
         curve = budget_curve(loka.load_model(tb.model_dir), protocol, sizes=sizes, seeds=args.seeds, options=options,
-                             progress=False)  # fmt: skip
+                             budget=Budget(max_steps=args.max_steps), progress=False)  # fmt: skip
         print(curve.table())
         if args.out:
             out = Path(args.out)

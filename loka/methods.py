@@ -35,8 +35,10 @@ that built a graph (i.e. were back-propagated), and wall seconds.
   :mod:`loka.objectives`: with ``reference`` facts about people the model never saw, the forget
   prompts should give the model's answer distribution for unknown people (plus NPO on any further
   answer tokens); without, NPO on every answer token; and ``retain_weight`` x KL to the
-  original on every answer token of the retain facts. ``edit="ablate"`` instead zeroes or
-  mean-ablates the located components (baked into the weights). ``location`` runs the same edit
+  original on every answer token of the retain facts. ``edit="ablate"`` instead zeroes
+  (``ablate_mode="zero"``: only their output weights change) or mean-ablates (``"mean"``, the
+  default: the layer's shared output bias also takes their mean contribution) the located
+  components, baked into the weights; no training. ``location`` runs the same edit
   elsewhere, the controls that test whether the location matters (``"random"``, ``"least"``,
   ``"complement"``, ``"layers"``, ``"full"``). ``edit="rewrite"`` is the closed-form,
   retain-covariance-constrained rewrite of whole MLP output projections
@@ -63,7 +65,7 @@ from tqdm.auto import tqdm
 
 import attribution
 from ablation import AblationMask, bake, edit, key_covariance, mean_activations, rewrite
-from ablation.rewrite import unknown_distributions
+from loka.unknown import unknown_distributions
 from loka.data import FactBatch, KnowledgeSet
 from loka.localization import (
     LOCATIONS,

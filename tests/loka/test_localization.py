@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,43 @@ def test_npo_matches_its_formula() -> None:
     assert npo_loss(log_p, log_ref, beta=beta).item() == pytest.approx(expected.item(), rel=1e-6)
     # at log p = log p_ref the loss is (2/beta) log 2
     assert npo_loss(log_ref, log_ref, beta=beta).item() == pytest.approx(2 / beta * torch.log(torch.tensor(2.0)).item())
+
+
+# ---------------------------------------------------------------- the other edit and localization modes
+
+
+def test_ablate_zero_changes_only_the_owned_weights_and_exact_localization_picks_the_count(model, protocol) -> None:
+    result = unlearn(
+        model, protocol.forget, protocol.retain_train, method="loka", validation=protocol.retain_validation,
+        reference=protocol.reference, edit="ablate", ablate_mode="zero", size=4, localize="exact", progress=False,
+    )  # fmt: skip
+    assert len(result.mask) == 4 and result.compute.steps == 0
+    owned = parameter_masks(model, result.mask.neurons, result.mask.heads)
+    before, after = hf_state_dict(model), hf_state_dict(result.model)
+    for name, old in before.items():
+        frozen = ~owned[name] if name in owned else torch.ones_like(old, dtype=torch.bool)
+        assert torch.equal(old[frozen], after[name][frozen]), name
+    # zero ablation: a neuron's output row is zero afterwards
+    for _, layer, index in result.mask.components:
+        assert not loka.models.neuron_output_weights(result.model, layer, index).of(result.model).any()
+    check = result.config["chosen"]["score_check"]
+    assert set(check["spearman"]) == {"neurons"} and -1.0 <= check["spearman"]["neurons"] <= 1.0
+
+
+def test_auto_size_searches_upward_and_stops_at_the_first_that_reaches_the_target(model, protocol) -> None:
+    result = unlearn(
+        model, protocol.forget, protocol.retain_train, method="loka", validation=protocol.retain_validation,
+        reference=protocol.reference, size="auto", sizes=(0.005, 0.01, 0.05), max_steps=4, check_every=2,
+        target_forget_accuracy=1.0, retain_floor=0.0, progress=False,
+    )  # fmt: skip
+    # every check reaches a target of 1.0, so the smallest size is the answer and no other is tried
+    assert {entry["size"] for entry in result.log} == {0.005}
+    pool = model.cfg.n_layers * model.cfg.d_mlp
+    assert len(result.mask) == math.ceil(0.005 * pool) == result.config["chosen"]["size"]
+    hard = unlearn(
+        model, protocol.forget, protocol.retain_train, method="loka", validation=protocol.retain_validation,
+        reference=protocol.reference, size="auto", sizes=(0.005, 0.01), max_steps=2, check_every=2,
+        target_forget_accuracy=0.0, progress=False,
+    )  # fmt: skip
+    assert [entry["size"] for entry in hard.log] == [0.005, 0.01]  # upward, one budget each
+    assert [entry["step"] for entry in hard.log] == [2, 4] and hard.compute.steps == 4
