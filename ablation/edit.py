@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ablation.mask import AblationMask
 from ablation.params import parameter_masks
+from loka.checks import check_number
 from loka.models import plain_copy, same_kind_as
 
 __all__ = ["Optimizer", "edit"]
@@ -43,12 +44,6 @@ Optimizer = Literal["adam", "sgd"]
 OPTIMIZERS: tuple[Optimizer, ...] = get_args(Optimizer)
 Objective = Callable[[Any], Tensor]
 StepCallback = Callable[[int, float], bool | None]
-
-
-def _check_number(name: str, value: Any, *, integer: bool = False, minimum: float = 0.0) -> None:
-    kinds = int if integer else int | float
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > minimum:
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} > {minimum:g}, got {value!r}")
 
 
 def edit(
@@ -83,8 +78,8 @@ def edit(
         raise TypeError(f"objective must be a callable model -> scalar loss, got {type(objective).__name__}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}")
-    _check_number("steps", steps, integer=True)
-    _check_number("lr", lr)
+    check_number("steps", steps, low=1, integer=True)
+    check_number("lr", lr, above=True)
     if len(mask) == 0:
         raise ValueError("edit needs at least one masked component to train, but the mask is empty")
     mask.validate(model)

@@ -19,8 +19,9 @@ sets on the config is dropped.
 
 The write is atomic: everything goes into a temporary directory beside ``out_dir``, which is
 renamed into place only when complete; on any error it is removed, so nothing half-written is
-left behind. An existing ``out_dir`` is refused unless ``overwrite=True`` (and even then only a
-previous export, i.e. a directory holding ``loka_edit.json``, or an empty one, is replaced); the
+left behind. An existing ``out_dir`` that is not an empty directory is refused unless
+``overwrite=True`` (and even then only a previous export, a directory holding ``loka_edit.json``,
+is replaced: :func:`loka.files.check_output`); the
 source checkpoint's own directory (or any directory containing it) is always refused.
 """
 
@@ -43,6 +44,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ablation.mask import AblationMask
 from ablation.mask_file import file_sha256
+from loka.files import check_output
 from loka.models import ModelFingerprint, fingerprint, hf_model, hf_state_dict, quiet_transformers
 
 __all__ = ["EDIT_FILE", "MASK_FILE", "export_checkpoint"]
@@ -134,18 +136,13 @@ def _check_target(out_dir: Path, dirs: list[Path], overwrite: bool) -> None:
                 else f"a directory that contains the source checkpoint {src}"
             )
             raise ValueError(f"refusing to export onto {out_dir}: it is {what}; choose a new directory")
-    if out_dir.exists() or out_dir.is_symlink():
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace a previous export")
-        if not out_dir.is_dir() or out_dir.is_symlink():
-            raise FileExistsError(f"{out_dir} exists and is not a directory; refusing to replace it")
-        if any(out_dir.iterdir()) and not (out_dir / EDIT_FILE).is_file():
-            raise FileExistsError(
-                f"{out_dir} exists and is not a loka export (no {EDIT_FILE}); "
-                "refusing to replace it even with overwrite=True"
-            )
-    if out_dir.parent.exists() and not out_dir.parent.is_dir():
-        raise FileExistsError(f"cannot export to {out_dir}: {out_dir.parent} is a file, not a directory")
+    check_output(
+        out_dir,
+        overwrite=overwrite,
+        marker=EDIT_FILE,
+        what="export",
+        how_to_overwrite="pass overwrite=True to replace a previous export",
+    )
 
 
 def _make_parents(out_dir: Path) -> list[Path]:

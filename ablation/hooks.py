@@ -35,6 +35,7 @@ from ablation.mask import AblationMask, MeanActivations
 from loka.components import hook_name
 from loka.data import FactBatch
 from loka.models import logits as model_logits
+from loka.recording import class_means, record
 
 __all__ = ["ablate", "ablation_hooks", "mean_activations"]
 
@@ -114,14 +115,6 @@ def _resampling_hook(dim: int, index: Tensor, source: Tensor, name: str) -> Hook
     return hook_fn
 
 
-def _recording_hook(store: dict[str, Tensor], name: str) -> HookFn:
-    def hook_fn(activation: Tensor, hook: Any) -> Tensor:
-        store[name] = activation.detach().clone()
-        return activation
-
-    return hook_fn
-
-
 def ablation_hooks(
     model: TransformerBridge,
     mask: AblationMask,
@@ -140,7 +133,7 @@ def ablation_hooks(
         if resample_from is None:
             raise ValueError("mode 'resample' replaces activations with those of other inputs: pass resample_from=...")
         names = [hook_name(kind, layer) for kind in ("neuron", "head") for layer in _layers(mask, kind)]
-        with model.hooks(fwd_hooks=[(name, _recording_hook(sources, name)) for name in names]):
+        with model.hooks(fwd_hooks=[record(sources, name) for name in names]):
             _run(model, _forward_kwargs(resample_from, resample_attention_mask, None))
 
     hooks: list[tuple[str, HookFn]] = []
@@ -227,26 +220,16 @@ def mean_activations(
     if int(weights.sum()) == 0:
         raise ValueError("inputs have no real tokens (the attention mask is all zero)")
     n_layers = model.cfg.n_layers
-    sums: dict[str, Tensor] = {}
-    current: dict[str, Tensor] = {}
-
-    def accumulating_hook(name: str) -> HookFn:
-        def hook_fn(activation: Tensor, hook: Any) -> Tensor:
-            w = current["weights"].to(activation.device, torch.float32)
-            w = w.reshape(*w.shape, *([1] * (activation.dim() - 2)))
-            total = (activation.detach().float() * w).sum(dim=(0, 1))
-            sums[name] = sums[name] + total if name in sums else total
-            return activation
-
-        return hook_fn
-
+    device = _device(model)
     names = [hook_name(kind, layer) for kind in ("neuron", "head") for layer in range(n_layers)]  # type: ignore[arg-type]
-    with model.hooks(fwd_hooks=[(name, accumulating_hook(name)) for name in names]):
-        for start in range(0, len(ids), batch_size):
-            chunk = {k: None if v is None else v[start : start + batch_size] for k, v in kwargs.items()}
-            current["weights"] = weights[start : start + batch_size]
-            _run(model, chunk)
-    n_tokens = int(weights.sum())
-    neurons = torch.stack([sums[hook_name("neuron", layer)] for layer in range(n_layers)]).cpu() / n_tokens
-    heads = torch.stack([sums[hook_name("head", layer)] for layer in range(n_layers)]).cpu() / n_tokens
-    return MeanActivations(neurons=neurons, heads=heads, n_tokens=n_tokens)
+    chunks = (
+        (
+            {k: None if v is None else v[start : start + batch_size].to(device) for k, v in kwargs.items()},
+            weights[start : start + batch_size].to(device).long() - 1,  # one class (0): every real token
+        )
+        for start in range(0, len(ids), batch_size)
+    )
+    means, counts = class_means(model, chunks, names, n_classes=1)
+    neurons = torch.stack([means[hook_name("neuron", layer)][0] for layer in range(n_layers)])
+    heads = torch.stack([means[hook_name("head", layer)][0] for layer in range(n_layers)])
+    return MeanActivations(neurons=neurons, heads=heads, n_tokens=int(counts[0]))

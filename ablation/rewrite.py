@@ -72,25 +72,20 @@ from ablation.rewrite_keys import (
     POSITIONS,
     HookList,
     Positions,
-    Prompts,
-    check_knowledge,
     check_layers,
     check_model,
     edit_hooks,
     post_hook,
     read_keys,
-    saver,
     w_out,
 )
-from ablation.rewrite_targets import (
-    erase_change,
-    nll_loss,
-    optimised_change,
-    reference_distributions,
-    unknown_distributions,
-)
-from loka.data import FactBatch, KnowledgeSet
+from ablation.rewrite_targets import erase_change, nll_loss, optimised_change
+from loka.checks import check_knowledge
+from loka.data import FactBatch, KnowledgeSet, Prompts
 from loka.models import architecture, fingerprint, hf_state_dict, plain_copy, same_kind_as
+from loka.objectives import unknown_loss
+from loka.recording import record
+from loka.unknown import prompt_distributions
 
 __all__ = [
     "POSITIONS",
@@ -100,7 +95,6 @@ __all__ = [
     "key_covariance",
     "rewrite",
     "solve_update",
-    "unknown_distributions",
 ]
 
 EraseValues = Literal["match", "mean"]
@@ -159,7 +153,7 @@ class RewriteResult:
         """TL forward hooks that apply the same edit to the *original* model."""
         store: dict[str, Tensor] = {}
         deltas = dict(zip(self.layers, self.deltas, strict=True))
-        return [(post_hook(layer), saver(store, post_hook(layer))) for layer in self.layers] + edit_hooks(deltas, store)
+        return [record(store, post_hook(layer), detach=False) for layer in self.layers] + edit_hooks(deltas, store)
 
     @contextlib.contextmanager
     def hooks(self, model: TransformerBridge) -> Iterator[TransformerBridge]:
@@ -266,11 +260,10 @@ def rewrite(
     elif erase_values == "mean":
         change = erase_change(model, prompts, reference or retain, layers, positions, keys)  # type: ignore[arg-type]
     else:
-        unknown = reference_distributions(model, prompts, reference or retain).to(z.device)  # type: ignore[arg-type]
+        unknown = prompt_distributions(model, prompts, reference or retain).to(z.device)  # type: ignore[arg-type]
 
         def kl(logits_: Tensor, batch: FactBatch, rows: slice) -> Tensor:
-            log_p = logits_[torch.arange(len(batch)), batch.answer_positions].float().log_softmax(-1)
-            return torch.nn.functional.kl_div(log_p, unknown[rows], reduction="batchmean")
+            return unknown_loss(batch.target_log_softmax(logits_)[:, 0], unknown[rows])
 
         change = optimised_change(model, prompts, last, positions, kl, **optimise)
     z_star = z + change.to(z.device)

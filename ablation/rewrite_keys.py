@@ -3,16 +3,15 @@
 The rewrite (:mod:`ablation.rewrite`) edits ``W_out`` so that the *keys* of forget prompts map
 to new values; this module reads those keys. :func:`run_edited` runs a bridge once with
 ``hook_post @ Delta`` added to chosen layers' MLP outputs (the edit as hooks) and saves the
-activations asked for; :class:`Prompts` expands facts into every prompt (each paraphrase
-included); :func:`read_keys` gathers the keys at the ``"answer"`` position (the last prompt
-token), at the subject's last token or at both. The input checks shared by the rewrite, the
+activations asked for (recorded with :func:`loka.recording.record`); :func:`read_keys` gathers
+the keys of every prompt (:class:`loka.data.Prompts`) at the ``"answer"`` position (the last
+prompt token), at the subject's last token or at both. The input checks shared by the rewrite, the
 key covariance and the targets are here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -21,16 +20,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from loka.data import Fact, FactBatch, KnowledgeSet
+from loka.data import FactBatch, Prompts
 from loka.models import architecture, hf_model, hf_state_dict, logits
+from loka.recording import record
 
 __all__ = [
     "BATCH_SIZE",
     "POSITIONS",
     "HookList",
     "Positions",
-    "Prompts",
-    "check_knowledge",
     "check_layers",
     "check_model",
     "device_of",
@@ -40,7 +38,6 @@ __all__ = [
     "post_hook",
     "read_keys",
     "run_edited",
-    "saver",
     "w_out",
 ]
 
@@ -52,14 +49,6 @@ HookList = list[tuple[str, Callable[..., Tensor]]]
 
 def post_hook(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
-
-
-def saver(store: dict[str, Tensor], name: str) -> Callable[..., Tensor]:
-    def save(act: Tensor, hook: Any) -> Tensor:
-        store[name] = act
-        return act
-
-    return save
 
 
 def edit_hooks(deltas: Mapping[int, Tensor], store: dict[str, Tensor]) -> HookList:
@@ -90,9 +79,7 @@ def run_edited(
     deltas = deltas or {}
     store: dict[str, Tensor] = {}
 
-    hooks: HookList = [
-        (post_hook(layer), saver(store, post_hook(layer))) for layer in sorted(set(keys_at) | set(deltas))
-    ]
+    hooks: HookList = [record(store, post_hook(layer), detach=False) for layer in sorted(set(keys_at) | set(deltas))]
     hooks += edit_hooks(deltas, store)
     if resid_layer is not None:
 
@@ -150,35 +137,6 @@ def w_out(model: Any, layer: int, state: Mapping[str, Tensor] | None = None) -> 
     return weight if spec.mlp_out_neuron_dim == 0 else weight.T
 
 
-def check_knowledge(value: Any, what: str) -> KnowledgeSet:
-    if not isinstance(value, KnowledgeSet):
-        raise ValueError(f"{what} must be a non-empty loka.data.KnowledgeSet, got {type(value).__name__}")
-    return value
-
-
-@dataclass(frozen=True)
-class Prompts:
-    """Every prompt of some facts (the prompt itself = variant 0, then each paraphrase), encoded."""
-
-    knowledge: KnowledgeSet
-    groups: tuple[tuple[str | None, int], ...]  # (relation, variant) per prompt
-
-    @classmethod
-    def of(cls, facts: KnowledgeSet) -> Prompts:
-        prompts, groups = [], []
-        for fact in facts:
-            for variant, prompt in enumerate((fact.prompt, *fact.paraphrases)):
-                prompts.append(Fact(f"{fact.id}#{variant}", prompt, fact.target, fact.subject, fact.relation))
-                groups.append((fact.relation, variant))
-        return cls(KnowledgeSet(tuple(prompts), name=f"{facts.name}/prompts"), tuple(groups))
-
-    def batches(self, model: Any) -> Iterator[tuple[slice, FactBatch]]:
-        for start, batch in zip(
-            range(0, len(self.knowledge), BATCH_SIZE), self.knowledge.batches(model, BATCH_SIZE), strict=True
-        ):
-            yield slice(start, start + len(batch)), batch.to(device_of(model))
-
-
 def key_positions(batch: FactBatch, positions: Positions) -> Int[Tensor, "batch cls"]:
     answer = batch.answer_positions
     if positions == "answer":
@@ -206,7 +164,7 @@ def read_keys(
     """Keys ``[n_prompts, cls, d_mlp]`` per layer and the residual after ``resid_layer``."""
     keys: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     resid: list[Tensor] = []
-    for _, batch in prompts.batches(model):
+    for _, batch in prompts.batches(model, BATCH_SIZE):
         index = key_positions(batch, positions)
         _, store = run_edited(model, batch, keys_at=layers, deltas=deltas, resid_layer=resid_layer)
         for layer in layers:

@@ -1,8 +1,8 @@
 """The rewrite's targets: how the residual stream at the forget keys should change.
 
 An erasure asks the forget prompts to say what the model says about people it does not know
-(:func:`unknown_distributions`, their mean next-token distribution over reference facts of the
-same relation and template); an update asks for a new target. :func:`optimised_change` finds, per
+(:func:`loka.unknown.prompt_distributions`, their mean next-token distribution over reference facts
+of the same relation and template); an update asks for a new target. :func:`optimised_change` finds, per
 prompt, the vector to add to the residual stream after the last edited layer that does so (a few
 Adam steps, as in ROME/MEMIT); :func:`erase_change` is the ``erase_values="mean"`` alternative.
 """
@@ -18,19 +18,17 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from ablation.rewrite_keys import (
+    BATCH_SIZE,
     Positions,
-    Prompts,
-    check_knowledge,
-    check_model,
     gather_positions,
     key_positions,
     read_keys,
     run_edited,
     w_out,
 )
-from loka.data import FactBatch, KnowledgeSet
+from loka.data import FactBatch, KnowledgeSet, Prompts
 
-__all__ = ["Loss", "erase_change", "nll_loss", "optimised_change", "reference_distributions", "unknown_distributions"]
+__all__ = ["Loss", "erase_change", "nll_loss", "optimised_change"]
 
 
 def erase_change(
@@ -67,42 +65,6 @@ def nll_loss(logits_: Tensor, batch: FactBatch, rows: slice) -> Tensor:
     return -(batch.target_log_probs(logits_).sum(-1) / batch.target_mask.sum(-1)).mean()
 
 
-@torch.no_grad()
-def reference_distributions(
-    model: TransformerBridge, prompts: Prompts, reference: KnowledgeSet
-) -> Float[Tensor, "n d_vocab"]:
-    """For each prompt, the model's mean next-token distribution at the answer position over the
-    reference facts of the same relation and prompt template (what it says about unknown people)."""
-    ref = Prompts.of(reference)
-    probs = []
-    for _, batch in ref.batches(model):
-        out, _ = run_edited(model, batch)
-        probs.append(out[torch.arange(len(batch)), batch.answer_positions].float().softmax(-1))
-    p = torch.cat(probs)
-    return torch.stack([p[_group_rows(ref.groups, group)].mean(0) for group in prompts.groups])
-
-
-def unknown_distributions(
-    model: TransformerBridge, forget: KnowledgeSet, reference: KnowledgeSet
-) -> tuple[KnowledgeSet, Float[Tensor, "prompt d_vocab"]]:
-    """Every prompt of ``forget`` (each fact's prompt, then its paraphrases) and, for each, what
-    the model says about people it does not know: its mean next-token distribution at the answer
-    position over ``reference`` facts (e.g. holdout people) of the same relation and template.
-    This is what an erasure asks the forget prompts to output."""
-    check_model(model)
-    prompts = Prompts.of(check_knowledge(forget, "forget"))
-    return prompts.knowledge, reference_distributions(model, prompts, check_knowledge(reference, "reference"))
-
-
-def _group_rows(groups: Sequence[tuple[str | None, int]], group: tuple[str | None, int]) -> list[int]:
-    """Rows of ``groups`` equal to ``group``; else of the same relation; else all of them."""
-    for match in (lambda g: g == group, lambda g: g[0] == group[0]):
-        rows = [i for i, g in enumerate(groups) if match(g)]
-        if rows:
-            return rows
-    return list(range(len(groups)))
-
-
 def optimised_change(
     model: TransformerBridge,
     prompts: Prompts,
@@ -117,7 +79,7 @@ def optimised_change(
     """Per prompt, a vector added after ``layer`` at the key positions, optimised as in ROME/MEMIT:
     a few Adam steps on ``loss + norm_penalty * |delta|^2 / |z|^2`` (``z`` the residual there)."""
     out = []
-    for rows, batch in prompts.batches(model):
+    for rows, batch in prompts.batches(model, BATCH_SIZE):
         index = key_positions(batch, positions)
         with torch.no_grad():
             _, store = run_edited(model, batch, resid_layer=layer)

@@ -21,7 +21,7 @@ Sign convention: a score is metric(intervened) - metric(unpatched); when ablatin
 a fact needs are negative. See :mod:`attribution.scores`.
 """
 
-from attribution.api import METHODS, ComponentEffects, Method, attribute, patch_components
+from attribution.api import ATTRIBUTION_METHODS, AttributionMethod, ComponentEffects, attribute, patch_components
 from attribution.baselines import BASELINES, DIRECTIONS, Baseline, Direction, corrupted_run
 from attribution.corruption import CORRUPTIONS, SPANS, Corruption, CorruptionKind, CorruptionSpan
 from attribution.metric import METRICS, FactMetric, MetricName, MetricValues, metric_values
@@ -46,8 +46,8 @@ __all__ = [
     "FactMetric",
     "MetricName",
     "METRICS",
-    "Method",
-    "METHODS",
+    "AttributionMethod",
+    "ATTRIBUTION_METHODS",
     "Baseline",
     "BASELINES",
     "Direction",

@@ -59,7 +59,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attribution.baselines import Baseline, Baselines, Direction
-from attribution.checks import batches, check_batch_size, check_knowledge, check_model, finite_or_raise
+from attribution.checks import check_batch_size, check_knowledge, check_model, finite_or_raise
 from attribution.corruption import Corruption, CorruptionKind
 from attribution.gradients import grad_x_act
 from attribution.metric import FactMetric, MetricName
@@ -70,10 +70,10 @@ from loka.components import Component, ComponentShapes, Kind, hook_name
 from loka.data import Fact, KnowledgeSet
 from loka.models import fingerprint
 
-__all__ = ["Method", "METHODS", "attribute", "patch_components", "ComponentEffects"]
+__all__ = ["AttributionMethod", "ATTRIBUTION_METHODS", "attribute", "patch_components", "ComponentEffects"]
 
-Method = Literal["grad_x_act", "activation_patching"]
-METHODS: tuple[Method, ...] = get_args(Method)
+AttributionMethod = Literal["grad_x_act", "activation_patching"]
+ATTRIBUTION_METHODS: tuple[AttributionMethod, ...] = get_args(AttributionMethod)
 ComponentKinds = Literal["neurons", "heads"]
 
 
@@ -108,7 +108,7 @@ def attribute(
     model: Any,
     knowledge: KnowledgeSet | Sequence[Fact],
     *,
-    method: Method = "grad_x_act",
+    method: AttributionMethod = "grad_x_act",
     components: ComponentKinds | Iterable[ComponentKinds] = ("neurons", "heads"),
     baseline: Baseline = "corrupt",
     positions: Positions = "all",
@@ -168,8 +168,8 @@ def attribute(
     """
     model = check_model(model)
     knowledge = check_knowledge(knowledge)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {', '.join(map(repr, METHODS))}")
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(map(repr, ATTRIBUTION_METHODS))}")
     kinds = _kinds(components)
     positions = check_positions(positions)
     direction = default_direction(baseline, direction)
@@ -197,8 +197,8 @@ def attribute(
 
     totals = {kind: torch.zeros(shapes.shape(kind)) for kind in kinds}
     base_metric, clean_metric = [], []
-    for facts in tqdm(batches(knowledge, batch_size), disable=not progress, desc=f"attribution ({method})"):
-        setup = baselines.setup(facts)
+    for facts, batch in tqdm(baselines.batches, disable=not progress, desc=f"attribution ({method})"):
+        setup = baselines.setup(facts, batch)
         if plan is not None:
             effects, base = patch_effects(model, setup, plan, chunk_size=chunk_size, progress=progress)
             finite_or_raise(base, "the unpatched metric", setup.batch.fact_ids)
@@ -301,8 +301,8 @@ def patch_components(
         progress=progress,
     )
     per_fact, base = [], []
-    for facts in tqdm(batches(knowledge, batch_size), disable=not progress, desc="patching components"):
-        setup = baselines.setup(facts)
+    for facts, batch in tqdm(baselines.batches, disable=not progress, desc="patching components"):
+        setup = baselines.setup(facts, batch)
         effects, base_values = patch_effects(model, setup, plan, chunk_size=chunk_size, progress=progress)
         per_fact.append(effects)
         base.append(base_values)

@@ -49,15 +49,15 @@ from attribution.corruption import (
     allowed,
     embedding_std,
     fact_seed,
-    noise_mask,
     noise_run,
     noised_spans,
     subject_replaced_run,
 )
 from attribution.metric import FactMetric, Targets
 from attribution.positions import POSITION_CLASSES, Positions, position_classes, position_mask, subject_tokens
-from attribution.runs import Run, forward, record
+from attribution.runs import Run, forward
 from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
+from loka.recording import class_means, record
 
 __all__ = [
     "Baseline",
@@ -109,7 +109,8 @@ class Setup:
 class Baselines:
     """Builds :class:`Setup` s for one attribution: baseline, direction, corruption, reference.
 
-    Construction validates the options against the knowledge set (and, for ``"mean"``, runs the
+    Construction encodes the knowledge set once, in batches of ``batch_size`` (:attr:`batches`:
+    pass each to :meth:`setup`), validates the options against it (and, for ``"mean"``, runs the
     reference set once to average its activations at ``hooks``).
     """
 
@@ -168,7 +169,6 @@ class Baselines:
         self.baseline: Baseline = baseline  # type: ignore[assignment]
         self.direction: Direction = direction  # type: ignore[assignment]
         self.positions = positions
-        self.metric = metric
         self.seed = seed
         self.reference = reference if reference is not None else knowledge
         self.samples = self.corruption.n_samples if self.corruption is not None else samples
@@ -178,16 +178,20 @@ class Baselines:
         self._pool: tuple[str, ...] = ()
         self._reference_lengths: list[int] = []
 
-        # Validate everything a batch will need now, not after minutes of work.
-        encoded = encode_facts(knowledge.facts, model)
-        position_mask(encoded, positions)
+        # Encode every batch once, and validate everything a batch will need now, not after
+        # minutes of work.
+        self.batches: list[tuple[tuple[Fact, ...], FactBatch]] = _encoded(knowledge, model, batch_size)
+        encoded = [batch for _, batch in self.batches]
+        for batch in encoded:
+            position_mask(batch, positions)
+        self.metric = metric.encoded(knowledge, model)
         if self.corruption is not None:
             if self.corruption.kind == "noise":
-                spans = noised_spans(encoded, self.corruption.span)  # ValueError for span='subject' without one
+                spans = [s for batch in encoded for s in noised_spans(batch, self.corruption.span)]  # ValueError
                 self.noised = {span: spans.count(span) for span in ("subject", "prompt")}
-                self.noise_std = embedding_std(self.model, encoded, noise_mask(encoded, self.corruption.span))
+                self.noise_std = embedding_std(self.model, encoded, self.corruption.span)
             else:
-                has_subject = subject_tokens(encoded).any(-1).tolist()
+                has_subject = [has for batch in encoded for has in subject_tokens(batch).any(-1).tolist()]
                 missing = [i for i, has in zip(knowledge.ids, has_subject, strict=True) if not has]
                 if missing:
                     raise ValueError(
@@ -197,10 +201,11 @@ class Baselines:
                 self._pool = self.corruption.subjects or tuple(
                     dict.fromkeys(knowledge.subjects + self.reference.subjects)
                 )
-        if baseline == "resample":
-            self._reference_lengths = encode_facts(self.reference.facts, model).answer_positions.tolist()
-        if baseline == "mean":
-            self.means = self._class_means(batch_size, progress)
+        if baseline in ("mean", "resample"):
+            references = encoded if reference is None else [b for _, b in _encoded(reference, model, batch_size)]
+            self._reference_lengths = torch.cat([b.answer_positions for b in references]).tolist()
+            if baseline == "mean":
+                self.means = self._class_means(references, progress)
 
     # ------------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -217,13 +222,14 @@ class Baselines:
             out["seed"] = self.seed
         return out
 
-    def setup(self, facts: Sequence[Fact], *, sources: bool = True) -> Setup:
-        """Encode ``facts`` and build their base run; with ``sources``, also run whatever the
-        patched-in values come from (corrupted runs, donors, or the clean run when denoising)."""
+    def setup(self, facts: Sequence[Fact], batch: FactBatch, *, sources: bool = True) -> Setup:
+        """Build the base run of ``facts`` (encoded as ``batch``, one of :attr:`batches`); with
+        ``sources``, also run whatever the patched-in values come from (corrupted runs, donors,
+        or the clean run when denoising)."""
         facts = tuple(facts)
-        batch = encode_facts(facts, self.model).to(self.device)
+        batch = batch.to(self.device)
         clean = Run(batch.input_ids, batch.attention_mask)
-        targets = self.metric.targets(facts, batch, self.model)
+        targets = self.metric.targets(batch)
         mask = position_mask(batch, self.positions)
         s = self.samples
         corrupted = self._corrupted_run(facts, batch) if self.baseline == "corrupt" else None
@@ -319,33 +325,22 @@ class Baselines:
         return out
 
     # mean -------------------------------------------------------------------------------------
-    def _class_means(self, batch_size: int, progress: bool) -> dict[str, Tensor]:
+    def _class_means(self, references: Sequence[FactBatch], progress: bool) -> dict[str, Tensor]:
         """Per hook, the mean activation of every position class over the reference set
         (``[n_classes, ...]``); a class the reference never has gets the mean over all tokens."""
+        batches = (
+            ({"input_ids": b.input_ids, "attention_mask": b.attention_mask}, position_classes(b))
+            for b in (batch.to(self.device) for batch in references)
+        )
         n_classes = len(POSITION_CLASSES)
-        sums: dict[str, Tensor] = {}
-        shapes: dict[str, torch.Size] = {}
-        counts = torch.zeros(n_classes, device=self.device)
-        starts = range(0, len(self.reference), batch_size)
-        for start in tqdm(starts, disable=not progress, desc="mean activations", leave=False):
-            facts = self.reference.facts[start : start + batch_size]
-            batch = encode_facts(facts, self.model).to(self.device)
-            acts, _ = self._capture(Run(batch.input_ids, batch.attention_mask), metric_free_targets(batch))
-            classes = position_classes(batch)
-            real = classes >= 0
-            one_hot = torch.nn.functional.one_hot(classes[real], n_classes).float()  # [token, class]
-            counts += one_hot.sum(0)
-            for name, act in acts.items():
-                shapes[name] = act.shape[2:]
-                flat = act[real].float().flatten(1)  # [token, features]
-                total = einops.einsum(one_hot, flat, "token c, token f -> c f")
-                sums[name] = sums[name] + total if name in sums else total
+        shown = tqdm(batches, total=len(references), disable=not progress, desc="mean activations", leave=False)
+        per_class, counts = class_means(self.model, shown, self.hooks, n_classes)
         means = {}
-        for name, total in sums.items():
-            overall = total.sum(0) / counts.sum()
-            per_class = total / counts.clamp(min=1)[:, None]
-            per_class[counts == 0] = overall
-            means[name] = per_class.view(n_classes, *shapes[name])
+        for name, mean in per_class.items():
+            weights = (counts / counts.sum()).view(n_classes, *[1] * (mean.dim() - 1))
+            overall = (mean * weights).sum(0)
+            mean[counts == 0] = overall
+            means[name] = mean.to(self.device)
         return means
 
 
@@ -381,5 +376,12 @@ def corrupted_run(
         positions="all",
         metric=FactMetric(),
         seed=seed,
+        batch_size=len(knowledge),
     )
-    return baselines.setup(knowledge.facts, sources=False).base
+    return baselines.setup(*baselines.batches[0], sources=False).base
+
+
+def _encoded(knowledge: KnowledgeSet, model: Any, batch_size: int) -> list[tuple[tuple[Fact, ...], FactBatch]]:
+    """The facts of ``knowledge`` in batches of ``batch_size``, each encoded once."""
+    chunks = [knowledge.facts[i : i + batch_size] for i in range(0, len(knowledge), batch_size)]
+    return [(facts, encode_facts(facts, model)) for facts in chunks]

@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from loka.checks import check_number
 from loka.data import Fact, KnowledgeSet
 
-__all__ = ["check_model", "check_knowledge", "check_batch_size", "finite_or_raise", "batches"]
+__all__ = ["check_model", "check_knowledge", "check_batch_size", "finite_or_raise"]
 
 
 def check_model(model: Any) -> TransformerBridge:
@@ -41,9 +42,7 @@ def check_knowledge(knowledge: Any) -> KnowledgeSet:
 
 
 def check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return batch_size
+    return check_number("batch_size", batch_size, low=1, integer=True)
 
 
 def finite_or_raise(values: Tensor, what: str, fact_ids: Sequence[str] | None = None) -> None:
@@ -56,7 +55,3 @@ def finite_or_raise(values: Tensor, what: str, fact_ids: Sequence[str] | None = 
         "a metric of -inf or nan (e.g. a target the model gives probability 0, or a model with "
         "non-finite weights) makes every effect meaningless"
     )
-
-
-def batches(knowledge: KnowledgeSet, batch_size: int) -> list[tuple[Fact, ...]]:
-    return [knowledge.facts[i : i + batch_size] for i in range(0, len(knowledge), batch_size)]

@@ -173,14 +173,14 @@ def noise_mask(batch: FactBatch, span: CorruptionSpan = "auto") -> Bool[Tensor, 
     return torch.where(use_subject[:, None], subject_tokens(batch), _prompt_tokens(batch))
 
 
-def embedding_std(model: Any, batch: FactBatch, mask: Bool[Tensor, "batch pos"] | None = None) -> float:
-    """ROME's unit of noise: the std of the token embeddings of the tokens in ``batch`` that get
-    noised (``mask``; default: :func:`noise_mask` with ``span="auto"``)."""
-    if mask is None:
-        mask = noise_mask(batch, "auto")
-    ids = batch.input_ids[mask.to(batch.input_ids.device)].to(model.W_E.device)
+def embedding_std(model: Any, batches: FactBatch | Sequence[FactBatch], span: CorruptionSpan = "auto") -> float:
+    """ROME's unit of noise: the std of the token embeddings of the tokens of ``batches`` that get
+    noised (:func:`noise_mask` with ``span``)."""
+    if isinstance(batches, FactBatch):
+        batches = [batches]
+    ids = torch.cat([batch.input_ids[noise_mask(batch, span).to(batch.input_ids.device)].cpu() for batch in batches])
     with torch.no_grad():
-        return model.W_E[ids].float().std().item()
+        return model.W_E[ids.to(model.W_E.device)].float().std().item()
 
 
 def noise_run(

@@ -47,7 +47,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from attribution.baselines import Setup
-from attribution.runs import forward, record
+from attribution.runs import forward
+from loka.recording import record
 
 __all__ = ["grad_x_act"]
 

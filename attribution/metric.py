@@ -22,8 +22,8 @@ never builds a ``[batch, pos, d_vocab]`` tensor).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 import einops
@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
+from loka.data import FactBatch, KnowledgeSet, encode_facts, token_log_probs
 
 __all__ = [
     "MetricName",
@@ -55,6 +55,8 @@ class FactMetric:
 
     name: MetricName = "log_prob"
     contrast: Mapping[str, str] | None = None
+    contrast_ids: Mapping[str, int] | None = field(default=None, compare=False)
+    """The first token of each contrast answer, by fact id (set by :meth:`encoded`)."""
 
     @classmethod
     def resolve(cls, metric: str | None, contrast: Mapping[str, str] | None) -> FactMetric:
@@ -83,22 +85,36 @@ class FactMetric:
                 f"have none, e.g. {missing[0]!r}"
             )
 
-    def targets(self, facts: Sequence[Fact], batch: FactBatch, model: Any) -> Targets:
-        """What this metric reads from ``batch`` (the encoding of ``facts``)."""
+    def encoded(self, knowledge: KnowledgeSet, model: Any) -> FactMetric:
+        """This metric with the first token of every fact's contrast answer (``"logit_diff"``),
+        tokenized once for the whole set; ``"log_prob"`` needs nothing and is returned as is.
+        ValueError if a contrast starts with the same token as its fact's target."""
+        if self.contrast is None:
+            return self
+        self.check(knowledge)
+        facts = knowledge.facts
+        try:
+            targets = encode_facts(facts, model).target_ids[:, 0]
+            contrasts = encode_facts([replace(f, target=self.contrast[f.id]) for f in facts], model).target_ids[:, 0]
+        except ValueError as err:
+            raise ValueError(f"bad contrast: {err}") from None
+        same = (contrasts == targets).nonzero().flatten().tolist()
+        if same:
+            fact = facts[same[0]]
+            raise ValueError(
+                f"fact {fact.id!r}: contrast {self.contrast[fact.id]!r} starts with the same token as the "
+                f"target {fact.target!r}, so their logit difference is 0 whatever the model does"
+            )
+        return replace(self, contrast_ids=dict(zip(knowledge.ids, contrasts.tolist(), strict=True)))
+
+    def targets(self, batch: FactBatch) -> Targets:
+        """What this metric reads from ``batch`` (its contrasts from :meth:`encoded`)."""
         contrast_ids = None
         if self.contrast is not None:
-            contrast_facts = [replace(f, target=self.contrast[f.id]) for f in facts]
-            try:
-                contrast_ids = encode_facts(contrast_facts, model).target_ids[:, 0].to(batch.target_ids.device)
-            except ValueError as err:
-                raise ValueError(f"bad contrast: {err}") from None
-            same = (contrast_ids == batch.target_ids[:, 0]).nonzero().flatten().tolist()
-            if same:
-                fact = facts[same[0]]
-                raise ValueError(
-                    f"fact {fact.id!r}: contrast {self.contrast[fact.id]!r} starts with the same token as the "
-                    f"target {fact.target!r}, so their logit difference is 0 whatever the model does"
-                )
+            if self.contrast_ids is None:
+                raise ValueError("metric='logit_diff': encode the contrasts first (FactMetric.encoded)")
+            ids = [self.contrast_ids[fact_id] for fact_id in batch.fact_ids]
+            contrast_ids = torch.tensor(ids, device=batch.target_ids.device)
         return Targets(
             metric=self.name,
             prediction_positions=batch.prediction_positions,
@@ -151,7 +167,7 @@ class Targets:
         target_logits = target_logits.float()
         if self.metric == "log_prob":
             target_ids = self.target_ids.repeat(copies, 1)
-            picked = target_logits.log_softmax(-1).gather(-1, target_ids[..., None])[..., 0]
+            picked = token_log_probs(target_logits, target_ids)
             return (picked * self.target_mask.repeat(copies, 1)).sum(-1)
         assert self.contrast_ids is not None
         first = target_logits[:, 0]
@@ -206,15 +222,14 @@ def metric_values(
 ) -> MetricValues:
     """The metric of every fact of ``knowledge`` under ``model`` (a TransformerBridge), unpatched."""
     fact_metric = FactMetric.resolve(metric, contrast)
-    fact_metric.check(knowledge)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    fact_metric = fact_metric.encoded(knowledge, model)
     device = next(model.parameters()).device
     values = []
-    for start in range(0, len(knowledge), batch_size):
-        facts = knowledge.facts[start : start + batch_size]
-        batch = encode_facts(facts, model).to(device)
-        targets = fact_metric.targets(facts, batch, model)
+    for batch in knowledge.batches(model, batch_size):
+        batch = batch.to(device)
+        targets = fact_metric.targets(batch)
         with model.hooks(fwd_hooks=[gather_hook(targets)]):
             target_logits = model(batch.input_ids, attention_mask=batch.attention_mask)
         values.append(targets(target_logits).cpu())

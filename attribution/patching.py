@@ -44,8 +44,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attribution.baselines import Setup
-from attribution.runs import Hook, forward
+from attribution.runs import forward
 from loka.components import Component, ComponentShapes, Kind, hook_name
+from loka.recording import Hook
 
 __all__ = ["PatchPlan", "component_plan", "all_components", "patch_effects", "default_chunk_size", "CHUNK_BYTES"]
 

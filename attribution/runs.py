@@ -4,7 +4,8 @@ A :class:`Run` is a batch of rows to feed the model: token ids, their attention 
 optionally noise to add to the token embeddings (ROME's corruption). :func:`forward` runs it,
 possibly as ``copies`` stacked copies (the batch dimension then carries the patch index, row
 ``c * rows + r`` being copy ``c`` of row ``r``), with extra hooks, and returns the metric of every
-row of every copy. :func:`record` is a hook that keeps the activations it sees.
+row of every copy. Activations are recorded with :func:`loka.recording.record`, the hook both
+tools share.
 
 All hooks are added through ``model.hooks(...)``, a context manager that removes them on exit,
 also when the forward raises: attribution never leaves anything behind on the model.
@@ -12,7 +13,7 @@ also when the forward raises: attribution never leaves anything behind on the mo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +23,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from attribution.metric import Targets, gather_hook
+from loka.recording import Hook
 
-__all__ = ["Run", "Hook", "forward", "record", "EMBED_HOOK"]
+__all__ = ["Run", "forward", "EMBED_HOOK"]
 
 EMBED_HOOK = "hook_embed"
 """The token embeddings, before position embeddings are added (where ROME adds its noise)."""
-
-Hook = tuple[str, Callable[[Tensor, Any], Tensor | None]]
 
 
 @dataclass(frozen=True, eq=False)  # holds tensors: compare fields, not objects
@@ -100,19 +100,3 @@ def forward(
         target_logits = model(stacked.input_ids, attention_mask=stacked.attention_mask)
         values = targets(target_logits)
     return einops.rearrange(values, "(copy row) -> copy row", copy=copies)
-
-
-def record(store: dict[str, Tensor], name: str, *, detach: bool = True) -> Hook:
-    """A hook on ``name`` that stores its activation in ``store[name]`` and passes it on.
-
-    It returns the activation rather than ``None``: the bridge shows some hooks a reshaped view
-    (``hook_z`` is ``[batch, pos, n_heads, d_head]`` of a ``[batch, pos, n_heads * d_head]``
-    tensor) and only feeds that view on when a hook returns it, so returning it is what puts
-    the recorded tensor in the autograd graph.
-    """
-
-    def keep(activation: Tensor, hook: Any) -> Tensor:
-        store[name] = activation.detach() if detach else activation
-        return activation
-
-    return name, keep

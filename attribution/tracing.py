@@ -38,7 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attribution.baselines import Baseline, Baselines, Direction
-from attribution.checks import batches, check_batch_size, check_knowledge, check_model, finite_or_raise
+from attribution.checks import check_batch_size, check_knowledge, check_model, finite_or_raise
 from attribution.corruption import Corruption, CorruptionKind
 from attribution.metric import FactMetric, MetricName
 from attribution.patching import PatchPlan, patch_effects
@@ -180,8 +180,8 @@ def layer_scan(
         progress=progress,
     )
     per_batch, classes, tokens, base, clean = [], [], [], [], []
-    for facts in tqdm(batches(knowledge, batch_size), disable=not progress, desc="layer scan"):
-        setup = baselines.setup(facts)
+    for facts, batch in tqdm(baselines.batches, disable=not progress, desc="layer scan"):
+        setup = baselines.setup(facts, batch)
         width = setup.batch.input_ids.shape[1]
         effects, base_values = patch_effects(
             model, setup, _plan(sites, n_layers, width), chunk_size=chunk_size, progress=progress

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from loka.files import check_output as _new_output
+
 __all__ = ["main"]
 
 DEMO_OUT = "loka-demo"
@@ -46,16 +48,6 @@ def _model(name: str) -> Any:
     from loka.models import load_model
 
     return load_model(name)
-
-
-def _new_output(path: str, *, overwrite: bool, is_dir: bool = True) -> Path:
-    """Refuse an output that exists (unless ``overwrite``) before any work is done."""
-    out = Path(path).expanduser()
-    if out.exists() and not overwrite:
-        raise UserError(f"output {str(out)!r} exists; pass --overwrite to replace it, or choose another path")
-    if out.exists() and is_dir != out.is_dir():
-        raise UserError(f"output {str(out)!r} exists and is a {'file' if is_dir else 'directory'}")
-    return out
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -241,7 +233,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from loka.comparison import HTML_FILE, check_output_dir, compare, compare_testbed
+    from loka.comparison import HTML_FILE, compare, compare_testbed
+    from loka.files import check_output as check_output_dir
 
     out = Path(args.out).expanduser()
     check_output_dir(out, overwrite=args.overwrite, marker="comparison.json")
@@ -291,7 +284,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _tofu(args: argparse.Namespace) -> int:
     from loka.benchmarks import tofu
-    from loka.comparison import check_output_dir
+    from loka.files import check_output as check_output_dir
 
     out = Path(args.out).expanduser()
     check_output_dir(out, overwrite=args.overwrite, marker="tofu.json")

@@ -34,6 +34,8 @@ from ablation import AblationMask, random_edit_like
 from loka.curve import BudgetCurve, budget_curve, check_sizes
 from loka.data import KnowledgeSet
 from loka.evaluation import UnlearningEvaluation, evaluate
+from loka.files import check_output as check_output_dir
+from loka.files import json_default as _json_default
 from loka.intervals import Interval, auc_interval, compare_intervals, mean_interval, per_person
 from loka.localization import LOCATIONS
 from loka.methods import METHODS, Budget, Compute, UnlearningResult, unlearn
@@ -361,27 +363,6 @@ def _differences(a: MethodOutcome, b: MethodOutcome, blind: set[str], *, control
         words.append(f"{column} {'no difference' if relation == 'no difference' else relation}"
                      f" ({x.mean:.2f} vs {y.mean:.2f})")  # fmt: skip
     return "; ".join(words) if words else "nothing to compare"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple | set):
-        return list(value)
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return repr(value)
-
-
-def check_output_dir(out: Path, *, overwrite: bool, marker: str) -> None:
-    """A new (or empty) directory, or with ``overwrite`` one that ``marker`` says loka wrote."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output {str(out)!r} exists and is a file; give a directory path")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"output directory {str(out)!r} exists and is not empty; pass --overwrite to replace")
-        if not (out / marker).is_file():
-            raise FileExistsError(f"refusing to overwrite {str(out)!r}: it has no {marker}, so loka did not write it")
 
 
 def _control(model: Any, result: UnlearningResult, seed: int) -> Any:

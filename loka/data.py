@@ -30,7 +30,17 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["Fact", "FactBatch", "KnowledgeSet", "content_id", "encode_facts", "load_tofu", "TOFU_SPLITS"]
+__all__ = [
+    "Fact",
+    "FactBatch",
+    "KnowledgeSet",
+    "Prompts",
+    "content_id",
+    "encode_facts",
+    "token_log_probs",
+    "load_tofu",
+    "TOFU_SPLITS",
+]
 
 PaddingSide = Literal["left", "right"]
 _FIELDS = ("id", "prompt", "target", "subject", "relation", "paraphrases")
@@ -110,6 +120,12 @@ def _fact_from_record(record: Any, where: str) -> Fact:
     )
 
 
+def token_log_probs(logits: Float[Tensor, "... d_vocab"], ids: Int[Tensor, ...]) -> Float[Tensor, ...]:
+    """log p(each of ``ids``) under the logits row beside it: log-softmax over the vocabulary (in
+    float32), read at the id. The one place loka turns logits into token log-probabilities."""
+    return logits.float().log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
 @dataclass(frozen=True)
 class FactBatch:
     """Facts tokenized for one forward pass.
@@ -148,11 +164,13 @@ class FactBatch:
         index = self.prediction_positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
         return logits.gather(1, index)
 
+    def target_log_softmax(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch target d_vocab"]:
+        """log-softmax (float32) of the logits at every position that predicts a target token."""
+        return self.target_logits(logits).float().log_softmax(-1)
+
     def target_log_probs(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch target"]:
         """log p(target token j | prompt, earlier target tokens); 0 on padding entries."""
-        log_probs = self.target_logits(logits).log_softmax(-1)
-        picked = log_probs.gather(-1, self.target_ids.unsqueeze(-1)).squeeze(-1)
-        return picked * self.target_mask
+        return token_log_probs(self.target_logits(logits), self.target_ids) * self.target_mask
 
     def target_correct(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Bool[Tensor, "batch target"]:
         """Whether the top-1 prediction equals each target token (True on padding entries)."""
@@ -349,6 +367,33 @@ class KnowledgeSet:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         for start in range(0, len(self.facts), batch_size):
             yield encode_facts(self.facts[start : start + batch_size], model_or_tokenizer, **encode_options)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Every prompt of some facts (each fact's prompt = variant 0, then its paraphrases), as facts
+    of their own (id ``{fact id}#{variant}``), with the (relation, variant) of each: what an edit
+    that must hold in every wording reads."""
+
+    knowledge: KnowledgeSet
+    groups: tuple[tuple[str | None, int], ...]  # (relation, variant) per prompt
+
+    @classmethod
+    def of(cls, facts: KnowledgeSet) -> Prompts:
+        prompts, groups = [], []
+        for fact in facts:
+            for variant, prompt in enumerate((fact.prompt, *fact.paraphrases)):
+                prompts.append(Fact(f"{fact.id}#{variant}", prompt, fact.target, fact.subject, fact.relation))
+                groups.append((fact.relation, variant))
+        return cls(KnowledgeSet(tuple(prompts), name=f"{facts.name}/prompts"), tuple(groups))
+
+    def batches(self, model: Any, batch_size: int = 64) -> Iterator[tuple[slice, FactBatch]]:
+        """``(rows, batch)`` pairs in order, each batch on the model's device."""
+        device = next(model.parameters()).device
+        for start, batch in zip(
+            range(0, len(self.knowledge), batch_size), self.knowledge.batches(model, batch_size), strict=True
+        ):
+            yield slice(start, start + len(batch)), batch.to(device)
 
 
 def _resolve_tokenizer(model_or_tokenizer: Any, max_length: int | None) -> tuple[Any, int | None]:

@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 
 import attribution
 from ablation import AblationMask, bake, edit, key_covariance, mean_activations, rewrite
-from loka.unknown import unknown_distributions
+from loka.checks import check_number
 from loka.data import FactBatch, KnowledgeSet
 from loka.localization import (
     LOCATIONS,
@@ -90,18 +90,12 @@ from loka.objectives import (
     unknown_loss,
 )
 from loka.protocol import Seen
+from loka.unknown import unknown_distributions
 
 __all__ = ["METHODS", "Budget", "Compute", "UnlearningResult", "unlearn"]
 
 logger = logging.getLogger(__name__)
 Method = Literal["loka", "gradient_ascent", "task_vector", "retrain"]
-
-
-def _check(name: str, value: Any, *, low: float = 0.0, high: float | None = None, integer: bool = False) -> None:
-    ok = isinstance(value, int if integer else int | float) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} {bound}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -117,9 +111,9 @@ class Budget:
     max_steps: int = 500
 
     def __post_init__(self) -> None:
-        _check("target_forget_accuracy", self.target_forget_accuracy, high=1.0)
-        _check("check_every", self.check_every, low=1, integer=True)
-        _check("max_steps", self.max_steps, low=1, integer=True)
+        check_number("target_forget_accuracy", self.target_forget_accuracy, high=1.0)
+        check_number("check_every", self.check_every, low=1, integer=True)
+        check_number("max_steps", self.max_steps, low=1, integer=True)
 
     def due(self, step: int) -> bool:
         """Whether ``step`` (1-based) is a check: every ``check_every`` steps and the last one."""
@@ -210,9 +204,9 @@ def _gradient_ascent(
     alpha: float = 0.5,
     batch_size: int = 16,
 ) -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
-    _check("lr", lr)
-    _check("alpha", alpha, high=1.0)
-    _check("batch_size", batch_size, low=1, integer=True)
+    check_number("lr", lr)
+    check_number("alpha", alpha, high=1.0)
+    check_number("batch_size", batch_size, low=1, integer=True)
     config = dict(lr=lr, alpha=alpha, batch_size=batch_size)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -254,9 +248,9 @@ def _task_vector(
     scales: tuple[float, ...] = (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0),
 ) -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
     finetune_steps = min(60, budget.max_steps) if finetune_steps is None else finetune_steps
-    _check("finetune_steps", finetune_steps, low=1, high=budget.max_steps, integer=True)
-    _check("lr", lr)
-    _check("batch_size", batch_size, low=1, integer=True)
+    check_number("finetune_steps", finetune_steps, low=1, high=budget.max_steps, integer=True)
+    check_number("lr", lr)
+    check_number("batch_size", batch_size, low=1, integer=True)
     if not scales or any(not isinstance(v, int | float) or v <= 0 for v in scales):
         raise ValueError(f"scales must be positive numbers, got {scales!r}")
     config = dict(finetune_steps=finetune_steps, lr=lr, batch_size=batch_size, scales=list(scales))
@@ -461,15 +455,15 @@ def _loka(
     if not isinstance(contrast, bool):
         raise ValueError(f"contrast must be True or False, got {contrast!r}")
     if location_seed is not None:
-        _check("location_seed", location_seed, integer=True)
-    _check("beta", beta, low=1e-6)
-    _check("retain_floor", retain_floor, high=1.0)
-    _check("min_layer_share", min_layer_share, high=1.0)
-    _check("lr", lr)
-    _check("retain_weight", retain_weight)
-    _check("batch_size", batch_size, low=1, integer=True)
-    _check("max_layers", max_layers, low=1, integer=True)
-    _check("check_scores", check_scores, integer=True)
+        check_number("location_seed", location_seed, integer=True)
+    check_number("beta", beta, low=1e-6)
+    check_number("retain_floor", retain_floor, high=1.0)
+    check_number("min_layer_share", min_layer_share, high=1.0)
+    check_number("lr", lr)
+    check_number("retain_weight", retain_weight)
+    check_number("batch_size", batch_size, low=1, integer=True)
+    check_number("max_layers", max_layers, low=1, integer=True)
+    check_number("check_scores", check_scores, integer=True)
     if not lams or any(not isinstance(v, int | float) or v < 0 for v in lams):
         raise ValueError(f"lams must be non-negative numbers, got {lams!r}")
     if not sizes or any(isinstance(v, bool) or not isinstance(v, float) or not 0 < v <= 1 for v in sizes):

@@ -23,7 +23,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from loka.data import FactBatch, KnowledgeSet
+from loka.data import FactBatch, KnowledgeSet, token_log_probs
 from loka.models import logits as model_logits
 
 __all__ = ["FactScores", "score_facts", "lm_loss", "text_token_log_probs"]
@@ -118,8 +118,8 @@ def text_token_log_probs(
     out: list[Tensor] = []
     for batch in knowledge.batches(encoder, batch_size):
         batch = batch.to(device)
-        log_probs = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask).log_softmax(-1)
-        picked = log_probs[:, :-1].gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+        logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)
+        picked = token_log_probs(logits[:, :-1], batch.input_ids[:, 1:])
         keep = batch.attention_mask[:, 1:].bool()
         out += [row[mask].float().cpu() for row, mask in zip(picked, keep, strict=True)]
     return out

@@ -9,7 +9,7 @@ Forget losses (choose with ``objective=``):
 
 - ``"unknown"`` (facts with a ``reference`` of people the model never saw): at the first answer
   position, ``KL(unknown || p)`` where ``unknown`` is the model's mean answer distribution over
-  reference people of the same relation and template (:func:`ablation.rewrite.unknown_distributions`):
+  reference people of the same relation and template (:func:`loka.unknown.unknown_distributions`):
   the forget prompt should read like a prompt about a stranger, which is what the oracle outputs.
   There is no "stranger's distribution" for later answer tokens (they depend on the earlier ones),
   so the rest of a multi-token answer gets the NPO term below on the tokens after the first.
@@ -51,8 +51,7 @@ OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 
 def answer_log_probs(model: Any, batch: FactBatch) -> Float[Tensor, "batch target d_vocab"]:
     """log-softmax (fp32) of the logits at every position that predicts an answer token."""
-    out = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)
-    return batch.target_logits(out).float().log_softmax(-1)
+    return batch.target_log_softmax(model_logits(model, batch.input_ids, attention_mask=batch.attention_mask))
 
 
 def sequence_log_probs(

@@ -19,10 +19,12 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from loka.files import json_default
+
 if TYPE_CHECKING:
     from loka.comparison import Comparison
 
-__all__ = ["comparison_figures", "figures_html", "report_html", "write_report"]
+__all__ = ["comparison_figures", "figure_html", "figures_html", "html_page", "report_html", "write_report"]
 
 _BARS = ("forget", "retain", "para", "unseen", "MIA", "MIA ans", "relearn", "probe")
 _STYLE = """
@@ -124,20 +126,25 @@ def _settings(comparison: Comparison) -> str:
         record: dict[str, Any] = {"settings": dict(outcome.config)}
         if outcome.mask is not None:
             record["mask"] = outcome.mask.summary()
-        text = json.dumps(record, indent=2, default=str)
+        text = json.dumps(record, indent=2, default=json_default)
         parts.append(f"<details><summary>{html.escape(outcome.name)}</summary><pre>{html.escape(text)}</pre></details>")
     return "".join(parts)
 
 
+def figure_html(figure: go.Figure) -> str:
+    """One plotly figure as an HTML fragment, for a page made by :func:`html_page`."""
+    return pio.to_html(figure, full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+
+
 def _figures(figures: dict[str, go.Figure]) -> str:
     return "".join(
-        f"<section><h3>{html.escape(name)}</h3>"
-        f"{pio.to_html(figure, full_html=False, include_plotlyjs=False, config={'displaylogo': False})}</section>"
-        for name, figure in figures.items()
+        f"<section><h3>{html.escape(name)}</h3>{figure_html(figure)}</section>" for name, figure in figures.items()
     )
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
+    """Every page loka writes: ``body`` (HTML) under ``title``, with one style and plotly.js
+    inlined, so that the file opens offline and references no external URL."""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_STYLE}</style><script type="text/javascript">{get_plotlyjs()}</script></head>
@@ -149,7 +156,7 @@ def _page(title: str, body: str) -> str:
 
 def figures_html(title: str, figures: dict[str, go.Figure]) -> str:
     """A self-contained page of plotly figures, each under its name."""
-    return _page(title, _figures(figures))
+    return html_page(title, _figures(figures))
 
 
 def report_html(comparison: Comparison) -> str:
@@ -182,7 +189,7 @@ set.</p>{calibration}
 <h2>Verdicts</h2><ul>{verdicts}</ul>{_localization(comparison)}
 <h2>Figures</h2>{_figures(comparison_figures(comparison))}
 <h2>Settings</h2>{_settings(comparison)}"""
-    return _page(comparison.title, body)
+    return html_page(comparison.title, body)
 
 
 def write_report(comparison: Comparison, path: str | os.PathLike[str]) -> Path:

@@ -171,7 +171,7 @@ def test_edit_bad_inputs(model: TransformerBridge, ids: Tensor) -> None:
         edit(model, mask, lambda m: objective(m) * float("nan"), steps=1)
     with pytest.raises(ValueError, match=r"unknown optimizer 'adamw'; use one of \('adam', 'sgd'\)"):
         edit(model, mask, objective, optimizer="adamw")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="steps must be an integer > 0, got 0"):
+    with pytest.raises(ValueError, match="steps must be an integer at least 1, got 0"):
         edit(model, mask, objective, steps=0)
 
 

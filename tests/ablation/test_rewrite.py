@@ -11,7 +11,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM
 
 from ablation import export_checkpoint
-from ablation.rewrite import KeyCovariance, key_covariance, rewrite, solve_update, unknown_distributions
+from ablation.rewrite import KeyCovariance, key_covariance, rewrite, solve_update
+from loka.unknown import unknown_distributions
 from loka import testbed
 from loka.data import KnowledgeSet
 from loka.metrics import score_facts

@@ -114,7 +114,7 @@ from loka.benchmarks.tofu.config import (
     SPLITS,
     TEMPLATE,
     TofuConfig,
-    cache_dir_default,
+    default_cache_dir,
     make_config,
 )
 from loka.benchmarks.tofu.data import AuthorSplit, EvalSet, TofuData, author_name, load_data, split_authors
@@ -139,5 +139,5 @@ __all__ = [
     "load_data",
     "evaluate_model",
     "run",
-    "cache_dir_default",
+    "default_cache_dir",
 ]

@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from loka.testbed import default_cache_dir
+from loka.testbed import default_cache_dir as testbed_cache_dir
 from loka.testbed.training import ModelConfig, TrainConfig
 
 __all__ = [
     "SPLITS", "SIZES", "METHODS", "TEMPLATE", "FILES", "HOLDOUT_FILES", "RECIPE_VERSION", "N_AUTHORS",
     "QA_PER_AUTHOR", "N_PERTURBED_AUTHORS", "VALIDATION_FRACTION", "EVAL_FRACTION", "MIN_RETAIN_AUTHORS",
-    "TofuConfig", "cache_dir_default", "data_directory", "file_hashes", "make_config",
+    "TofuConfig", "default_cache_dir", "data_directory", "file_hashes", "make_config",
 ]  # fmt: skip
 
 Split = Literal["forget01", "forget05", "forget10"]
@@ -56,9 +56,9 @@ FILES = (
 )
 
 
-def cache_dir_default() -> Path:
+def default_cache_dir() -> Path:
     """``$LOKA_CACHE_DIR/tofu`` if set, else ``~/.cache/loka/tofu`` (the testbed cache's sibling)."""
-    return default_cache_dir().parent / "tofu"
+    return testbed_cache_dir().parent / "tofu"
 
 
 @dataclass(frozen=True)

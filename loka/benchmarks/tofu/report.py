@@ -14,6 +14,7 @@ import numpy as np
 
 from loka.benchmarks.tofu import metrics as tm
 from loka.benchmarks.tofu.scoring import TofuScores, jsonable
+from loka.report import figure_html, html_page
 
 __all__ = ["TofuReport"]
 
@@ -246,23 +247,15 @@ class TofuReport:
             [[m.name, "-" if m.seed is None else str(m.seed), *(f"{m.utility[n]:.3f}" for n in utility_names)]
              for m in self.models],
         )  # fmt: skip
-        figure = self.plot().to_html(include_plotlyjs=True, full_html=False)
-        style = (
-            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
-        )
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in _NOTES.splitlines())
-        return (
-            "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            f"<title>TOFU {html.escape(self.split)}</title><style>{style}</style></head><body>"
-            f"<h1>TOFU {html.escape(self.split)} ({html.escape(self.size)}, "
-            f"{self.n_retain_authors} retain authors)</h1>"
+        title = f"TOFU {self.split} ({self.size}, {self.n_retain_authors} retain authors)"
+        body = (
             f"<pre>{html.escape(self._header())}</pre>{main}<ul>{notes}</ul>{spread_html}"
             f"<h2>Model utility, its nine parts</h2>{parts}"
-            f"{figure}"
+            f"{figure_html(self.plot())}"
             f"<h2>Run</h2><pre>{html.escape(json.dumps(jsonable(self.info), indent=1))}</pre>"
-            "</body></html>"
         )
+        return html_page(title, body)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``tofu.json`` and ``tofu.html`` into ``directory`` (created if needed); returns it."""

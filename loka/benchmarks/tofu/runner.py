@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loka.benchmarks.tofu import metrics as tm
 from loka.benchmarks.tofu.building import build_models
-from loka.benchmarks.tofu.config import METHODS, cache_dir_default, data_directory, file_hashes, make_config
+from loka.benchmarks.tofu.config import METHODS, data_directory, default_cache_dir, file_hashes, make_config
 from loka.benchmarks.tofu.data import load_data
 from loka.benchmarks.tofu.report import TofuReport
 from loka.benchmarks.tofu.scoring import TofuScores, evaluate_model, jsonable
@@ -63,7 +63,7 @@ def run(
     ``n_retain_authors``: how many other authors (the first ones of ``full``) both models train
     on (default: 10, or 3 for ``size="tiny"``; from 3 to 200 minus the forget authors).
     ``data_dir``: TOFU's JSONL files (default ``$LOKA_TOFU_DIR``). ``cache_dir``: where the trained
-    models are kept (default :func:`cache_dir_default`). ``methods``: any of ``"loka"``,
+    models are kept (default :func:`default_cache_dir`). ``methods``: any of ``"loka"``,
     ``"gradient_ascent"``, ``"task_vector"``, in row order. ``method_options``: per-method options
     passed to :func:`loka.methods.unlearn` (e.g. ``{"gradient_ascent": {"lr": 1e-4}}``); the sets,
     seed and budget are the protocol's and cannot be set there. ``seed``: the models' training
@@ -98,7 +98,7 @@ def run(
     config = replace(config, data=file_hashes(directory))
     data = load_data(config, directory)
     protocol = data.protocol
-    cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache / f"{size}-{split}-r{config.n_retain_authors}-{config.key()}"
     built_now = not (root / "build.json").is_file()
     if built_now:

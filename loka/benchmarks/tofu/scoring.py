@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,7 +17,8 @@ import torch
 from loka.benchmarks.tofu import metrics as tm
 from loka.benchmarks.tofu.config import TEMPLATE
 from loka.benchmarks.tofu.data import TofuData
-from loka.data import Fact, KnowledgeSet
+from loka.data import Fact, KnowledgeSet, token_log_probs
+from loka.files import json_default
 from loka.membership import DEFAULT_MIN_K
 from loka.models import hf_model, plain_copy
 from loka.models import logits as model_logits
@@ -72,15 +74,8 @@ class TofuScores:
 
 
 def jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    if isinstance(value, KnowledgeSet):
-        return f"KnowledgeSet({value.name!r}, {len(value)} facts)"
-    return repr(value)
+    """``value`` as JSON data (mapping keys as strings; see :func:`loka.files.json_default`)."""
+    return json.loads(json.dumps(value, default=json_default))
 
 
 @torch.no_grad()
@@ -112,7 +107,7 @@ def _answer_log_probs(
         mask = torch.cat([batch.attention_mask, torch.zeros_like(batch.attention_mask[:, :1])], dim=1)
         mask[rows, lengths] = 1
         logits = model_logits(model, ids.to(device), attention_mask=mask.to(device))
-        picked = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1).float().cpu()
+        picked = token_log_probs(logits[:, :-1], ids[:, 1:].to(device)).cpu()
         for i in range(len(batch)):
             end = int(lengths[i])  # picked[:, p] scores ids[:, p + 1]; the EOS sits at ids[:, end]
             out[order[done + i]] = picked[i, end - int(n_answer[i]) - 1 : end]
