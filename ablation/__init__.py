@@ -25,7 +25,7 @@ components matter is attribution's question, and ablation never scores a model i
 
 Typical use::
 
-    mask = AblationMask.from_scores(scores, k=100, kind="neuron")
+    mask = AblationMask.from_scores(scores, k=100, kind="neurons")
     with ablate(model, mask):
         ...                                  # study the ablated model
     edited = bake(model, mask)               # or edit(model, mask, objective)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ablation.mask import BAKEABLE_MODES, AblationMask
+from loka.errors import UsageError
 from loka.models import (
     WeightSlice,
     architecture,
@@ -111,11 +112,11 @@ def bake(model: Any, mask: AblationMask, *, missing_bias: MissingBias = "refuse"
     on; see the module docstring).
     """
     if not isinstance(mask, AblationMask):
-        raise TypeError(f"mask must be an ablation.AblationMask, got {type(mask).__name__}")
+        raise UsageError(f"mask must be an ablation.AblationMask, got {type(mask).__name__}")
     if missing_bias not in MISSING_BIAS:
-        raise ValueError(f"unknown missing_bias {missing_bias!r}; use one of {MISSING_BIAS}")
+        raise UsageError(f"unknown missing_bias {missing_bias!r}; use one of {MISSING_BIAS}")
     if mask.mode not in BAKEABLE_MODES:
-        raise ValueError(
+        raise UsageError(
             f"mode {mask.mode!r} replaces activations with those of other inputs at run time, so it has "
             f"no weight equivalent and cannot be baked; bake supports {BAKEABLE_MODES} (use ablation.ablate "
             "for resample ablation)"
@@ -129,7 +130,7 @@ def bake(model: Any, mask: AblationMask, *, missing_bias: MissingBias = "refuse"
             model_type = architecture(model).model_type
             where = "; ".join(f"{kind}s in layers {layers}" for kind, layers in missing.items())
             if missing_bias == "refuse" or model_type not in _BIAS_SWITCHES:
-                raise ValueError(
+                raise UsageError(
                     f"mean mode folds each mean into the output bias, but this {model_type} model has no "
                     f"output bias for the ablated {where}. Bake with mode 'zero' or 'scale', use "
                     "ablation.ablate for mean ablation, or pass missing_bias='add' to switch on the "

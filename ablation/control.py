@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from loka.errors import UsageError
 from loka.models import hf_state_dict, plain_copy, same_kind_as
 
 __all__ = ["random_edit_like", "random_change_like"]
@@ -52,12 +53,12 @@ def random_edit_like(model: Any, edited: Any, *, seed: int = 0) -> Any:
     original, changed = hf_state_dict(model), hf_state_dict(edited)
     if original.keys() != changed.keys():
         extra = sorted(original.keys() ^ changed.keys())
-        raise ValueError(f"edited model has different weights from the original (e.g. {extra[0]!r}); same model needed")
+        raise UsageError(f"edited model has different weights from the original (e.g. {extra[0]!r}); same model needed")
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for name, weight in original.items():
         if changed[name].shape != weight.shape:
-            raise ValueError(f"{name} has shape {tuple(changed[name].shape)} in edited, {tuple(weight.shape)} here")
+            raise UsageError(f"{name} has shape {tuple(changed[name].shape)} in edited, {tuple(weight.shape)} here")
         change = changed[name].to(weight.device, weight.dtype) - weight
         state[name] = weight + random_change_like(change, generator).to(weight.device) if change.any() else weight
     return same_kind_as(plain_copy(model, state=state), model)

@@ -21,6 +21,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from ablation.rewrite_keys import check_layers, check_model, device_of, post_hook, run_edited, w_out
 from loka.data import KnowledgeSet
+from loka.errors import UsageError
 from loka.models import ModelFingerprint, fingerprint
 
 __all__ = ["KeyCovariance", "key_covariance"]
@@ -41,7 +42,7 @@ class KeyCovariance:
 
     def of(self, layer: int) -> Float[Tensor, "d_mlp d_mlp"]:
         if layer not in self.layers:
-            raise ValueError(f"this key covariance has layers {list(self.layers)}, not layer {layer}")
+            raise UsageError(f"this key covariance has layers {list(self.layers)}, not layer {layer}")
         return self.matrices[self.layers.index(layer)]
 
     def metadata(self) -> dict[str, Any]:
@@ -67,7 +68,7 @@ class KeyCovariance:
         matrices = load_file(str(path))["covariance"]
         layers = tuple(int(layer) for layer in meta["layers"])
         if matrices.ndim != 3 or matrices.shape[0] != len(layers):
-            raise ValueError(f"{path}: expected {len(layers)} covariance matrices, got shape {tuple(matrices.shape)}")
+            raise UsageError(f"{path}: expected {len(layers)} covariance matrices, got shape {tuple(matrices.shape)}")
         return cls(layers, matrices, int(meta["n_tokens"]), ModelFingerprint.from_dict(meta["fingerprint"]))
 
 

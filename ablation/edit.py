@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ablation.mask import AblationMask
 from ablation.params import parameter_masks
 from loka.checks import check_number
+from loka.errors import UsageError
 from loka.models import plain_copy, same_kind_as
 
 __all__ = ["Optimizer", "edit"]
@@ -73,15 +74,15 @@ def edit(
         The edited copy, the same kind of model as ``model``.
     """
     if not isinstance(mask, AblationMask):
-        raise TypeError(f"mask must be an ablation.AblationMask, got {type(mask).__name__}")
+        raise UsageError(f"mask must be an ablation.AblationMask, got {type(mask).__name__}")
     if not callable(objective):
-        raise TypeError(f"objective must be a callable model -> scalar loss, got {type(objective).__name__}")
+        raise UsageError(f"objective must be a callable model -> scalar loss, got {type(objective).__name__}")
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}")
+        raise UsageError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}")
     check_number("steps", steps, low=1, integer=True)
     check_number("lr", lr, above=True)
     if len(mask) == 0:
-        raise ValueError("edit needs at least one masked component to train, but the mask is empty")
+        raise UsageError("edit needs at least one masked component to train, but the mask is empty")
     mask.validate(model)
 
     trainable = plain_copy(model)
@@ -109,12 +110,12 @@ def edit(
                     if not isinstance(loss, Tensor)
                     else f"a tensor of shape {list(loss.shape)} with requires_grad={loss.requires_grad}"
                 )
-                raise ValueError(
+                raise UsageError(
                     f"objective must return a scalar loss tensor that depends on the model's weights, got {got}"
                 )
             value = float(loss.detach())
             if not torch.isfinite(loss.detach()):
-                raise ValueError(f"objective returned a non-finite loss ({value}) at step {step}")
+                raise UsageError(f"objective returned a non-finite loss ({value}) at step {step}")
             loss.reshape(()).backward()
             opt.step()
             with torch.no_grad():

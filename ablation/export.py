@@ -44,6 +44,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ablation.mask import AblationMask
 from ablation.mask_file import file_sha256
+from loka.errors import UsageError
 from loka.files import check_output
 from loka.models import ModelFingerprint, fingerprint, hf_model, hf_state_dict, quiet_transformers
 
@@ -81,7 +82,7 @@ def _as_json(name: str, value: Any) -> Any:
     try:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be JSON-serialisable (numbers, strings, lists, dicts): {err}") from err
+        raise UsageError(f"{name} must be JSON-serialisable (numbers, strings, lists, dicts): {err}") from err
 
 
 def _source_dirs(model: Any, source: Any) -> list[Path]:
@@ -114,10 +115,10 @@ def _source_record(source: Any, mask: AblationMask | None, dirs: list[Path]) -> 
     if isinstance(source, str | os.PathLike):
         path = Path(source).expanduser().resolve()
         if not (path / "config.json").is_file():
-            raise ValueError(f"source {os.fspath(source)!r} is not a Hugging Face model directory (no config.json)")
+            raise UsageError(f"source {os.fspath(source)!r} is not a Hugging Face model directory (no config.json)")
         return {"path": str(path), "fingerprint": _fingerprint_dir(path).to_dict()}
     if source is not None:
-        raise ValueError(
+        raise UsageError(
             f"source must be the source checkpoint's directory or the source model, got {type(source).__name__}"
         )
     if dirs:
@@ -135,7 +136,7 @@ def _check_target(out_dir: Path, dirs: list[Path], overwrite: bool) -> None:
                 if resolved == src
                 else f"a directory that contains the source checkpoint {src}"
             )
-            raise ValueError(f"refusing to export onto {out_dir}: it is {what}; choose a new directory")
+            raise UsageError(f"refusing to export onto {out_dir}: it is {what}; choose a new directory")
     check_output(
         out_dir,
         overwrite=overwrite,
@@ -219,7 +220,7 @@ def _write_tokenizer(model: Any, tokenizer: Any, tmp: Path, dirs: list[Path]) ->
             return f"copied from {src}"
     own = getattr(model, "tokenizer", None)
     if own is None:
-        raise ValueError(
+        raise UsageError(
             "no tokenizer to export: the source directory is unknown and the model has none; pass tokenizer=..."
         )
     logger.warning("exporting the bridge's tokenizer; it may add a BOS token that the source tokenizer did not")
@@ -282,11 +283,11 @@ def export_checkpoint(
     hf_model(model)  # TypeError for anything that is not a model
     out_dir = Path(out_dir).expanduser()
     if mask is not None and not isinstance(mask, AblationMask):
-        raise TypeError(f"mask must be an ablation.AblationMask or None, got {type(mask).__name__}")
+        raise UsageError(f"mask must be an ablation.AblationMask or None, got {type(mask).__name__}")
     if notes is not None and not isinstance(notes, str):
-        raise ValueError(f"notes must be a string, got {type(notes).__name__}")
+        raise UsageError(f"notes must be a string, got {type(notes).__name__}")
     if method is not None and not isinstance(method, str):
-        raise ValueError(f"method must be a string, got {type(method).__name__}")
+        raise UsageError(f"method must be a string, got {type(method).__name__}")
     settings_json = _as_json("settings", None if settings is None else dict(settings))
     evaluation_json = _as_json("evaluation", evaluation)
     dirs = _source_dirs(model, source)

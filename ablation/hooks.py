@@ -34,6 +34,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from ablation.mask import AblationMask, MeanActivations
 from loka.components import hook_name
 from loka.data import FactBatch
+from loka.errors import UsageError
 from loka.models import logits as model_logits
 from loka.recording import class_means, record
 
@@ -45,7 +46,7 @@ HookFn = Callable[[Tensor, Any], Tensor]
 
 def _require_bridge(model: Any, what: str) -> TransformerBridge:
     if not isinstance(model, TransformerBridge):
-        raise TypeError(
+        raise UsageError(
             f"{what} runs TransformerLens hooks, so it needs a TransformerBridge (loka.load_model), "
             f"got {type(model).__name__}; for a plain Hugging Face model use ablation.bake"
         )
@@ -64,7 +65,7 @@ def _forward_kwargs(inputs: Inputs, attention_mask: Tensor | None, position_ids:
             "position_ids": inputs.position_ids,
         }
     if not isinstance(inputs, Tensor) or inputs.dim() != 2 or inputs.dtype.is_floating_point:
-        raise ValueError("inputs must be token ids [batch, pos] (an integer tensor) or a loka.data.FactBatch")
+        raise UsageError("inputs must be token ids [batch, pos] (an integer tensor) or a loka.data.FactBatch")
     return {"input_ids": inputs, "attention_mask": attention_mask, "position_ids": position_ids}
 
 
@@ -104,7 +105,7 @@ def _resampling_hook(dim: int, index: Tensor, source: Tensor, name: str) -> Hook
 
     def hook_fn(activation: Tensor, hook: Any) -> Tensor:
         if activation.shape[:2] != source.shape[:2]:
-            raise ValueError(
+            raise UsageError(
                 f"resample ablation at {name}: the model is running on [batch, pos] = "
                 f"{list(activation.shape[:2])} but resample_from has {list(source.shape[:2])}; "
                 "pass other inputs of the same shape"
@@ -131,7 +132,7 @@ def ablation_hooks(
     sources: dict[str, Tensor] = {}
     if mask.mode == "resample":
         if resample_from is None:
-            raise ValueError("mode 'resample' replaces activations with those of other inputs: pass resample_from=...")
+            raise UsageError("mode 'resample' replaces activations with those of other inputs: pass resample_from=...")
         names = [hook_name(kind, layer) for kind in ("neuron", "head") for layer in _layers(mask, kind)]
         with model.hooks(fwd_hooks=[record(sources, name) for name in names]):
             _run(model, _forward_kwargs(resample_from, resample_attention_mask, None))
@@ -186,12 +187,12 @@ def ablate(
     """
     _require_bridge(model, "ablate")
     if not isinstance(mask, AblationMask):
-        raise TypeError(f"mask must be an ablation.AblationMask, got {type(mask).__name__}")
+        raise UsageError(f"mask must be an ablation.AblationMask, got {type(mask).__name__}")
     mask.validate(model)
     if mask.mode == "resample" and resample_from is None:
-        raise ValueError("mode 'resample' replaces activations with those of other inputs: pass resample_from=...")
+        raise UsageError("mode 'resample' replaces activations with those of other inputs: pass resample_from=...")
     if mask.mode != "resample" and resample_from is not None:
-        raise ValueError(f"resample_from is only used by mode='resample' masks; this mask's mode is {mask.mode!r}")
+        raise UsageError(f"resample_from is only used by mode='resample' masks; this mask's mode is {mask.mode!r}")
     hooks = ablation_hooks(model, mask, resample_from=resample_from, resample_attention_mask=resample_attention_mask)
     with model.hooks(fwd_hooks=hooks):
         yield model
@@ -214,11 +215,11 @@ def mean_activations(
     _require_bridge(model, "mean_activations")
     kwargs = _forward_kwargs(inputs, attention_mask, position_ids)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
     ids = kwargs["input_ids"]
     weights = kwargs["attention_mask"] if kwargs["attention_mask"] is not None else torch.ones_like(ids)
     if int(weights.sum()) == 0:
-        raise ValueError("inputs have no real tokens (the attention mask is all zero)")
+        raise UsageError("inputs have no real tokens (the attention mask is all zero)")
     n_layers = model.cfg.n_layers
     device = _device(model)
     names = [hook_name(kind, layer) for kind in ("neuron", "head") for layer in range(n_layers)]  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ Masks compose like sets of components (``a | b``, ``a & b``, ``a - b``, ``len(a)
 readable JSON file with the values in safetensors beside it (:meth:`save` / :meth:`load`, see
 :mod:`ablation.mask_file`), and draw themselves (:meth:`plot`, layers on the y axis)::
 
-    mask = AblationMask.from_scores(scores, k=100, kind="neuron")
+    mask = AblationMask.from_scores(scores, k=100, kind="neurons")
     control = AblationMask.random_like(mask, seed=0)      # same count per layer, random neurons
     mask.save("forget_mask.json")
 """
@@ -53,12 +53,14 @@ from ablation.mask_schema import BAKEABLE_MODES, MODE_VALUES, MODES, VALUE_FIELD
 from ablation.plot import plot_strengths
 from ablation.selection import count_for, random_like_layers, select_top
 from loka.components import Component, ComponentShapes, from_masks, to_masks
+from loka.errors import UsageError
 from loka.models import ModelFingerprint, fingerprint, head_output_weights
 
 __all__ = ["AblationMask", "MeanActivations", "Mode", "MODES", "BAKEABLE_MODES", "KindChoice", "check_mode"]
 
-KindChoice = Literal["neuron", "head", "all"]
+KindChoice = Literal["neurons", "heads", "all"]  # the pool to rank, in attribution's and loka's words
 KIND_CHOICES: tuple[KindChoice, ...] = get_args(KindChoice)
+_KIND_ALIASES = {"neuron": "neurons", "head": "heads"}  # the singular of a component address is accepted
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +83,7 @@ def _bool_matrix(name: str, value: Any) -> Tensor | None:
         got = (
             f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
         )
-        raise ValueError(f"{name} must be a 2-d bool tensor [n_layers, width], got {got}")
+        raise UsageError(f"{name} must be a 2-d bool tensor [n_layers, width], got {got}")
     return value.detach().to("cpu").clone()
 
 
@@ -89,14 +91,14 @@ def _float_values(name: str, value: Any, shape: tuple[int, ...]) -> Tensor:
     """Check a values tensor (``head_means`` has a trailing ``d_head`` axis) and copy it to the CPU."""
     if not isinstance(value, Tensor) or not value.is_floating_point():
         got = value.dtype if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"{name} must be a float tensor, got {got}")
+        raise UsageError(f"{name} must be a float tensor, got {got}")
     want: list[Any] = [*shape, "d_head"] if name == "head_means" else list(shape)
     if list(value.shape[: len(shape)]) != list(shape) or value.dim() != len(want) or value.numel() == 0:
-        raise ValueError(f"{name} must have shape {want}, got {list(value.shape)}")
+        raise UsageError(f"{name} must have shape {want}, got {list(value.shape)}")
     bad = ~torch.isfinite(value)
     if bad.any():
         where = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name}{list(where)} is {value[where].item()}; values must be finite")
+        raise UsageError(f"{name}{list(where)} is {value[where].item()}; values must be finite")
     return value.detach().to("cpu").clone()
 
 
@@ -124,11 +126,11 @@ class AblationMask:
         set_("neurons", _bool_matrix("neurons", self.neurons))
         set_("heads", _bool_matrix("heads", self.heads))
         if self.neurons is None and self.heads is None:
-            raise ValueError("an AblationMask needs a neurons or a heads tensor (or both)")
+            raise UsageError("an AblationMask needs a neurons or a heads tensor (or both)")
         if self.neurons is not None and self.heads is not None and len(self.neurons) != len(self.heads):
-            raise ValueError(f"neurons has {len(self.neurons)} layers but heads has {len(self.heads)}")
+            raise UsageError(f"neurons has {len(self.neurons)} layers but heads has {len(self.heads)}")
         if self.fingerprint is not None and not isinstance(self.fingerprint, ModelFingerprint):
-            raise ValueError(
+            raise UsageError(
                 f"fingerprint must be a loka.models.ModelFingerprint, got {type(self.fingerprint).__name__}"
             )
         allowed = MODE_VALUES[self.mode]
@@ -143,16 +145,16 @@ class AblationMask:
                         if self.mode == "mean"
                         else "pass scale=... (one factor for all) or a tensor of factors"
                     )
-                    raise ValueError(
+                    raise UsageError(
                         f"mode {self.mode!r} needs {name} for the ablated {kind}s, but none were given; {how}"
                     )
                 continue
             if name not in allowed:
-                raise ValueError(
+                raise UsageError(
                     f"{name} is given but mode {self.mode!r} does not use it (it uses {allowed or 'no values'})"
                 )
             if kind_mask is None:
-                raise ValueError(f"{name} is given but the mask has no {name.split('_')[0]}s tensor")
+                raise UsageError(f"{name} is given but the mask has no {name.split('_')[0]}s tensor")
             set_(name, _float_values(name, value, tuple(kind_mask.shape)))
 
     # ------------------------------------------------------------------ sizes and contents
@@ -180,7 +182,7 @@ class AblationMask:
     def tensor(self, kind: Literal["neuron", "head"]) -> Tensor | None:
         """The bool mask of one kind (``None`` when the mask says nothing about it)."""
         if kind not in ("neuron", "head"):
-            raise ValueError(f"unknown component kind {kind!r}; use 'neuron' or 'head'")
+            raise UsageError(f"unknown component kind {kind!r}; use 'neuron' or 'head'")
         return self.neurons if kind == "neuron" else self.heads
 
     def __eq__(self, other: object) -> bool:
@@ -225,16 +227,16 @@ class AblationMask:
         if mode == self.mode and means is None and scale is None:
             return self
         if means is not None and mode != "mean":
-            raise ValueError(f"means are only used with mode='mean', not {mode!r}")
+            raise UsageError(f"means are only used with mode='mean', not {mode!r}")
         if scale is not None and mode != "scale":
-            raise ValueError(f"scale is only used with mode='scale', not {mode!r}")
+            raise UsageError(f"scale is only used with mode='scale', not {mode!r}")
         values: dict[str, Tensor | None] = dict.fromkeys(VALUE_FIELDS)
         if mode == "mean" and means is not None:
             values["neuron_means"] = None if self.neurons is None else getattr(means, "neurons", None)
             values["head_means"] = None if self.heads is None else getattr(means, "heads", None)
         if mode == "scale" and scale is not None:
             if isinstance(scale, bool) or not isinstance(scale, int | float):
-                raise ValueError(f"scale must be a number (the factor for every ablated component), got {scale!r}")
+                raise UsageError(f"scale must be a number (the factor for every ablated component), got {scale!r}")
             for name, m in (("neuron_scales", self.neurons), ("head_scales", self.heads)):
                 values[name] = None if m is None else torch.full(m.shape, float(scale))
         return replace(self, mode=mode, **values)
@@ -283,32 +285,34 @@ class AblationMask:
         ``None``) where larger means "matters more". When the object has an ``importance(kind)``
         method (AttributionScores does: it flips ablation effects, which are negative for the
         components the knowledge needs), its values are ranked instead. ``kind`` picks the pool:
-        ``"neuron"``, ``"head"``, or ``"all"`` (every kind the scores have, ranked together).
+        ``"neurons"``, ``"heads"``, or ``"all"`` (every kind the scores have, ranked together;
+        the singular ``"neuron"`` / ``"head"`` of a component address means the same).
         Give exactly one of ``k`` (a count) or ``fraction``
         (the smallest count that is at least that share of the pool); ``per_layer_max`` caps the
         components taken from one layer per kind. The model fingerprint is taken from
         ``scores.fingerprint``, or ``scores.metadata.model`` / ``.fingerprint`` when present.
         See :mod:`ablation.selection`.
         """
+        asked, kind = kind, _KIND_ALIASES.get(kind, kind)  # type: ignore[assignment]
         if kind not in KIND_CHOICES:
-            raise ValueError(f"unknown kind {kind!r}; use one of {KIND_CHOICES}")
+            raise UsageError(f"unknown kind {asked!r}; use one of {', '.join(map(repr, KIND_CHOICES))}")
         check_mode(mode)
         given = {name: getattr(scores, name, None) for name in ("neurons", "heads")}
         for name, value in given.items():
             if value is not None and not isinstance(value, Tensor):
-                raise ValueError(f"scores.{name} must be a tensor or None, got {type(value).__name__}")
+                raise UsageError(f"scores.{name} must be a tensor or None, got {type(value).__name__}")
         importance = getattr(scores, "importance", None)
         if callable(importance):  # AttributionScores: signed so that larger = carries more knowledge
             given = {name: None if value is None else importance(name) for name, value in given.items()}
         if all(v is None for v in given.values()):
-            raise ValueError(
+            raise UsageError(
                 f"{type(scores).__name__} has neither .neurons nor .heads scores; "
                 "pass an AttributionScores (or an object with those tensor attributes)"
             )
-        wanted = ("neurons", "heads") if kind == "all" else (f"{kind}s",)
+        wanted = ("neurons", "heads") if kind == "all" else (kind,)
         pool = {name: given[name] for name in wanted if given[name] is not None}
         if not pool:
-            raise ValueError(f"kind={kind!r} but scores.{wanted[0]} is None; use a kind the scores have")
+            raise UsageError(f"kind={asked!r} but scores.{wanted[0]} is None; use a kind the scores have")
         count = count_for(sum(t.numel() for t in pool.values()), k=k, fraction=fraction)
         chosen = select_top(pool, count, per_layer_max)
         masks = {
@@ -345,17 +349,17 @@ class AblationMask:
         if not isinstance(other, AblationMask):
             return NotImplemented  # type: ignore[return-value]
         if self.mode != other.mode:
-            raise ValueError(
+            raise UsageError(
                 f"cannot combine masks with different modes ({self.mode!r} {op} {other.mode!r}); "
                 "convert one with .with_mode(...) first"
             )
         if self.fingerprint is not None and other.fingerprint is not None and self.fingerprint != other.fingerprint:
-            raise ValueError(f"cannot combine masks made for different models ({op}): their fingerprints differ")
+            raise UsageError(f"cannot combine masks made for different models ({op}): their fingerprints differ")
         result: dict[str, Any] = {"fingerprint": self.fingerprint or other.fingerprint}
         for name in ("neurons", "heads"):
             a, b = getattr(self, name), getattr(other, name)
             if a is not None and b is not None and a.shape != b.shape:
-                raise ValueError(
+                raise UsageError(
                     f"cannot combine masks ({op}): {name} shapes {list(a.shape)} and {list(b.shape)} differ"
                 )
             if a is None and b is None:
@@ -402,7 +406,7 @@ class AblationMask:
             for f in fields(ModelFingerprint):
                 mine, theirs = getattr(self.fingerprint, f.name), getattr(fp, f.name)
                 if mine != theirs:
-                    raise ValueError(
+                    raise UsageError(
                         f"this mask was made for another model: {f.name} is {mine!r} in the mask's "
                         f"fingerprint but {theirs!r} for this model"
                     )
@@ -413,12 +417,12 @@ class AblationMask:
             what, width = widths[kind]
             for layer, index in m.nonzero().tolist():
                 if layer >= fp.n_layers or index >= width:
-                    raise ValueError(
+                    raise UsageError(
                         f"{kind} {_label(kind, layer, index)} is out of range for this model "
                         f"(n_layers = {fp.n_layers}, {what} = {width})"
                     )
             if tuple(m.shape) != (fp.n_layers, width):
-                raise ValueError(
+                raise UsageError(
                     f"the mask's {kind}s are shaped {list(m.shape)} but this model has "
                     f"[n_layers, {what}] = [{fp.n_layers}, {width}]"
                 )
@@ -426,7 +430,7 @@ class AblationMask:
             d_head = head_output_weights(model, 0, 0)
             d_head = d_head.stop - d_head.start
             if self.head_means.shape[-1] != d_head:
-                raise ValueError(
+                raise UsageError(
                     f"head_means have d_head = {self.head_means.shape[-1]} but this model has d_head = {d_head}"
                 )
         return fp

@@ -43,6 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ablation.mask_schema import FORMAT, KEYS, MODES, SCHEMA_VERSION, VALUE_FIELDS, WIDTHS, Mode
+from loka.errors import UsageError
 from loka.models import ModelFingerprint
 
 __all__ = ["MaskFile", "file_sha256", "mask_file_error", "mask_to_json", "read_mask", "values_path", "write_mask"]
@@ -104,7 +105,7 @@ def write_mask(mask: MaskFile, path: str | os.PathLike[str]) -> Path:
     """Write ``mask`` to ``path`` (JSON) and its values, if any, beside it; return ``path``."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        raise ValueError(f"{path}: name the JSON file (e.g. mask.json); the values go beside it as .safetensors")
+        raise UsageError(f"{path}: name the JSON file (e.g. mask.json); the values go beside it as .safetensors")
     tensors = {name: mask.values[name].contiguous() for name in VALUE_FIELDS if mask.values.get(name) is not None}
     values_file = sha = None
     if tensors:
@@ -120,9 +121,9 @@ def write_mask(mask: MaskFile, path: str | os.PathLike[str]) -> Path:
 # ---------------------------------------------------------------------------------- loading
 
 
-def mask_file_error(path: Path, message: str) -> ValueError:
+def mask_file_error(path: Path, message: str) -> UsageError:
     """The error for a problem in the mask file at ``path``: ``mask file {path}: {message}``."""
-    return ValueError(f"mask file {path}: {message}")
+    return UsageError(f"mask file {path}: {message}")
 
 
 def _int(path: Path, key: str, value: Any, *, minimum: int) -> int:
@@ -191,7 +192,7 @@ def read_mask(path: str | os.PathLike[str]) -> MaskFile:
     try:
         text = path.read_text()
     except OSError as err:
-        raise ValueError(f"cannot read mask file {path}: {err}") from err
+        raise UsageError(f"cannot read mask file {path}: {err}") from err
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
+from loka.errors import UsageError
+
 __all__ = [
     "BAKEABLE_MODES",
     "FORMAT",
@@ -47,4 +49,4 @@ WIDTHS = {"neurons": "d_mlp", "heads": "n_heads"}
 def check_mode(mode: Any, allowed: tuple[str, ...] = MODES) -> None:
     """ValueError unless ``mode`` is one of ``allowed``."""
     if mode not in allowed:
-        raise ValueError(f"unknown ablation mode {mode!r}; use one of {allowed}")
+        raise UsageError(f"unknown ablation mode {mode!r}; use one of {allowed}")

@@ -36,9 +36,10 @@ with the earlier layers' edits applied, layer ``l_i`` takes ``R_i = (z* - z_curr
 With ``erase_values="mean"``, ``z* - z`` is the sum over layers of ``V*_l - V_l``. One layer is ROME's edit
 with the covariance constraint written as a least-squares penalty.
 
-Keys are read at ``positions``: ``"answer"`` (the last prompt token), ``"subject"`` (the subject's
-last token) or ``"both"``, on each forget prompt and on its paraphrase prompts. The covariance is
-per model, not per request; compute it once with :func:`key_covariance` and save it::
+Keys are read at ``positions``: ``"last"`` (the last prompt token, where the answer is
+predicted), ``"subject"`` (the subject's last token) or ``"both"``, on each forget prompt and on
+its paraphrase prompts. The covariance is per model, not per request; compute it once with
+:func:`key_covariance` and save it::
 
     cov = key_covariance(model, retain, layers=[3])
     cov.save("cov.safetensors")                              # + cov.json, readable
@@ -82,6 +83,7 @@ from ablation.rewrite_keys import (
 from ablation.rewrite_targets import erase_change, nll_loss, optimised_change
 from loka.checks import check_knowledge
 from loka.data import FactBatch, KnowledgeSet, Prompts
+from loka.errors import UsageError
 from loka.models import architecture, fingerprint, hf_state_dict, plain_copy, same_kind_as
 from loka.objectives import unknown_loss
 from loka.recording import record
@@ -181,7 +183,7 @@ def rewrite(
     *,
     retain: KnowledgeSet | None,
     layers: Sequence[int] | int | None = None,
-    positions: Positions = "answer",
+    positions: Positions = "last",
     target: Literal["unknown"] | Mapping[str, str] = "unknown",
     lam: float = DEFAULT_LAM,
     covariance: KeyCovariance | None = None,
@@ -206,49 +208,49 @@ def rewrite(
     if reference is not None:
         reference = check_knowledge(reference, "reference")
     if erase_values not in ERASE_VALUES:
-        raise ValueError(f"unknown erase_values {erase_values!r}; use one of {ERASE_VALUES}")
+        raise UsageError(f"unknown erase_values {erase_values!r}; use one of {ERASE_VALUES}")
     if positions not in POSITIONS:
-        raise ValueError(f"unknown positions {positions!r}; use one of {POSITIONS}")
+        raise UsageError(f"unknown positions {positions!r}; use one of {POSITIONS}")
     if not lam >= 0:
-        raise ValueError(f"lam must be a non-negative number, got {lam!r}")
+        raise UsageError(f"lam must be a non-negative number, got {lam!r}")
     layers = check_layers(model, layers)
     kind: Literal["erase", "update"]
     if isinstance(target, str):
         if target != "unknown":
-            raise ValueError(f"target must be 'unknown' (erase) or a mapping {{fact_id: new_target}}, got {target!r}")
+            raise UsageError(f"target must be 'unknown' (erase) or a mapping {{fact_id: new_target}}, got {target!r}")
         kind = "erase"
         if reference is None and retain is None:
-            raise ValueError(
+            raise UsageError(
                 "erasing needs reference facts (reference=, e.g. holdout) or retain facts for the target values"
             )
     elif isinstance(target, Mapping):
         kind = "update"
         unknown = sorted(set(target) - set(forget.ids))
         if not target or unknown:
-            raise ValueError(
+            raise UsageError(
                 f"target names fact ids that are not in forget: {unknown[:5]}" if unknown else "target mapping is empty"
             )
         bad = [fid for fid, new in target.items() if not isinstance(new, str) or not new.strip()]
         if bad:
-            raise ValueError(f"new targets must be non-empty strings; not so for {bad[:5]}")
+            raise UsageError(f"new targets must be non-empty strings; not so for {bad[:5]}")
         forget = forget.filter(lambda f: f.id in target, name=f"{forget.name}/updated")
         forget = KnowledgeSet(tuple(replace(f, target=target[f.id]) for f in forget), name=forget.name)
     else:
-        raise ValueError(f"target must be 'unknown' or a mapping {{fact_id: new_target}}, got {type(target).__name__}")
+        raise UsageError(f"target must be 'unknown' or a mapping {{fact_id: new_target}}, got {type(target).__name__}")
     if covariance is None:
         if retain is None:
-            raise ValueError("pass retain facts (for the key covariance) or a precomputed covariance=")
+            raise UsageError("pass retain facts (for the key covariance) or a precomputed covariance=")
         covariance = key_covariance(model, retain, layers=layers)
     else:
         if not isinstance(covariance, KeyCovariance):
-            raise ValueError(f"covariance must be a KeyCovariance, got {type(covariance).__name__}")
+            raise UsageError(f"covariance must be a KeyCovariance, got {type(covariance).__name__}")
         if covariance.fingerprint != fingerprint(model):
-            raise ValueError(
+            raise UsageError(
                 "this key covariance was computed on another model (its fingerprint differs); recompute it"
             )
         missing = sorted(set(layers) - set(covariance.layers))
         if missing:
-            raise ValueError(f"the key covariance has layers {list(covariance.layers)} but not {missing}")
+            raise UsageError(f"the key covariance has layers {list(covariance.layers)} but not {missing}")
 
     prompts = Prompts.of(forget)
     last = layers[-1]

@@ -4,9 +4,10 @@ The rewrite (:mod:`ablation.rewrite`) edits ``W_out`` so that the *keys* of forg
 to new values; this module reads those keys. :func:`run_edited` runs a bridge once with
 ``hook_post @ Delta`` added to chosen layers' MLP outputs (the edit as hooks) and saves the
 activations asked for (recorded with :func:`loka.recording.record`); :func:`read_keys` gathers
-the keys of every prompt (:class:`loka.data.Prompts`) at the ``"answer"`` position (the last
-prompt token), at the subject's last token or at both. The input checks shared by the rewrite, the
-key covariance and the targets are here too.
+the keys of every prompt (:class:`loka.data.Prompts`) at the ``"last"`` prompt token (the
+position that predicts the answer; the same word as :mod:`attribution.positions`), at the
+subject's last token or at both. The input checks shared by the rewrite, the key covariance and
+the targets are here too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from loka.data import FactBatch, Prompts
+from loka.errors import UsageError
 from loka.models import architecture, hf_model, hf_state_dict, logits
 from loka.recording import record
 
@@ -41,7 +43,7 @@ __all__ = [
     "w_out",
 ]
 
-Positions = Literal["answer", "subject", "both"]
+Positions = Literal["last", "subject", "both"]  # "last": the last prompt token, as in attribution
 POSITIONS: tuple[Positions, ...] = get_args(Positions)
 BATCH_SIZE = 64
 HookList = list[tuple[str, Callable[..., Tensor]]]
@@ -106,7 +108,7 @@ def device_of(model: Any) -> torch.device:
 
 def check_model(model: Any) -> None:
     if not isinstance(model, TransformerBridge):
-        raise TypeError(
+        raise UsageError(
             f"rewrite reads keys through TransformerLens hooks: pass a TransformerBridge, got {type(model).__name__}"
         )
 
@@ -123,10 +125,10 @@ def check_layers(model: Any, layers: Sequence[int] | int | None) -> tuple[int, .
         layers = (layers,)
     chosen = tuple(sorted(set(layers)))
     if not chosen:
-        raise ValueError("layers is empty; pass at least one MLP layer (or None for the last one)")
+        raise UsageError("layers is empty; pass at least one MLP layer (or None for the last one)")
     bad = [layer for layer in chosen if not isinstance(layer, int) or not 0 <= layer < n]
     if bad:
-        raise ValueError(f"layer(s) {bad} do not exist: this model has MLP layers 0..{n - 1}")
+        raise UsageError(f"layer(s) {bad} do not exist: this model has MLP layers 0..{n - 1}")
     return chosen
 
 
@@ -139,12 +141,12 @@ def w_out(model: Any, layer: int, state: Mapping[str, Tensor] | None = None) -> 
 
 def key_positions(batch: FactBatch, positions: Positions) -> Int[Tensor, "batch cls"]:
     answer = batch.answer_positions
-    if positions == "answer":
+    if positions == "last":
         return answer[:, None]
     has_subject = batch.subject_mask.any(-1)
     if not has_subject.all():
         missing = batch.fact_ids[int((~has_subject).nonzero()[0])]
-        raise ValueError(
+        raise UsageError(
             f"positions={positions!r} needs each prompt to contain its fact's subject, but {missing!r} does not"
         )
     index = torch.arange(batch.subject_mask.shape[1], device=answer.device)

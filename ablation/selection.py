@@ -23,22 +23,24 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from loka.errors import UsageError
+
 __all__ = ["count_for", "random_like_layers", "select_top"]
 
 
 def count_for(pool_size: int, *, k: int | None, fraction: float | None) -> int:
     """How many components to choose from a pool of ``pool_size`` (exactly one of k / fraction)."""
     if (k is None) == (fraction is None):
-        raise ValueError("give exactly one of k (a count) or fraction (a share of the components), not both or neither")
+        raise UsageError("give exactly one of k (a count) or fraction (a share of the components), not both or neither")
     if k is not None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"k must be a non-negative integer, got {k!r}")
+            raise UsageError(f"k must be a non-negative integer, got {k!r}")
         if k > pool_size:
-            raise ValueError(f"k={k} is more than the {pool_size} components that can be chosen")
+            raise UsageError(f"k={k} is more than the {pool_size} components that can be chosen")
         return k
     assert fraction is not None
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+        raise UsageError(f"fraction must be a number in (0, 1], got {fraction!r}")
     return min(pool_size, math.ceil(fraction * pool_size - 1e-9))
 
 
@@ -46,7 +48,7 @@ def _check_finite(name: str, scores: Tensor) -> None:
     bad = ~torch.isfinite(scores)
     if bad.any():
         layer, index = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name}[{layer}, {index}] is {scores[layer, index].item()}; scores must be finite")
+        raise UsageError(f"{name}[{layer}, {index}] is {scores[layer, index].item()}; scores must be finite")
 
 
 def select_top(
@@ -62,14 +64,14 @@ def select_top(
     if per_layer_max is not None and (
         isinstance(per_layer_max, bool) or not isinstance(per_layer_max, int) or per_layer_max < 1
     ):
-        raise ValueError(f"per_layer_max must be a positive integer or None, got {per_layer_max!r}")
+        raise UsageError(f"per_layer_max must be a positive integer or None, got {per_layer_max!r}")
     flat, groups, sizes = [], [], []
     n_groups = 0
     for name, tensor in scores.items():
         if tensor.dim() != 2:
-            raise ValueError(f"scores.{name} must be 2-d [n_layers, width], got shape {tuple(tensor.shape)}")
+            raise UsageError(f"scores.{name} must be 2-d [n_layers, width], got shape {tuple(tensor.shape)}")
         if not tensor.is_floating_point():
-            raise ValueError(f"scores.{name} must be a float tensor, got {tensor.dtype}")
+            raise UsageError(f"scores.{name} must be a float tensor, got {tensor.dtype}")
         tensor = tensor.detach().to("cpu", torch.float64)
         _check_finite(f"scores.{name}", tensor)
         n_layers, width = tensor.shape
@@ -90,7 +92,7 @@ def select_top(
         rank[by_group] = torch.arange(len(order)) - starts[sorted_group[by_group]]
         order = order[rank < per_layer_max]
         if count > len(order):
-            raise ValueError(
+            raise UsageError(
                 f"only {len(order)} components can be chosen with per_layer_max={per_layer_max}, "
                 f"but {count} were asked for"
             )

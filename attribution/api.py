@@ -68,6 +68,7 @@ from attribution.positions import Positions, check_positions
 from attribution.scores import AttributionScores, ScoresMetadata, parse_kind
 from loka.components import Component, ComponentShapes, Kind, hook_name
 from loka.data import Fact, KnowledgeSet
+from loka.errors import UsageError
 from loka.models import fingerprint
 
 __all__ = ["AttributionMethod", "ATTRIBUTION_METHODS", "attribute", "patch_components", "ComponentEffects"]
@@ -90,14 +91,14 @@ def _kinds(components: str | Iterable[str]) -> tuple[Kind, ...]:
         components = (components,)
     components = tuple(components)
     if not components:
-        raise ValueError("components is empty; use 'neurons', 'heads' or both")
+        raise UsageError("components is empty; use 'neurons', 'heads' or both")
     kinds: list[Kind] = []
     for value in components:
         if not isinstance(value, str) or value not in ("neurons", "heads", "neuron", "head"):
             hint = (
                 " (to patch chosen components, use attribution.patch_components)" if not isinstance(value, str) else ""
             )
-            raise ValueError(f"unknown components {value!r}; use 'neurons', 'heads' or both{hint}")
+            raise UsageError(f"unknown components {value!r}; use 'neurons', 'heads' or both{hint}")
         kind = parse_kind(value)
         if kind not in kinds:
             kinds.append(kind)
@@ -114,7 +115,7 @@ def attribute(
     positions: Positions = "all",
     direction: Direction | None = None,
     corruption: CorruptionKind | Corruption | None = None,
-    reference: KnowledgeSet | None = None,
+    donors: KnowledgeSet | None = None,
     metric: MetricName | None = None,
     contrast: Mapping[str, str] | None = None,
     samples: int = 1,
@@ -131,8 +132,8 @@ def attribute(
         components: ``"neurons"``, ``"heads"`` or both; a kind not asked for is ``None`` in the result.
         baseline: what an activation is replaced with: ``"corrupt"`` (default: the fact's own run
             with its subject, or its whole prompt, obscured by ``corruption``), ``"zero"``,
-            ``"mean"`` (per position class, over ``reference``) or ``"resample"`` (a donor fact's
-            run from ``reference``).
+            ``"mean"`` (per position class, over ``donors``) or ``"resample"`` (a donor fact's
+            run from ``donors``).
         positions: where components are patched / read: ``"all"`` tokens (default), the
             ``"last"`` prompt token, or the ``"subject"`` tokens (every fact must then have a
             subject in its prompt).
@@ -144,7 +145,7 @@ def attribute(
             its prompt, 10 samples) or ``"subject"`` (another subject of the same token length),
             or a :class:`~attribution.corruption.Corruption` for other settings (its ``span``
             chooses the noised tokens).
-        reference: the set ``"mean"`` averages over and ``"resample"`` / ``"subject"`` draw from
+        donors: the set ``"mean"`` averages over and ``"resample"`` / ``"subject"`` draw from
             (default: ``knowledge`` itself).
         metric: ``"log_prob"`` (default) or ``"logit_diff"`` (default when ``contrast`` is
             given); ``contrast`` maps every fact id to its contrast answer.
@@ -169,7 +170,7 @@ def attribute(
     model = check_model(model)
     knowledge = check_knowledge(knowledge)
     if method not in ATTRIBUTION_METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {', '.join(map(repr, ATTRIBUTION_METHODS))}")
+        raise UsageError(f"unknown method {method!r}; use one of {', '.join(map(repr, ATTRIBUTION_METHODS))}")
     kinds = _kinds(components)
     positions = check_positions(positions)
     direction = default_direction(baseline, direction)
@@ -185,7 +186,7 @@ def attribute(
         baseline=baseline,
         direction=direction,
         corruption=corruption,
-        reference=reference,
+        donors=donors,
         positions=positions,
         metric=fact_metric,
         seed=seed,
@@ -262,7 +263,7 @@ def patch_components(
     positions: Positions = "all",
     direction: Direction = "ablate",
     corruption: CorruptionKind | Corruption | None = None,
-    reference: KnowledgeSet | None = None,
+    donors: KnowledgeSet | None = None,
     metric: MetricName | None = None,
     contrast: Mapping[str, str] | None = None,
     samples: int = 1,
@@ -279,7 +280,7 @@ def patch_components(
     shapes = ComponentShapes.of(model)
     chosen = tuple(shapes.check(Component.parse(c)) for c in components)
     if not chosen:
-        raise ValueError("no components to patch")
+        raise UsageError("no components to patch")
     positions = check_positions(positions)
     batch_size = check_batch_size(batch_size)
     fact_metric = FactMetric.resolve(metric, contrast)
@@ -292,7 +293,7 @@ def patch_components(
         baseline=baseline,
         direction=direction,
         corruption=corruption,
-        reference=reference,
+        donors=donors,
         positions=positions,
         metric=fact_metric,
         seed=seed,

@@ -4,12 +4,12 @@ Patching a component means running the model with that component's activation re
 *baseline* value and reading how the metric moves. The baselines:
 
 - ``"zero"``: 0 (zero ablation).
-- ``"mean"``: the mean activation over a reference KnowledgeSet (default: the set being
+- ``"mean"``: the mean activation over a donor KnowledgeSet (``donors``; default: the set being
   attributed), taken per position class (:func:`attribution.positions.position_classes`: BOS,
   subject tokens, last prompt token, target tokens, ...), so that a last-token activation is
   replaced by the mean last-token activation and not by an average over unlike positions.
 - ``"resample"``: the same component's activation on another fact's run (a *donor* from the
-  reference set: another fact, about another subject where subjects are known, of the same
+  donor set: another fact, about another subject where subjects are known, of the same
   prompt length where there is one). Positions are aligned at the last prompt token.
 - ``"corrupt"``: the same component's activation on a *corrupted* run of the same fact, where the
   subject is obscured, ROME-style (:mod:`attribution.corruption`: Gaussian noise on the subject's
@@ -57,6 +57,7 @@ from attribution.metric import FactMetric, Targets
 from attribution.positions import POSITION_CLASSES, Positions, position_classes, position_mask, subject_tokens
 from attribution.runs import Run, forward
 from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
+from loka.errors import UsageError
 from loka.recording import class_means, record
 
 __all__ = [
@@ -107,11 +108,11 @@ class Setup:
 
 
 class Baselines:
-    """Builds :class:`Setup` s for one attribution: baseline, direction, corruption, reference.
+    """Builds :class:`Setup` s for one attribution: baseline, direction, corruption, donors.
 
     Construction encodes the knowledge set once, in batches of ``batch_size`` (:attr:`batches`:
     pass each to :meth:`setup`), validates the options against it (and, for ``"mean"``, runs the
-    reference set once to average its activations at ``hooks``).
+    donor set once to average its activations at ``hooks``).
     """
 
     def __init__(
@@ -123,7 +124,7 @@ class Baselines:
         baseline: str,
         direction: str,
         corruption: Corruption | str | None,
-        reference: KnowledgeSet | None,
+        donors: KnowledgeSet | None,
         positions: Positions,
         metric: FactMetric,
         seed: int = 0,
@@ -132,33 +133,33 @@ class Baselines:
         progress: bool = False,
     ) -> None:
         if baseline not in BASELINES:
-            raise ValueError(f"unknown baseline {baseline!r}; use one of {allowed(BASELINES)}")
+            raise UsageError(f"unknown baseline {baseline!r}; use one of {allowed(BASELINES)}")
         if direction not in DIRECTIONS:
-            raise ValueError(f"unknown direction {direction!r}; use one of {allowed(DIRECTIONS)}")
+            raise UsageError(f"unknown direction {direction!r}; use one of {allowed(DIRECTIONS)}")
         if direction == "denoise" and baseline != "corrupt":
-            raise ValueError(
+            raise UsageError(
                 "direction='denoise' restores clean activations into a corrupted run, so it needs "
                 f"baseline='corrupt' (got baseline={baseline!r})"
             )
         if baseline != "corrupt" and corruption is not None:
-            raise ValueError(f"a corruption only applies to baseline='corrupt', not baseline={baseline!r}")
+            raise UsageError(f"a corruption only applies to baseline='corrupt', not baseline={baseline!r}")
         self.corruption = Corruption.parse(corruption or "noise") if baseline == "corrupt" else None
-        uses_reference = baseline in ("mean", "resample") or (
+        uses_donors = baseline in ("mean", "resample") or (
             self.corruption is not None and self.corruption.kind == "subject"
         )
-        if reference is not None and not uses_reference:
-            raise ValueError(
-                "a reference set is only read by baseline='mean', baseline='resample' and the "
+        if donors is not None and not uses_donors:
+            raise UsageError(
+                "a donor set (donors=) is only read by baseline='mean', baseline='resample' and the "
                 f"'subject' corruption, not by baseline={baseline!r}"
             )
-        if reference is not None and not isinstance(reference, KnowledgeSet):
-            raise ValueError(f"reference must be a KnowledgeSet, got {type(reference).__name__}")
+        if donors is not None and not isinstance(donors, KnowledgeSet):
+            raise UsageError(f"donors must be a KnowledgeSet, got {type(donors).__name__}")
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"samples must be a positive integer, got {samples!r}")
+            raise UsageError(f"samples must be a positive integer, got {samples!r}")
         if baseline in ("zero", "mean") and samples != 1:
-            raise ValueError(f"baseline={baseline!r} is deterministic; samples must be 1, got {samples}")
+            raise UsageError(f"baseline={baseline!r} is deterministic; samples must be 1, got {samples}")
         if self.corruption is not None and samples != 1:
-            raise ValueError(
+            raise UsageError(
                 "give the number of corrupted samples once, in Corruption(samples=...); "
                 f"samples={samples} is for baseline='resample'"
             )
@@ -170,13 +171,13 @@ class Baselines:
         self.direction: Direction = direction  # type: ignore[assignment]
         self.positions = positions
         self.seed = seed
-        self.reference = reference if reference is not None else knowledge
+        self.donors = donors if donors is not None else knowledge
         self.samples = self.corruption.n_samples if self.corruption is not None else samples
         self.noise_std: float | None = None
         self.noised: dict[str, int] = {}
         self.means: dict[str, Tensor] = {}
         self._pool: tuple[str, ...] = ()
-        self._reference_lengths: list[int] = []
+        self._donor_lengths: list[int] = []
 
         # Encode every batch once, and validate everything a batch will need now, not after
         # minutes of work.
@@ -194,18 +195,16 @@ class Baselines:
                 has_subject = [has for batch in encoded for has in subject_tokens(batch).any(-1).tolist()]
                 missing = [i for i, has in zip(knowledge.ids, has_subject, strict=True) if not has]
                 if missing:
-                    raise ValueError(
+                    raise UsageError(
                         f"corruption 'subject' replaces each fact's subject; {len(missing)} fact(s) have none in "
                         f"their prompt, e.g. {missing[0]!r} (corruption='noise' noises their whole prompt instead)"
                     )
-                self._pool = self.corruption.subjects or tuple(
-                    dict.fromkeys(knowledge.subjects + self.reference.subjects)
-                )
+                self._pool = self.corruption.subjects or tuple(dict.fromkeys(knowledge.subjects + self.donors.subjects))
         if baseline in ("mean", "resample"):
-            references = encoded if reference is None else [b for _, b in _encoded(reference, model, batch_size)]
-            self._reference_lengths = torch.cat([b.answer_positions for b in references]).tolist()
+            donor_batches = encoded if donors is None else [b for _, b in _encoded(donors, model, batch_size)]
+            self._donor_lengths = torch.cat([b.answer_positions for b in donor_batches]).tolist()
             if baseline == "mean":
-                self.means = self._class_means(references, progress)
+                self.means = self._class_means(donor_batches, progress)
 
     # ------------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -217,7 +216,7 @@ class Baselines:
                 out["corruption"]["embedding_std"] = self.noise_std
                 out["corruption"]["noised"] = dict(self.noised)
         if self.baseline in ("mean", "resample") or (self.corruption and self.corruption.kind == "subject"):
-            out["reference"] = {"name": self.reference.name, "n_facts": len(self.reference)}
+            out["donors"] = {"name": self.donors.name, "n_facts": len(self.donors)}
         if self.baseline in ("resample", "corrupt"):
             out["seed"] = self.seed
         return out
@@ -290,26 +289,26 @@ class Baselines:
 
     # resample ---------------------------------------------------------------------------------
     def _donors(self, fact: Fact, length: int) -> list[int]:
-        """Indices into the reference set of ``samples`` donors for ``fact``."""
+        """Indices into the donor set of ``samples`` donors for ``fact``."""
         candidates = [
             j
-            for j, other in enumerate(self.reference.facts)
+            for j, other in enumerate(self.donors.facts)
             if other.id != fact.id and (fact.subject is None or other.subject != fact.subject)
         ]
         if not candidates:
-            raise ValueError(
-                f"baseline='resample' needs another fact to take activations from; the reference set "
-                f"{self.reference.name!r} has none for fact {fact.id!r} (pass a larger reference=...)"
+            raise UsageError(
+                f"baseline='resample' needs another fact to take activations from; the donor set "
+                f"{self.donors.name!r} has none for fact {fact.id!r} (pass a larger donors=...)"
             )
-        same = [j for j in candidates if self._reference_lengths[j] == length]
+        same = [j for j in candidates if self._donor_lengths[j] == length]
         pool = same or candidates
         rng = random.Random(fact_seed(self.seed, fact.id))
         return [pool[rng.randrange(len(pool))] for _ in range(self.samples)]
 
     def _donor_sources(self, facts: tuple[Fact, ...], batch: FactBatch) -> dict[str, Tensor | None]:
         answer = batch.answer_positions
-        donors = [self._donors(fact, int(answer[i])) for i, fact in enumerate(facts)]
-        donor_facts = [self.reference.facts[donors[i][s]] for s in range(self.samples) for i in range(len(facts))]
+        picked = [self._donors(fact, int(answer[i])) for i, fact in enumerate(facts)]
+        donor_facts = [self.donors.facts[picked[i][s]] for s in range(self.samples) for i in range(len(facts))]
         donor_batch = encode_facts(donor_facts, self.model).to(self.device)
         donor_run = Run(donor_batch.input_ids, donor_batch.attention_mask)
         acts, _ = self._capture(donor_run, metric_free_targets(donor_batch))
@@ -325,15 +324,15 @@ class Baselines:
         return out
 
     # mean -------------------------------------------------------------------------------------
-    def _class_means(self, references: Sequence[FactBatch], progress: bool) -> dict[str, Tensor]:
-        """Per hook, the mean activation of every position class over the reference set
-        (``[n_classes, ...]``); a class the reference never has gets the mean over all tokens."""
+    def _class_means(self, donor_batches: Sequence[FactBatch], progress: bool) -> dict[str, Tensor]:
+        """Per hook, the mean activation of every position class over the donor set
+        (``[n_classes, ...]``); a class the donors never have gets the mean over all tokens."""
         batches = (
             ({"input_ids": b.input_ids, "attention_mask": b.attention_mask}, position_classes(b))
-            for b in (batch.to(self.device) for batch in references)
+            for b in (batch.to(self.device) for batch in donor_batches)
         )
         n_classes = len(POSITION_CLASSES)
-        shown = tqdm(batches, total=len(references), disable=not progress, desc="mean activations", leave=False)
+        shown = tqdm(batches, total=len(donor_batches), disable=not progress, desc="mean activations", leave=False)
         per_class, counts = class_means(self.model, shown, self.hooks, n_classes)
         means = {}
         for name, mean in per_class.items():
@@ -354,7 +353,7 @@ def corrupted_run(
     knowledge: KnowledgeSet,
     corruption: Corruption | CorruptionKind = "noise",
     *,
-    reference: KnowledgeSet | None = None,
+    donors: KnowledgeSet | None = None,
     seed: int = 0,
 ) -> Run:
     """The corrupted runs of every fact of ``knowledge``, exactly as attribution builds them:
@@ -372,7 +371,7 @@ def corrupted_run(
         baseline="corrupt",
         direction="denoise",
         corruption=corruption,
-        reference=reference if corruption.kind == "subject" else None,
+        donors=donors if corruption.kind == "subject" else None,
         positions="all",
         metric=FactMetric(),
         seed=seed,

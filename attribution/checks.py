@@ -12,6 +12,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from loka.checks import check_number
 from loka.data import Fact, KnowledgeSet
+from loka.errors import UsageError
 
 __all__ = ["check_model", "check_knowledge", "check_batch_size", "finite_or_raise"]
 
@@ -19,11 +20,11 @@ __all__ = ["check_model", "check_knowledge", "check_batch_size", "finite_or_rais
 def check_model(model: Any) -> TransformerBridge:
     """``model`` if it is a TransformerBridge in eval mode, else a ValueError saying why not."""
     if not isinstance(model, TransformerBridge):
-        raise ValueError(
+        raise UsageError(
             f"attribution reads a TransformerLens TransformerBridge (loka.load_model(path)), got {type(model).__name__}"
         )
     if model.training:
-        raise ValueError(
+        raise UsageError(
             "the model is in training mode (dropout would make every patched run different); call model.eval() first"
         )
     return model
@@ -35,10 +36,10 @@ def check_knowledge(knowledge: Any) -> KnowledgeSet:
         return knowledge
     if isinstance(knowledge, Sequence) and not isinstance(knowledge, str):
         if len(knowledge) == 0:
-            raise ValueError("the knowledge set is empty: attribution needs at least one fact")
+            raise UsageError("the knowledge set is empty: attribution needs at least one fact")
         if all(isinstance(f, Fact) for f in knowledge):
             return KnowledgeSet(tuple(knowledge))
-    raise ValueError(f"expected a KnowledgeSet (or a sequence of Facts), got {type(knowledge).__name__}")
+    raise UsageError(f"expected a KnowledgeSet (or a sequence of Facts), got {type(knowledge).__name__}")
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -50,7 +51,7 @@ def finite_or_raise(values: Tensor, what: str, fact_ids: Sequence[str] | None = 
     if len(bad) == 0:
         return
     where = f", e.g. fact {fact_ids[int(bad[0, -1])]!r}" if fact_ids is not None else ""
-    raise ValueError(
+    raise UsageError(
         f"{what} is not finite for {len(bad)} entr{'y' if len(bad) == 1 else 'ies'}{where}; "
         "a metric of -inf or nan (e.g. a target the model gives probability 0, or a model with "
         "non-finite weights) makes every effect meaningless"

@@ -10,7 +10,7 @@ effect). Two corruptions:
   deviation of the embeddings of the tokens that get noised across the set, ``samples`` (10)
   times with independent noise. Positions and tokens are unchanged, so every activation lines up
   with the clean run.
-- ``"subject"``: replace the subject by another subject (from the set, the reference set, or
+- ``"subject"``: replace the subject by another subject (from the set, the donor set, or
   ``Corruption.subjects``) such that the prompt tokenizes to the same length and every non-subject
   token is unchanged, so positions line up again. ``samples`` replacements per fact (default 1).
 
@@ -56,6 +56,7 @@ from torch import Tensor
 from attribution.positions import position_mask, subject_tokens
 from attribution.runs import Run
 from loka.data import Fact, FactBatch, encode_facts
+from loka.errors import UsageError
 
 __all__ = [
     "CorruptionKind",
@@ -94,7 +95,7 @@ class Corruption:
 
     ``samples`` defaults to 10 for ``"noise"`` (ROME) and 1 for ``"subject"``. ``subjects`` is the
     pool of replacement subjects for ``"subject"`` (default: the subjects of the attributed set
-    and of the reference set). ``span`` is the tokens ``"noise"`` covers: ``"auto"`` (the subject
+    and of the donor set). ``span`` is the tokens ``"noise"`` covers: ``"auto"`` (the subject
     where a fact has one in its prompt, else the whole prompt after BOS), ``"subject"`` or
     ``"prompt"``; the ``"subject"`` corruption always acts on the subject (``"auto"`` or
     ``"subject"``).
@@ -110,24 +111,24 @@ class Corruption:
         if self.subjects is not None:
             object.__setattr__(self, "subjects", tuple(self.subjects))
         if self.kind not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {self.kind!r}; use one of {allowed(CORRUPTIONS)}")
+            raise UsageError(f"unknown corruption {self.kind!r}; use one of {allowed(CORRUPTIONS)}")
         if self.samples is not None and (isinstance(self.samples, bool) or self.samples < 1):
-            raise ValueError(f"corruption samples must be a positive integer, got {self.samples!r}")
+            raise UsageError(f"corruption samples must be a positive integer, got {self.samples!r}")
         if not self.noise_scale > 0:
-            raise ValueError(f"noise_scale must be positive, got {self.noise_scale}")
+            raise UsageError(f"noise_scale must be positive, got {self.noise_scale}")
         if self.subjects is not None and not self.subjects:
-            raise ValueError("corruption subjects, when given, must not be empty")
+            raise UsageError("corruption subjects, when given, must not be empty")
         if self.span not in SPANS:
-            raise ValueError(f"unknown corruption span {self.span!r}; use one of {allowed(SPANS)}")
+            raise UsageError(f"unknown corruption span {self.span!r}; use one of {allowed(SPANS)}")
         if self.kind == "subject" and self.span == "prompt":
-            raise ValueError("corruption 'subject' replaces the subject; span='prompt' is for 'noise' only")
+            raise UsageError("corruption 'subject' replaces the subject; span='prompt' is for 'noise' only")
 
     @classmethod
     def parse(cls, value: Corruption | str) -> Corruption:
         if isinstance(value, Corruption):
             return value
         if value not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {value!r}; use one of {allowed(CORRUPTIONS)} or a Corruption")
+            raise UsageError(f"unknown corruption {value!r}; use one of {allowed(CORRUPTIONS)} or a Corruption")
         return cls(kind=value)  # type: ignore[arg-type]
 
     @property
@@ -152,14 +153,14 @@ def noised_spans(batch: FactBatch, span: CorruptionSpan) -> list[Literal["subjec
 
     ValueError for ``span="subject"`` when a fact has no subject in its prompt."""
     if span not in SPANS:
-        raise ValueError(f"unknown corruption span {span!r}; use one of {allowed(SPANS)}")
+        raise UsageError(f"unknown corruption span {span!r}; use one of {allowed(SPANS)}")
     if span == "prompt":
         return ["prompt"] * len(batch)
     has_subject = subject_tokens(batch).any(-1).tolist()
     if span == "subject":
         missing = [fact_id for fact_id, has in zip(batch.fact_ids, has_subject, strict=True) if not has]
         if missing:
-            raise ValueError(
+            raise UsageError(
                 f"corruption span 'subject' needs every fact to name a subject that occurs in its prompt; "
                 f"{len(missing)} fact(s) have none, e.g. {missing[0]!r} (span='auto' noises their whole prompt)"
             )
@@ -249,9 +250,9 @@ def _replaced(
             if len(found) == samples:
                 break
     if not found:
-        raise ValueError(
+        raise UsageError(
             f"corruption 'subject': no replacement for {fact.subject!r} (fact {fact.id!r}) gives a prompt of "
             f"the same token length among {len(candidates)} candidate subject(s); pass a larger pool as "
-            "reference=... or Corruption(subjects=...)"
+            "donors=... or Corruption(subjects=...)"
         )
     return [found[k % len(found)] for k in range(samples)]

@@ -11,7 +11,7 @@ and ``dM/da`` for *every* neuron and head comes out of one backward pass. Per ba
 - ``baseline="zero"``: ``(0 - a) . dM/da`` on the clean run: gradient x activation
   (with the sign of an ablation). One forward, one backward.
 - ``"mean"`` / ``"resample"``: ``(a_baseline - a) . dM/da``; the mean comes from a pass over the
-  reference set made once, the donor activations from a second forward.
+  donor set made once, the donor activations from a second forward.
 - ``"corrupt"``, ``direction="ablate"``: ``(a_corrupt - a_clean) . dM/da`` at the clean run; with
   several noise samples the corrupted activations are averaged first (the estimate is linear in
   them). Two forwards, one backward.

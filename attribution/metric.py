@@ -32,6 +32,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from loka.data import FactBatch, KnowledgeSet, encode_facts, token_log_probs
+from loka.errors import UsageError
 
 __all__ = [
     "MetricName",
@@ -65,13 +66,13 @@ class FactMetric:
         if metric is None:
             metric = "log_prob" if contrast is None else "logit_diff"
         if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(map(repr, METRICS))}")
+            raise UsageError(f"unknown metric {metric!r}; use one of {', '.join(map(repr, METRICS))}")
         if metric == "logit_diff" and contrast is None:
-            raise ValueError("metric='logit_diff' needs contrast={fact id: contrast target, ...} for every fact")
+            raise UsageError("metric='logit_diff' needs contrast={fact id: contrast target, ...} for every fact")
         if metric == "log_prob" and contrast is not None:
-            raise ValueError("a contrast is only read by metric='logit_diff'; drop it or set metric='logit_diff'")
+            raise UsageError("a contrast is only read by metric='logit_diff'; drop it or set metric='logit_diff'")
         if contrast is not None and not isinstance(contrast, Mapping):
-            raise ValueError(f"contrast must map fact ids to contrast targets, got {type(contrast).__name__}")
+            raise UsageError(f"contrast must map fact ids to contrast targets, got {type(contrast).__name__}")
         return cls(metric, None if contrast is None else dict(contrast))  # type: ignore[arg-type]
 
     def check(self, knowledge: KnowledgeSet) -> None:
@@ -80,7 +81,7 @@ class FactMetric:
             return
         missing = [fact_id for fact_id in knowledge.ids if fact_id not in self.contrast]
         if missing:
-            raise ValueError(
+            raise UsageError(
                 f"metric='logit_diff' needs a contrast for every fact; {len(missing)} of {len(knowledge)} "
                 f"have none, e.g. {missing[0]!r}"
             )
@@ -97,11 +98,11 @@ class FactMetric:
             targets = encode_facts(facts, model).target_ids[:, 0]
             contrasts = encode_facts([replace(f, target=self.contrast[f.id]) for f in facts], model).target_ids[:, 0]
         except ValueError as err:
-            raise ValueError(f"bad contrast: {err}") from None
+            raise UsageError(f"bad contrast: {err}") from None
         same = (contrasts == targets).nonzero().flatten().tolist()
         if same:
             fact = facts[same[0]]
-            raise ValueError(
+            raise UsageError(
                 f"fact {fact.id!r}: contrast {self.contrast[fact.id]!r} starts with the same token as the "
                 f"target {fact.target!r}, so their logit difference is 0 whatever the model does"
             )
@@ -112,7 +113,7 @@ class FactMetric:
         contrast_ids = None
         if self.contrast is not None:
             if self.contrast_ids is None:
-                raise ValueError("metric='logit_diff': encode the contrasts first (FactMetric.encoded)")
+                raise UsageError("metric='logit_diff': encode the contrasts first (FactMetric.encoded)")
             ids = [self.contrast_ids[fact_id] for fact_id in batch.fact_ids]
             contrast_ids = torch.tensor(ids, device=batch.target_ids.device)
         return Targets(
@@ -223,7 +224,7 @@ def metric_values(
     """The metric of every fact of ``knowledge`` under ``model`` (a TransformerBridge), unpatched."""
     fact_metric = FactMetric.resolve(metric, contrast)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
     fact_metric = fact_metric.encoded(knowledge, model)
     device = next(model.parameters()).device
     values = []

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from attribution.baselines import Setup
 from attribution.runs import forward
 from loka.components import Component, ComponentShapes, Kind, hook_name
+from loka.errors import UsageError
 from loka.recording import Hook
 
 __all__ = ["PatchPlan", "component_plan", "all_components", "patch_effects", "default_chunk_size", "CHUNK_BYTES"]
@@ -157,7 +158,7 @@ def patch_effects(
     if chunk_size is None:
         chunk_size = default_chunk_size(model, rows * width)
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        raise UsageError(f"chunk_size must be at least 1, got {chunk_size}")
     device = setup.base.input_ids.device
     logger.debug(
         "patching %d interventions on %d rows x %d positions, %d per forward", len(plan), rows, width, chunk_size

@@ -27,6 +27,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from loka.data import FactBatch
+from loka.errors import UsageError
 
 __all__ = [
     "Positions",
@@ -62,7 +63,7 @@ PAD = -1
 def check_positions(positions: str) -> Positions:
     """``positions`` if it is one of :data:`POSITIONS`, else a ValueError that lists them."""
     if positions not in POSITIONS:
-        raise ValueError(f"unknown positions {positions!r}; use one of {', '.join(map(repr, POSITIONS))}")
+        raise UsageError(f"unknown positions {positions!r}; use one of {', '.join(map(repr, POSITIONS))}")
     return positions  # type: ignore[return-value]
 
 
@@ -88,7 +89,7 @@ def position_mask(batch: FactBatch, positions: Positions) -> Bool[Tensor, "batch
     subject = subject_tokens(batch)
     missing = [fact_id for fact_id, row in zip(batch.fact_ids, subject.any(-1).tolist(), strict=True) if not row]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"positions='subject' needs every fact to name a subject that occurs in its prompt; "
             f"{len(missing)} fact(s) have none, e.g. {missing[0]!r}"
         )

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from loka.components import Component, ComponentShapes, Kind
+from loka.errors import UsageError
 from loka.models import ModelFingerprint, fingerprint
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ _FIELD = {"neuron": "neurons", "head": "heads"}
 def parse_kind(kind: str) -> Kind:
     """``"neuron"`` / ``"head"`` (plural accepted), else a ValueError naming the choices."""
     if kind not in _KIND_ALIASES:
-        raise ValueError(f"unknown component kind {kind!r}; use 'neurons' or 'heads'")
+        raise UsageError(f"unknown component kind {kind!r}; use 'neurons' or 'heads'")
     return _KIND_ALIASES[kind]
 
 
@@ -70,7 +71,7 @@ class ScoresMetadata:
 
     ``base_metric`` is the mean metric of the run interventions were applied to (the clean run
     when ablating, the corrupted run when denoising); ``clean_metric`` is always the clean run's.
-    ``options`` holds the rest (corruption, samples, seed, reference set, ...), JSON-ready.
+    ``options`` holds the rest (corruption, samples, seed, donor set, ...), JSON-ready.
     """
 
     method: str
@@ -96,7 +97,7 @@ class ScoresMetadata:
         expected = {f.name for f in fields(cls)}
         missing = expected - set(data) - {"options"}
         if missing:
-            raise ValueError(f"scores metadata is missing {sorted(missing)}")
+            raise UsageError(f"scores metadata is missing {sorted(missing)}")
         values = {k: v for k, v in data.items() if k in expected}
         values["model"] = ModelFingerprint.from_dict(data["model"])
         return cls(**values)
@@ -117,7 +118,7 @@ def check_same_model(saved: ModelFingerprint, given: ModelFingerprint, what: str
     ]
     if saved.weights_sha256 != given.weights_sha256:
         differences.append(f"weights sha256 {saved.weights_sha256[:12]}... vs {given.weights_sha256[:12]}...")
-    raise ValueError(f"{what} were computed on a different model than the one given: {'; '.join(differences)}")
+    raise UsageError(f"{what} were computed on a different model than the one given: {'; '.join(differences)}")
 
 
 @dataclass(frozen=True, eq=False)  # holds tensors: compare fields, not objects
@@ -130,7 +131,7 @@ class AttributionScores:
 
     def __post_init__(self) -> None:
         if self.neurons is None and self.heads is None:
-            raise ValueError("AttributionScores needs neuron scores, head scores, or both")
+            raise UsageError("AttributionScores needs neuron scores, head scores, or both")
         model = self.metadata.model
         shapes = ComponentShapes(model.n_layers, model.d_mlp, model.n_heads)
         for kind in ("neuron", "head"):
@@ -139,13 +140,13 @@ class AttributionScores:
                 continue
             if not isinstance(values, Tensor) or tuple(values.shape) != shapes.shape(kind):  # type: ignore[arg-type]
                 got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-                raise ValueError(
+                raise UsageError(
                     f"{_FIELD[kind]} scores must have shape {shapes.shape(kind)} for this model, got {got}"  # type: ignore[arg-type]
                 )
             bad = (~torch.isfinite(values)).nonzero()
             if len(bad):
                 label = Component(kind, int(bad[0, 0]), int(bad[0, 1])).label  # type: ignore[arg-type]
-                raise ValueError(
+                raise UsageError(
                     f"{len(bad)} {_FIELD[kind]} scores are not finite (e.g. {label}); refusing to keep them"
                 )
 
@@ -165,7 +166,7 @@ class AttributionScores:
         kind = parse_kind(kind)
         values = getattr(self, _FIELD[kind])
         if values is None:
-            raise ValueError(
+            raise UsageError(
                 f"these scores have no {_FIELD[kind]} (computed: {', '.join(_FIELD[k] for k in self.kinds)})"
             )
         return values
@@ -184,7 +185,7 @@ class AttributionScores:
         ranked together (their scores are in the same unit, the metric).
         """
         if k is not None and fraction is not None:
-            raise ValueError("give k or fraction, not both")
+            raise UsageError("give k or fraction, not both")
         kinds = self.kinds if kind is None else (parse_kind(kind),)
         for one in kinds:
             self.of(one)
@@ -193,12 +194,12 @@ class AttributionScores:
         n = values.numel()
         if fraction is not None:
             if not 0 < fraction <= 1:
-                raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+                raise UsageError(f"fraction must be in (0, 1], got {fraction}")
             k = max(1, math.ceil(fraction * n))
         if k is None:
             k = n
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"k must be a non-negative integer, got {k!r}")
+            raise UsageError(f"k must be a non-negative integer, got {k!r}")
         order = torch.sort(values, descending=True, stable=True).indices[: min(k, n)].tolist()
         # A flat index runs over the kinds' [n_layers, width] tensors one after the other.
         starts = [0]
@@ -228,17 +229,17 @@ class AttributionScores:
         Both sets must be scored on the same model; the result has ``direction="contrast"``.
         """
         if kind not in ("ratio", "difference"):
-            raise ValueError(f"unknown contrast kind {kind!r}; use 'ratio' or 'difference'")
+            raise UsageError(f"unknown contrast kind {kind!r}; use 'ratio' or 'difference'")
         if not isinstance(retain_scores, AttributionScores):
-            raise ValueError(f"contrast needs the retain set's AttributionScores, got {type(retain_scores).__name__}")
+            raise UsageError(f"contrast needs the retain set's AttributionScores, got {type(retain_scores).__name__}")
         check_same_model(retain_scores.metadata.model, self.metadata.model, "the retain scores")
         if "contrast" in (self.metadata.direction, retain_scores.metadata.direction):
-            raise ValueError("contrast two sets of effects, not a contrast")
+            raise UsageError("contrast two sets of effects, not a contrast")
         missing = [one for one in self.kinds if one not in retain_scores.kinds]
         if missing:
-            raise ValueError(f"the retain scores have no {_FIELD[missing[0]]}; score the same components on both sets")
+            raise UsageError(f"the retain scores have no {_FIELD[missing[0]]}; score the same components on both sets")
         if eps is not None and not eps >= 0:
-            raise ValueError(f"eps must be non-negative, got {eps}")
+            raise UsageError(f"eps must be non-negative, got {eps}")
         out: dict[str, Tensor] = {}
         eps_used: dict[str, float] = {}
         for one in self.kinds:
@@ -293,11 +294,11 @@ class AttributionScores:
                 raise FileNotFoundError(f"{str(directory)!r} holds no saved AttributionScores ({name} is missing)")
         info = json.loads((directory / METADATA_FILE).read_text())
         if info.get("format") != FORMAT:
-            raise ValueError(
+            raise UsageError(
                 f"{directory / METADATA_FILE} is not a saved AttributionScores (format {info.get('format')!r})"
             )
         if info.get("version") != FORMAT_VERSION:
-            raise ValueError(
+            raise UsageError(
                 f"{directory / METADATA_FILE} has format version {info.get('version')}; expected {FORMAT_VERSION}"
             )
         metadata = ScoresMetadata.from_dict(info["metadata"])
@@ -315,7 +316,7 @@ class AttributionScores:
         k: int = 20,
         kind: str | None = None,
         seed: int = 0,
-        reference: Any = None,
+        donors: Any = None,
         contrast: Mapping[str, str] | None = None,
         batch_size: int = 16,
         chunk_size: int | None = None,
@@ -325,7 +326,7 @@ class AttributionScores:
         each kind (or of ``kind``) by :meth:`importance`, and ``k`` more drawn at random (``seed``),
         patched exactly on ``knowledge`` (the facts scored) in the settings of the metadata.
         Returns a :class:`attribution.validation.ScoreCheck` (``.spearman``, ``.agreement``,
-        ``.ok()``, ``.describe()``, ``.plot()``). ``reference`` / ``contrast``: the reference set
+        ``.ok()``, ``.describe()``, ``.plot()``). ``donors`` / ``contrast``: the donor set
         and the contrast answers the scores used, where the metadata can only name them."""
         from attribution.validation import validate
 
@@ -336,7 +337,7 @@ class AttributionScores:
             k=k,
             kind=kind,
             seed=seed,
-            reference=reference,
+            donors=donors,
             contrast=contrast,
             batch_size=batch_size,
             chunk_size=chunk_size,

@@ -44,6 +44,7 @@ from attribution.metric import FactMetric, MetricName
 from attribution.patching import PatchPlan, patch_effects
 from attribution.positions import POSITION_CLASSES, position_classes
 from loka.data import Fact, KnowledgeSet
+from loka.errors import UsageError
 from loka.models import fingerprint
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ _SITE_HOOKS = {
 def site_hook(site: str, layer: int) -> str:
     """The hook of ``site`` (one of :data:`SITES`) at ``layer``."""
     if site not in _SITE_HOOKS:
-        raise ValueError(f"unknown site {site!r}; use one of {', '.join(map(repr, SITES))}")
+        raise UsageError(f"unknown site {site!r}; use one of {', '.join(map(repr, SITES))}")
     return _SITE_HOOKS[site].format(layer=layer)
 
 
@@ -111,10 +112,10 @@ class LayerScan:
 
         if isinstance(fact, str):
             if fact not in self.fact_ids:
-                raise ValueError(f"no fact {fact!r} in this scan")
+                raise UsageError(f"no fact {fact!r} in this scan")
             fact = self.fact_ids.index(fact)
         if fact is not None and not 0 <= fact < len(self.fact_ids):
-            raise ValueError(f"fact index {fact} is out of range (the scan has {len(self.fact_ids)} facts)")
+            raise UsageError(f"fact index {fact} is out of range (the scan has {len(self.fact_ids)} facts)")
         return layer_scan_figure(self, fact)
 
 
@@ -137,7 +138,7 @@ def layer_scan(
     baseline: Baseline = "corrupt",
     corruption: CorruptionKind | Corruption | None = None,
     direction: Direction = "denoise",
-    reference: KnowledgeSet | None = None,
+    donors: KnowledgeSet | None = None,
     metric: MetricName | None = None,
     contrast: Mapping[str, str] | None = None,
     samples: int = 1,
@@ -154,7 +155,7 @@ def layer_scan(
     knowledge = check_knowledge(knowledge)
     sites = (sites,) if isinstance(sites, str) else tuple(sites)
     if not sites:
-        raise ValueError(f"sites is empty; use some of {', '.join(map(repr, SITES))}")
+        raise UsageError(f"sites is empty; use some of {', '.join(map(repr, SITES))}")
     for site in sites:
         site_hook(site, 0)
     batch_size = check_batch_size(batch_size)
@@ -171,7 +172,7 @@ def layer_scan(
         baseline=baseline,
         direction=direction,
         corruption=corruption,
-        reference=reference,
+        donors=donors,
         positions="all",
         metric=fact_metric,
         seed=seed,

@@ -12,7 +12,7 @@ itself says so. The check is to measure some components exactly and compare:
    a truncated range of near-equal top values only;
 2. patch each of them exactly with :func:`attribution.patch_components`, in the settings the
    scores' metadata records (baseline, direction, positions, corruption and its span, metric,
-   reference, seed: the same noise draws and donors);
+   donor set, seed: the same noise draws and donors);
 3. report, per kind, the Spearman rank correlation (``scipy.stats.spearmanr``) of estimated and
    exact effects over the measured components, and the *top-k agreement*: the share of the
    estimated top ``k`` that are also among the top ``k`` by exact importance within the measured.
@@ -44,6 +44,7 @@ from attribution.corruption import Corruption
 from attribution.scores import AttributionScores, check_same_model, parse_kind
 from loka.components import Component
 from loka.data import Fact, KnowledgeSet
+from loka.errors import UsageError
 from loka.models import fingerprint
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class ScoreCheck:
     def ok(self, threshold: float = 0.5) -> bool:
         """Whether every kind's Spearman is at least ``threshold`` (a nan is not)."""
         if not -1 <= threshold <= 1:
-            raise ValueError(f"threshold must be a rank correlation in [-1, 1], got {threshold}")
+            raise UsageError(f"threshold must be a rank correlation in [-1, 1], got {threshold}")
         return all(value >= threshold for value in self.spearman.values())
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def _json_float(value: float) -> float | None:
 
 def _needed(options: Mapping[str, Any], key: str) -> Any:
     if key not in options:
-        raise ValueError(
+        raise UsageError(
             f"the scores' metadata lacks {key!r}, needed to reproduce their settings; recompute them with "
             "attribution.attribute"
         )
@@ -197,7 +198,7 @@ def patching_settings(
     scores: AttributionScores,
     knowledge: KnowledgeSet,
     *,
-    reference: KnowledgeSet | None = None,
+    donors: KnowledgeSet | None = None,
     contrast: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for :func:`attribution.patch_components` that reproduce the settings the
@@ -206,7 +207,7 @@ def patching_settings(
     options = meta.options
     baseline = meta.baseline
     if baseline not in BASELINES:
-        raise ValueError(f"the scores' metadata names baseline {baseline!r}; validate knows {', '.join(BASELINES)}")
+        raise UsageError(f"the scores' metadata names baseline {baseline!r}; validate knows {', '.join(BASELINES)}")
     settings: dict[str, Any] = {
         "baseline": baseline,
         "direction": meta.direction,
@@ -227,23 +228,23 @@ def patching_settings(
         settings["seed"] = _needed(options, "seed")
     if baseline == "resample":
         settings["samples"] = _needed(options, "samples")
-    if "reference" in options:
-        recorded = options["reference"]
-        if reference is not None:
-            if len(reference) != recorded["n_facts"]:
-                raise ValueError(
-                    f"the scores used the reference set {recorded['name']!r} of {recorded['n_facts']} facts; "
-                    f"the reference given has {len(reference)}"
+    recorded = options.get("donors", options.get("reference"))  # "reference": scores saved before the rename
+    if recorded is not None:
+        if donors is not None:
+            if len(donors) != recorded["n_facts"]:
+                raise UsageError(
+                    f"the scores used the donor set {recorded['name']!r} of {recorded['n_facts']} facts; "
+                    f"the donor set given has {len(donors)}"
                 )
-            settings["reference"] = reference
+            settings["donors"] = donors
         elif recorded["name"] != knowledge.name or recorded["n_facts"] != len(knowledge):
-            raise ValueError(
-                f"the scores used the reference set {recorded['name']!r} ({recorded['n_facts']} facts); "
-                "pass it as reference=..."
+            raise UsageError(
+                f"the scores used the donor set {recorded['name']!r} ({recorded['n_facts']} facts); "
+                "pass it as donors=..."
             )
     if meta.metric == "logit_diff":
         if contrast is None:
-            raise ValueError("the scores use metric='logit_diff'; pass the same contrast={fact id: answer} to validate")
+            raise UsageError("the scores use metric='logit_diff'; pass the same contrast={fact id: answer} to validate")
         settings["contrast"] = contrast
     return settings
 
@@ -256,7 +257,7 @@ def validate(
     k: int = 20,
     kind: str | None = None,
     seed: int = 0,
-    reference: KnowledgeSet | None = None,
+    donors: KnowledgeSet | None = None,
     contrast: Mapping[str, str] | None = None,
     batch_size: int = 16,
     chunk_size: int | None = None,
@@ -265,23 +266,23 @@ def validate(
     """Check ``grad_x_act`` scores against exact patching (see the module docstring).
 
     ``knowledge`` must be the facts the scores were computed on, ``model`` the same model.
-    ``reference`` (for ``"mean"``, ``"resample"`` and the ``"subject"`` corruption, when the scores
+    ``donors`` (for ``"mean"``, ``"resample"`` and the ``"subject"`` corruption, when the scores
     used a set other than ``knowledge``) and ``contrast`` (for ``metric="logit_diff"``) are what
     the metadata names but cannot hold. ``seed`` draws the random components only; the patching
     seed is the scores' own.
     """
     if not isinstance(scores, AttributionScores):
-        raise ValueError(f"validate checks AttributionScores, got {type(scores).__name__}")
+        raise UsageError(f"validate checks AttributionScores, got {type(scores).__name__}")
     meta = scores.metadata
     if meta.method != "grad_x_act":
-        raise ValueError(
+        raise UsageError(
             f"validate checks scores made by method='grad_x_act' against exact patching; these were made by "
             f"{meta.method!r} (direction {meta.direction!r}); for a contrast, validate the scores it was made from"
         )
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise UsageError(f"k must be a positive integer, got {k!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+        raise UsageError(f"seed must be an integer, got {seed!r}")
     kinds = scores.kinds if kind is None else (parse_kind(kind),)
     for one in kinds:
         scores.of(one)
@@ -289,11 +290,11 @@ def validate(
     knowledge = check_knowledge(knowledge)
     check_same_model(meta.model, fingerprint(model), "these scores")
     if len(knowledge) != meta.n_facts:
-        raise ValueError(
+        raise UsageError(
             f"these scores were computed on {meta.n_facts} facts ({meta.knowledge!r}); validate needs the same "
             f"facts, got {len(knowledge)}"
         )
-    settings = patching_settings(scores, knowledge, reference=reference, contrast=contrast)
+    settings = patching_settings(scores, knowledge, donors=donors, contrast=contrast)
 
     generator = torch.Generator().manual_seed(seed)
     chosen: dict[str, tuple[Tensor, int]] = {}
@@ -336,9 +337,10 @@ def validate(
     described = {
         name: (value.to_dict() if isinstance(value, Corruption) else value)
         for name, value in settings.items()
-        if name not in ("reference", "contrast")
+        if name not in ("donors", "contrast")
     }
     described["method"] = meta.method
-    if "reference" in meta.options:
-        described["reference"] = dict(meta.options["reference"])
+    recorded = meta.options.get("donors", meta.options.get("reference"))
+    if recorded is not None:
+        described["donors"] = dict(recorded)
     return ScoreCheck(checks=checks, settings=described, k=k, seed=seed)

@@ -112,8 +112,8 @@ def main() -> None:
                 oracle=oracle if with_oracle else None,
             )  # fmt: skip
             ref = (
-                f"{ev.reference.membership_inference_auc:.2f}/{ev.reference.mia_aucs['loss_answer']:.2f}"
-                if ev.reference is not None
+                f"{ev.oracle.membership_inference_auc:.2f}/{ev.oracle.mia_aucs['loss_answer']:.2f}"
+                if ev.oracle is not None
                 else "-"
             )
             print(

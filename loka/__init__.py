@@ -18,12 +18,14 @@ if TYPE_CHECKING:  # names for type checkers and IDEs; at run time __getattr__ i
     from loka.comparison import Comparison, compare  # noqa: F401
     from loka.components import Component  # noqa: F401
     from loka.data import Fact, FactBatch, KnowledgeSet, load_tofu  # noqa: F401
+    from loka.errors import UsageError  # noqa: F401
     from loka.evaluation import UnlearningEvaluation, evaluate  # noqa: F401
     from loka.methods import UnlearningResult, unlearn  # noqa: F401
     from loka.models import ModelFingerprint, fingerprint, load_model  # noqa: F401
 
 __version__ = "0.1.0"
 _EXPORTS = {
+    "UsageError": "loka.errors",
     "Component": "loka.components",
     "Fact": "loka.data",
     "FactBatch": "loka.data",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from loka.data import KnowledgeSet
+from loka.errors import UsageError
 
 __all__ = ["check_number", "check_knowledge"]
 
@@ -30,12 +31,12 @@ def check_number(
             bound = f"greater than {low:g}" + (f" and at most {high}" if high is not None else "")
         else:
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} {bound}, got {value!r}")
+        raise UsageError(f"{name} must be {'an integer' if integer else 'a number'} {bound}, got {value!r}")
     return value
 
 
 def check_knowledge(value: Any, what: str) -> KnowledgeSet:
     """``value`` if it is a KnowledgeSet (never empty), else a ValueError naming ``what``."""
     if not isinstance(value, KnowledgeSet):
-        raise ValueError(f"{what} must be a non-empty loka.data.KnowledgeSet, got {type(value).__name__}")
+        raise UsageError(f"{what} must be a non-empty loka.data.KnowledgeSet, got {type(value).__name__}")
     return value

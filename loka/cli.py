@@ -1,9 +1,10 @@
 """The ``loka`` command line.
 
-Every command has ``--help`` with an example. A user error (a missing file, bad JSON, an unknown
-method, a mask for another model, an output that exists) prints one line ``error: ...`` and exits
-with status 2, having written nothing; ``--debug`` shows the traceback instead. ``--quiet`` turns
-the progress bars off.
+Every command has ``--help`` with an example. A user error (a :class:`loka.errors.UsageError`: an
+unknown method or option, a mask for another model, bad JSON in an input; or a file problem: a
+missing file, an output that exists) prints one line ``error: ...`` and exits with status 2, having
+written nothing; ``--debug`` shows the traceback instead. Any other exception is a bug and shows
+its traceback. ``--quiet`` turns the progress bars off.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from loka.errors import UsageError
 from loka.files import check_output as _new_output
 
 __all__ = ["main"]
 
 DEMO_OUT = "loka-demo"
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for: reported as one line, exit status 2."""
 
 
 # --- shared argument helpers ---------------------------------------------------------------------
@@ -50,14 +48,22 @@ def _model(name: str) -> Any:
     return load_model(name)
 
 
-def _option(text: str) -> tuple[str, Any]:
+def _option(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` as ``(key, value text)``; the value is read by the option's type later
+    (:meth:`loka.configs.MethodConfig.parse`), once the method is known."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. epochs=5), got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. size=0.02), got {text!r}")
+    return key, value
+
+
+def _config_options(method: str, given: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """``method``'s options from ``(key, text)`` pairs, each value read by the option's type; an
+    unknown key is a UsageError that lists the method's options."""
+    from loka.configs import CONFIGS
+
+    cls = CONFIGS[method]
+    return {key: cls.parse(key, text) for key, text in given}
 
 
 def _ints(text: str) -> list[int]:
@@ -67,14 +73,19 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 2,3), got {text!r}") from None
 
 
-def _method_options(given: list[tuple[str, Any]] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
-    """``--option METHOD.KEY=VALUE`` pairs as ``{method: {key: value}}``."""
-    options: dict[str, dict[str, Any]] = {}
+def _method_options(given: list[tuple[str, str]] | None, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``--option METHOD.KEY=VALUE`` pairs as ``{method: {key: value}}``, values read by type."""
+    from loka.configs import method_config
+
+    pairs: dict[str, list[tuple[str, str]]] = {}
     for key, value in given or []:
         method, dot, name = key.partition(".")
         if not dot or method not in methods:
-            raise UserError(f"--option {key}: name it METHOD.OPTION with METHOD one of {methods}")
-        options.setdefault(method, {})[name] = value
+            raise UsageError(f"--option {key}: name it METHOD.OPTION with METHOD one of {methods}")
+        pairs.setdefault(method, []).append((name, value))
+    options = {method: _config_options(method, items) for method, items in pairs.items()}
+    for method, values in options.items():  # checked now, before a model is loaded or trained
+        method_config(method, **values)
     return options
 
 
@@ -137,7 +148,7 @@ def _mask(args: argparse.Namespace) -> int:
 
     if args.show is not None:
         if args.scores is not None or args.out is not None:
-            raise UserError("--show takes only the mask file; do not give SCORES_DIR or --out with it")
+            raise UsageError("--show takes only the mask file; do not give SCORES_DIR or --out with it")
         summary = AblationMask.load(args.show).summary()
         print(f"mask {args.show}: {summary['total']} components, mode {summary['mode']}")
         for kind in ("neurons", "heads"):
@@ -150,9 +161,9 @@ def _mask(args: argparse.Namespace) -> int:
     import attribution
 
     if args.scores is None or args.out is None:
-        raise UserError("give SCORES_DIR and --out mask.json (or --show mask.json)")
+        raise UsageError("give SCORES_DIR and --out mask.json (or --show mask.json)")
     if (args.k is None) == (args.fraction is None):
-        raise UserError("give exactly one of --k N or --fraction F")
+        raise UsageError("give exactly one of --k N or --fraction F")
     out = _new_output(args.out, overwrite=args.overwrite, is_dir=False)
     scores = attribution.AttributionScores.load(args.scores)
     mask = AblationMask.from_scores(
@@ -185,18 +196,20 @@ def _scores(model: Any, knowledge: Any) -> str:
 
 def _unlearn(args: argparse.Namespace) -> int:
     from ablation import export_checkpoint
+    from loka.configs import method_config
     from loka.methods import METHODS, unlearn
 
     if args.method not in METHODS:
-        raise UserError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
     out = _new_output(args.out, overwrite=args.overwrite)
     forget, retain = _knowledge(args.forget), _knowledge(args.retain)
     extra = {name: _knowledge(getattr(args, name)) for name in ("validation", "reference", "augment")}
-    options = dict(args.option or [])
+    options = _config_options(args.method, args.option or [])
     if args.oracle is not None:
         if args.method != "retrain":
-            raise UserError("--oracle is only for --method retrain")
+            raise UsageError("--oracle is only for --method retrain")
         options["oracle"] = args.oracle
+    method_config(args.method, **options)  # checked now, before the model is loaded
     model = _model(args.model)
     result = unlearn(
         model, forget, retain, method=args.method, seed=args.seed, progress=_progress(args), budget=_budget(args),
@@ -247,13 +260,13 @@ def _compare(args: argparse.Namespace) -> int:
     if args.model is not None:
         missing = [f"--{n}" for n in ("forget", "retain", "holdout") if getattr(args, n) is None]
         if missing:
-            raise UserError(f"with --model, also give {' '.join(missing)}")
+            raise UsageError(f"with --model, also give {' '.join(missing)}")
         sets = {name: _knowledge(getattr(args, name)) for name in ("forget", "retain", "holdout", "passages")}
         comparison = compare(_model(args.model), **sets, oracle=args.oracle, **common)
     else:
         given = [f"--{n}" for n in ("forget", "retain", "holdout", "oracle", "passages") if getattr(args, n)]
         if given:
-            raise UserError(f"{' '.join(given)} need --model; without it compare runs on the testbed")
+            raise UsageError(f"{' '.join(given)} need --model; without it compare runs on the testbed")
         from loka import testbed
 
         tb = testbed.load(args.size, seed=args.seed, cache_dir=args.cache_dir, progress=_progress(args))
@@ -313,17 +326,17 @@ def _read_updates(path: str) -> tuple[Any, dict[str, str]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            raise UsageError(f"{path}:{number}: not valid JSON ({err.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("new_target"), str) or not record["new_target"]:
-            raise UserError(f"{path}:{number}: each line needs prompt, target (the old answer) and new_target")
+            raise UsageError(f"{path}:{number}: each line needs prompt, target (the old answer) and new_target")
         targets.append(record.pop("new_target"))
         records.append(record)
     if not records:
-        raise UserError(f"updates file {path!r} has no updates")
+        raise UsageError(f"updates file {path!r} has no updates")
     facts = KnowledgeSet.from_records(records, name=file.stem)
     same = [f.id for f, new in zip(facts, targets, strict=True) if new.strip() == f.target.strip()]
     if same:
-        raise UserError(f"fact {same[0]!r}: new_target equals the old target; nothing to update")
+        raise UsageError(f"fact {same[0]!r}: new_target equals the old target; nothing to update")
     return facts, {f.id: new for f, new in zip(facts, targets, strict=True)}
 
 
@@ -431,7 +444,10 @@ def _parser() -> argparse.ArgumentParser:
     mask.add_argument("--k", type=int, help="ablate the top K components")
     mask.add_argument("--fraction", type=float, help="ablate the top fraction F of the components")
     mask.add_argument("--per-layer-max", type=int, help="at most M components per layer and kind")
-    mask.add_argument("--kind", choices=("neuron", "head", "all"), default="all")
+    mask.add_argument(
+        "--kind", choices=("neurons", "heads", "all", "neuron", "head"), default="all",
+        help="the pool to rank: neurons, heads or all (default all)",
+    )  # fmt: skip
     mask.add_argument("--mode", choices=("zero", "scale"), default="zero")
     mask.add_argument("--scale", type=float, help="the factor for --mode scale")
     mask.add_argument("--out", help="the mask file to write (JSON, values beside it)")
@@ -464,7 +480,10 @@ def _parser() -> argparse.ArgumentParser:
     unl.add_argument("--reference", help="JSONL of facts about people the model never saw (LOKA's target)")
     unl.add_argument("--augment", help="JSONL of extra wordings of the forget facts a method may train on")
     budget_options(unl)
-    unl.add_argument("--option", action="append", type=_option, metavar="KEY=VALUE", help="a method option")
+    unl.add_argument(
+        "--option", action="append", type=_option, metavar="KEY=VALUE",
+        help="a method option, read by its type (e.g. size=0.02, contrast=false, sizes=0.01,0.02)",
+    )  # fmt: skip
     unl.add_argument("--seed", type=int, default=0)
     unl.add_argument("--out", required=True)
     overwrite(unl)
@@ -566,7 +585,10 @@ def _parser() -> argparse.ArgumentParser:
     upd.add_argument("--updates", required=True, help="JSONL: prompt, target (old), new_target (+ optional fields)")
     upd.add_argument("--retain", required=True, help="JSONL of facts whose outputs must not move")
     upd.add_argument("--layers", type=_ints, help="MLP layers to edit, e.g. 2,3 (default: the last)")
-    upd.add_argument("--positions", choices=("answer", "subject", "both"), default="answer")
+    upd.add_argument(
+        "--positions", choices=("last", "subject", "both"), default="last",
+        help="where the keys are read: the last prompt token, the subject's last token, or both (default last)",
+    )  # fmt: skip
     upd.add_argument("--lam", type=float, help="weight of the retain constraint")
     upd.add_argument("--out", required=True)
     overwrite(upd)
@@ -580,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (UserError, ValueError, OSError) as err:
+    except (UsageError, OSError) as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)

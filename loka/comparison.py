@@ -31,8 +31,10 @@ from tqdm.auto import tqdm
 
 import attribution
 from ablation import AblationMask, random_edit_like
+from loka.configs import method_config
 from loka.curve import BudgetCurve, budget_curve, check_sizes
 from loka.data import KnowledgeSet
+from loka.errors import UsageError
 from loka.evaluation import UnlearningEvaluation, evaluate
 from loka.files import check_output as check_output_dir
 from loka.files import json_default as _json_default
@@ -404,7 +406,7 @@ def compare(
     the stopping rule) and runs once per method seed (``seeds``: a count or the seeds
     themselves); each number is then a mean with a 95% interval over people and seeds.
     ``oracle`` (a model directory or model trained without ``forget``) is evaluated once and is
-    every row's reference; ``oracle_seconds`` (its training time) goes in its row. ``options``
+    every row's yardstick; ``oracle_seconds`` (its training time) goes in its row. ``options``
     maps a method name to its options for :func:`loka.unlearn`. ``control`` adds, for the first
     ``control_seeds`` runs of every method, the evaluation of a random edit of the same size
     (same singular values, random directions). ``locations`` (default: ``("random",)`` when LOKA
@@ -420,35 +422,37 @@ def compare(
     unknown = [m for m in methods if m not in METHODS or m == "retrain"]
     if unknown:
         allowed = ", ".join(m for m in METHODS if m != "retrain")
-        raise ValueError(f"unknown method {unknown[0]!r} for compare; choose from {allowed} (the oracle is oracle=)")
+        raise UsageError(f"unknown method {unknown[0]!r} for compare; choose from {allowed} (the oracle is oracle=)")
     if len(set(methods)) != len(methods):
-        raise ValueError(f"methods repeat a name: {list(methods)}")
+        raise UsageError(f"methods repeat a name: {list(methods)}")
     options = dict(options or {})
     stray = sorted(set(options) - set(methods))
     if stray:
-        raise ValueError(f"options given for {stray[0]!r}, which is not among the methods {list(methods)}")
+        raise UsageError(f"options given for {stray[0]!r}, which is not among the methods {list(methods)}")
+    for name in methods:  # a bad option fails here, before any method runs
+        method_config(name, **options.get(name, {}))
     run_seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
     if not run_seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in run_seeds):
-        raise ValueError(f"seeds must be a positive count or a list of non-negative integers, got {seeds!r}")
+        raise UsageError(f"seeds must be a positive count or a list of non-negative integers, got {seeds!r}")
     if locations is None:
         locations = ("random",) if "loka" in methods else ()
     bad = [x for x in locations if x not in LOCATIONS or x == "located"]
     if isinstance(locations, str) or bad:
         allowed = ", ".join(x for x in LOCATIONS if x != "located")
-        raise ValueError(f"unknown location {bad[0] if bad else locations!r}; locations are a list of {allowed}")
+        raise UsageError(f"unknown location {bad[0] if bad else locations!r}; locations are a list of {allowed}")
     if curve is not None:
         check_sizes(curve)
     if (locations or curve) and "loka" not in methods:
-        raise ValueError("locations and curve are about LOKA's edit; include 'loka' in methods or leave them out")
+        raise UsageError("locations and curve are about LOKA's edit; include 'loka' in methods or leave them out")
     if not isinstance(control_seeds, int) or control_seeds < 0:
-        raise ValueError(f"control_seeds must be a non-negative integer, got {control_seeds!r}")
+        raise UsageError(f"control_seeds must be a non-negative integer, got {control_seeds!r}")
     if protocol is None:
         missing = [n for n, v in (("forget", forget), ("retain", retain), ("holdout", holdout)) if v is None]
         if missing:
-            raise ValueError(f"compare needs protocol= or all of forget=, retain=, holdout= (missing {missing})")
+            raise UsageError(f"compare needs protocol= or all of forget=, retain=, holdout= (missing {missing})")
         protocol = Protocol.from_sets(forget=forget, retain=retain, holdout=holdout, passages=passages, seed=seed)
     elif any(v is not None for v in (forget, retain, holdout, passages)):
-        raise ValueError("give either protocol= or forget=/retain=/holdout=/passages=, not both")
+        raise UsageError("give either protocol= or forget=/retain=/holdout=/passages=, not both")
     if isinstance(model, str | Path):
         model = load_model(model)
     budget = budget or Budget()
@@ -458,13 +462,13 @@ def compare(
     # the probe reads every model at the block where it reads the original best (chosen on held-out
     # retain people of the original): one readout location for all, fixed like the relearning grid
     common["probe_layer"] = original.probe.layer if original.probe is not None else None
-    reference = None
+    oracle_evaluation = None
     if oracle is not None:
-        reference = evaluate(oracle, **common, label="oracle")
-        original = dataclasses.replace(original, reference=reference)
+        oracle_evaluation = evaluate(oracle, **common, label="oracle")
+        original = dataclasses.replace(original, oracle=oracle_evaluation)
     outcomes.append(MethodOutcome("original", (original,)))
-    if reference is not None:
-        outcomes.append(MethodOutcome("oracle", (reference,), configs=({"oracle": str(oracle)},),
+    if oracle_evaluation is not None:
+        outcomes.append(MethodOutcome("oracle", (oracle_evaluation,), configs=({"oracle": str(oracle)},),
                                       seconds=oracle_seconds))  # fmt: skip
     scores = None
     if attribute:
@@ -476,7 +480,7 @@ def compare(
     rows += [(f"{LOCATION_PREFIX}{x}", "loka", {**options.get("loka", {}), "location": x}) for x in locations]
     if location_seeds is not None and (isinstance(location_seeds, bool) or not isinstance(location_seeds, int)
                                        or location_seeds < 1):  # fmt: skip
-        raise ValueError(f"location_seeds must be a positive integer or None, got {location_seeds!r}")
+        raise UsageError(f"location_seeds must be a positive integer or None, got {location_seeds!r}")
     jobs = [(row, s) for row in rows for s in (run_seeds[:location_seeds] if " @" in row[0] else run_seeds)]
     runs: dict[str, list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]] = {}
     for (name, method, method_options), run_seed in tqdm(
@@ -490,7 +494,7 @@ def compare(
             reference=protocol.reference, augment=protocol.augment, budget=budget, seed=run_seed,
             progress=progress, **method_options,
         )  # fmt: skip
-        evaluation = evaluate(result.model, **common, oracle=reference, seen=result.seen, label=name)
+        evaluation = evaluate(result.model, **common, oracle=oracle_evaluation, seen=result.seen, label=name)
         controlled = None
         # LOKA's own controls are the location rows; the direction control is for whole-model edits
         if control and method != "loka" and len(runs.get(name, [])) < control_seeds:

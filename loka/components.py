@@ -22,6 +22,8 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
+from loka.errors import UsageError
+
 __all__ = ["Kind", "KINDS", "Component", "ComponentShapes", "hook_name", "to_masks", "from_masks"]
 
 Kind = Literal["neuron", "head"]
@@ -33,7 +35,7 @@ _LABEL = re.compile(r"^L(\d+)([NH])(\d+)$")
 def hook_name(kind: Kind, layer: int) -> str:
     """The TransformerLens hook whose activations hold ``kind`` components of ``layer``."""
     if kind not in _HOOKS:
-        raise ValueError(f"unknown component kind {kind!r}; use one of {KINDS}")
+        raise UsageError(f"unknown component kind {kind!r}; use one of {KINDS}")
     return _HOOKS[kind].format(layer=layer)
 
 
@@ -58,19 +60,19 @@ class Component(NamedTuple):
         if isinstance(value, str):
             match = _LABEL.match(value.strip())
             if not match:
-                raise ValueError(
+                raise UsageError(
                     f"cannot read component {value!r}; write it as 'L<layer>N<index>' or 'L<layer>H<index>'"
                 )
             layer, letter, index = match.groups()
             return cls("neuron" if letter == "N" else "head", int(layer), int(index))
         if not isinstance(value, tuple | list) or len(value) != 3:
-            raise ValueError(f"a component is ('neuron' | 'head', layer, index), got {value!r}")
+            raise UsageError(f"a component is ('neuron' | 'head', layer, index), got {value!r}")
         kind, layer, index = value
         if kind not in KINDS:
-            raise ValueError(f"component {tuple(value)!r}: unknown kind {kind!r}; use one of {KINDS}")
+            raise UsageError(f"component {tuple(value)!r}: unknown kind {kind!r}; use one of {KINDS}")
         for name, number in (("layer", layer), ("index", index)):
             if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-                raise ValueError(f"component {tuple(value)!r}: {name} must be a non-negative integer")
+                raise UsageError(f"component {tuple(value)!r}: {name} must be a non-negative integer")
         return cls(kind, layer, index)
 
 
@@ -87,24 +89,24 @@ class ComponentShapes:
         """Read the shapes from a TransformerBridge (``model.cfg``)."""
         cfg = getattr(model, "cfg", None)
         if cfg is None:
-            raise ValueError(f"expected a TransformerBridge with a .cfg, got {type(model).__name__}")
+            raise UsageError(f"expected a TransformerBridge with a .cfg, got {type(model).__name__}")
         return cls(int(cfg.n_layers), int(cfg.d_mlp), int(cfg.n_heads))
 
     def shape(self, kind: Kind) -> tuple[int, int]:
         if kind not in KINDS:
-            raise ValueError(f"unknown component kind {kind!r}; use one of {KINDS}")
+            raise UsageError(f"unknown component kind {kind!r}; use one of {KINDS}")
         return (self.n_layers, self.d_mlp if kind == "neuron" else self.n_heads)
 
     def check(self, component: Component) -> Component:
         """``component`` if it exists in a model of these shapes, else a ValueError naming it."""
         n_layers, width = self.shape(component.kind)
         if component.layer >= n_layers:
-            raise ValueError(
+            raise UsageError(
                 f"component {component.label}: layer {component.layer} does not exist (model has {n_layers} layers)"
             )
         if component.index >= width:
             what = "d_mlp" if component.kind == "neuron" else "n_heads"
-            raise ValueError(f"component {component.label}: index {component.index} is out of range ({what} = {width})")
+            raise UsageError(f"component {component.label}: index {component.index} is out of range ({what} = {width})")
         return component
 
 

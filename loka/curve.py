@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from loka.configs import SIZES, method_config
+from loka.errors import UsageError
 from loka.intervals import Interval, mean_interval, per_person
-from loka.methods import SIZES, Budget, unlearn
+from loka.methods import Budget, unlearn
 from loka.metrics import score_facts
 from loka.protocol import Protocol
 
@@ -81,10 +83,10 @@ class BudgetCurve:
 
     def interval(self, size: float, location: str, metric: str) -> Interval:
         if metric not in CURVE_METRICS:
-            raise ValueError(f"metric must be one of {', '.join(CURVE_METRICS)}, got {metric!r}")
+            raise UsageError(f"metric must be one of {', '.join(CURVE_METRICS)}, got {metric!r}")
         runs = self._runs(size, location)
         if not runs:
-            raise ValueError(f"no run at size {size} on {location!r} components")
+            raise UsageError(f"no run at size {size} on {location!r} components")
         people = [p for p in runs[0].people[metric] if all(p in r.people[metric] for r in runs)]
         tables = [dict(zip(r.people[metric], r.values[metric], strict=True)) for r in runs]
         return mean_interval([[t[p] for p in people] for t in tables])
@@ -162,7 +164,7 @@ def check_sizes(sizes: Any) -> None:
         or not sizes
         or any(isinstance(s, bool) or not isinstance(s, float) or not 0 < s <= 1 for s in sizes)
     ):
-        raise ValueError(f"sizes must be fractions in (0, 1], got {sizes!r}")
+        raise UsageError(f"sizes must be fractions in (0, 1], got {sizes!r}")
 
 
 def budget_curve(
@@ -180,14 +182,15 @@ def budget_curve(
     check_sizes(sizes)
     bad = [x for x in locations if x not in ("located", "random", "least", "complement")]
     if not locations or bad:
-        raise ValueError(f"locations must be among 'located', 'random', 'least', 'complement', got {list(locations)!r}")
+        raise UsageError(f"locations must be among 'located', 'random', 'least', 'complement', got {list(locations)!r}")
     run_seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
     if not run_seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in run_seeds):
-        raise ValueError(f"seeds must be a positive count or a list of non-negative integers, got {seeds!r}")
+        raise UsageError(f"seeds must be a positive count or a list of non-negative integers, got {seeds!r}")
     options = dict(options or {})
     clash = sorted({"size", "location", "location_seed"} & set(options))
     if clash:
-        raise ValueError(f"options may not set {clash[0]!r}: the curve sets it")
+        raise UsageError(f"options may not set {clash[0]!r}: the curve sets it")
+    method_config("loka", **options)  # a bad option fails here, before any run
     jobs = [(size, location, seed) for size in sizes for location in locations for seed in run_seeds]
     points = []
     for size, location, seed in tqdm(jobs, desc="budget curve", disable=not progress, leave=False):

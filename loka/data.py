@@ -30,6 +30,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from loka.errors import UsageError
+
 __all__ = [
     "Fact",
     "FactBatch",
@@ -89,26 +91,26 @@ def _joined_target(prompt: str, target: str) -> str:
 
 def _fact_from_record(record: Any, where: str) -> Fact:
     if not isinstance(record, Mapping):
-        raise ValueError(f"{where}: a fact must be a JSON object, got {type(record).__name__}")
+        raise UsageError(f"{where}: a fact must be a JSON object, got {type(record).__name__}")
     unknown = sorted(set(record) - set(_FIELDS))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys are {list(_FIELDS)}")
+        raise UsageError(f"{where}: unknown key(s) {unknown}; allowed keys are {list(_FIELDS)}")
     for key in ("prompt", "target"):
         if key not in record:
-            raise ValueError(f"{where}: missing required key {key!r}")
+            raise UsageError(f"{where}: missing required key {key!r}")
         if not isinstance(record[key], str):
-            raise ValueError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
+            raise UsageError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
     if not record["prompt"].strip():
-        raise ValueError(f"{where}: empty prompt")
+        raise UsageError(f"{where}: empty prompt")
     if not record["target"].strip():
-        raise ValueError(f"{where}: empty target")
+        raise UsageError(f"{where}: empty target")
     for key in ("id", "subject", "relation"):
         value = record.get(key)
         if value is not None and (not isinstance(value, str) or not value):
-            raise ValueError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
+            raise UsageError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
     paraphrases = record.get("paraphrases") or []
     if not isinstance(paraphrases, list | tuple) or not all(isinstance(p, str) and p.strip() for p in paraphrases):
-        raise ValueError(f"{where}: 'paraphrases' must be a list of non-empty strings")
+        raise UsageError(f"{where}: 'paraphrases' must be a list of non-empty strings")
     subject = record.get("subject")
     return Fact(
         id=record.get("id") or "",
@@ -208,13 +210,13 @@ class KnowledgeSet:
 
     def __post_init__(self) -> None:
         if not self.facts:
-            raise ValueError(f"KnowledgeSet {self.name!r} is empty: it needs at least one fact")
+            raise UsageError(f"KnowledgeSet {self.name!r} is empty: it needs at least one fact")
         seen: dict[str, int] = {}
         for index, fact in enumerate(self.facts):
             if not isinstance(fact, Fact):
-                raise ValueError(f"{self.name} fact {index}: expected a Fact, got {type(fact).__name__}")
+                raise UsageError(f"{self.name} fact {index}: expected a Fact, got {type(fact).__name__}")
             if fact.id in seen:
-                raise ValueError(
+                raise UsageError(
                     f"{self.name}: duplicate fact id {fact.id!r} (facts {seen[fact.id]} and {index}); "
                     "ids must be unique"
                 )
@@ -258,9 +260,9 @@ class KnowledgeSet:
                 try:
                     located.append((f"{path}:{number}", json.loads(line)))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                    raise UsageError(f"{path}:{number}: not valid JSON ({err.msg})") from None
         if not located:
-            raise ValueError(f"knowledge file {str(path)!r} has no facts")
+            raise UsageError(f"knowledge file {str(path)!r} has no facts")
         return cls._from_located(located, path.stem)
 
     def to_jsonl(self, path: str | os.PathLike[str]) -> Path:
@@ -311,19 +313,19 @@ class KnowledgeSet:
         splits, so that validation people are people the method never saw).
         """
         if by not in ("fact", "subject"):
-            raise ValueError(f"split by={by!r} is not supported; use 'fact' or 'subject'")
+            raise UsageError(f"split by={by!r} is not supported; use 'fact' or 'subject'")
         if not 0 < fraction < 1:
-            raise ValueError(f"split fraction must be strictly between 0 and 1, got {fraction}")
+            raise UsageError(f"split fraction must be strictly between 0 and 1, got {fraction}")
         if by == "subject":
             missing = next((f.id for f in self.facts if f.subject is None), None)
             if missing is not None:
-                raise ValueError(f"cannot split {self.name!r} by subject: fact {missing!r} has no subject")
+                raise UsageError(f"cannot split {self.name!r} by subject: fact {missing!r} has no subject")
             units = list(self.subjects)
         else:
             units = list(self.ids)
         n_part = round(fraction * len(units))
         if not 0 < n_part < len(units):
-            raise ValueError(
+            raise UsageError(
                 f"splitting {len(units)} {by}s of {self.name!r} with fraction {fraction} leaves one side empty"
             )
         part = set(random.Random(seed).sample(units, n_part))
@@ -340,7 +342,7 @@ class KnowledgeSet:
             for j, prompt in enumerate(f.paraphrases)
         )
         if not facts:
-            raise ValueError(f"KnowledgeSet {self.name!r} has no paraphrases")
+            raise UsageError(f"KnowledgeSet {self.name!r} has no paraphrases")
         return KnowledgeSet(facts, name=f"{self.name}/paraphrased")
 
     # tokenization --------------------------------------------------------------------------
@@ -364,7 +366,7 @@ class KnowledgeSet:
     def batches(self, model_or_tokenizer: Any, batch_size: int = 32, **encode_options: Any) -> Iterator[FactBatch]:
         """Consecutive :class:`FactBatch` es of at most ``batch_size`` facts, in order."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         for start in range(0, len(self.facts), batch_size):
             yield encode_facts(self.facts[start : start + batch_size], model_or_tokenizer, **encode_options)
 
@@ -401,10 +403,10 @@ def _resolve_tokenizer(model_or_tokenizer: Any, max_length: int | None) -> tuple
     if hasattr(model_or_tokenizer, "cfg") and hasattr(model_or_tokenizer, "tokenizer"):
         tokenizer = model_or_tokenizer.tokenizer
         if tokenizer is None:
-            raise ValueError("the model has no tokenizer; pass one explicitly")
+            raise UsageError("the model has no tokenizer; pass one explicitly")
         return tokenizer, max_length or getattr(model_or_tokenizer.cfg, "n_ctx", None)
     if not callable(getattr(model_or_tokenizer, "encode", None)):
-        raise ValueError(
+        raise UsageError(
             f"expected a TransformerBridge or a Hugging Face tokenizer, got {type(model_or_tokenizer).__name__}"
         )
     if max_length is None:
@@ -428,14 +430,14 @@ def encode_facts(
     or when BOS is asked for and the tokenizer has none.
     """
     if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side={padding_side!r} is not supported; use 'left' or 'right'")
+        raise UsageError(f"padding_side={padding_side!r} is not supported; use 'left' or 'right'")
     if not facts:
-        raise ValueError("no facts to encode")
+        raise UsageError("no facts to encode")
     tokenizer, max_length = _resolve_tokenizer(model_or_tokenizer, max_length)
     bos = []
     if prepend_bos:
         if tokenizer.bos_token_id is None:
-            raise ValueError("prepend_bos=True but the tokenizer has no BOS token; pass prepend_bos=False")
+            raise UsageError("prepend_bos=True but the tokenizer has no BOS token; pass prepend_bos=False")
         bos = [tokenizer.bos_token_id]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
@@ -444,10 +446,10 @@ def encode_facts(
         prompt = tokenizer(fact.prompt, add_special_tokens=False, return_offsets_mapping=fact.subject is not None)
         target = tokenizer(_joined_target(fact.prompt, fact.target), add_special_tokens=False)["input_ids"]
         if not target:
-            raise ValueError(f"fact {fact.id!r}: target {fact.target!r} tokenizes to no tokens")
+            raise UsageError(f"fact {fact.id!r}: target {fact.target!r} tokenizes to no tokens")
         ids = bos + prompt["input_ids"] + target
         if max_length is not None and len(ids) > max_length:
-            raise ValueError(
+            raise UsageError(
                 f"fact {fact.id!r} is {len(ids)} tokens (BOS + prompt + target), longer than the "
                 f"context of {max_length}; shorten or drop it (nothing is truncated)"
             )
@@ -525,9 +527,9 @@ def load_tofu(
     facts' paraphrases.
     """
     if split not in TOFU_SPLITS:
-        raise ValueError(f"unknown TOFU split {split!r}; choose one of {', '.join(TOFU_SPLITS)}")
+        raise UsageError(f"unknown TOFU split {split!r}; choose one of {', '.join(TOFU_SPLITS)}")
     if "{question}" not in template:
-        raise ValueError(f"template {template!r} must contain '{{question}}'")
+        raise UsageError(f"template {template!r} must contain '{{question}}'")
     directory = Path(directory)
     path = directory / f"{split}.jsonl"
     if not path.is_file():
@@ -546,7 +548,7 @@ def load_tofu(
     for i, row in enumerate(read(path)):
         missing = {"question", "answer"} - set(row)
         if missing:
-            raise ValueError(f"{path}:{i + 1}: missing key(s) {sorted(missing)}")
+            raise UsageError(f"{path}:{i + 1}: missing key(s) {sorted(missing)}")
         if split in _TOFU_OFFSETS:
             author, k = divmod(_TOFU_OFFSETS[split] + i, _TOFU_QUESTIONS_PER_AUTHOR)
             fact_id = f"tofu/a{author:03d}/q{k:02d}"

@@ -44,6 +44,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from loka.data import KnowledgeSet
+from loka.errors import UsageError
 from loka.extraction import Extraction, extract, rouge_l_recall
 from loka.membership import ATTACKS, membership_auc, membership_scores, privleak
 from loka.metrics import score_facts, text_token_log_probs
@@ -84,7 +85,7 @@ class UnlearningEvaluation:
     extraction: Extraction | None = None
     relearning: Relearning | None = None
     probe: Probe | None = None
-    reference: UnlearningEvaluation | None = None  # the oracle's evaluation
+    oracle: UnlearningEvaluation | None = None  # the oracle's evaluation (the exact retrain)
     control: UnlearningEvaluation | None = None  # a random mask of the same size
     label: str = field(default="model", compare=False)
     unseen_wording_forget_accuracy: float | None = None  # a wording held out of the original's training
@@ -111,13 +112,13 @@ class UnlearningEvaluation:
 
     @property
     def privleak(self) -> float | None:
-        if self.reference is None:
+        if self.oracle is None:
             return None
-        return privleak(self.membership_inference_auc, self.reference.membership_inference_auc)
+        return privleak(self.membership_inference_auc, self.oracle.membership_inference_auc)
 
     def verdict(self) -> str:
         """The evaluation in words: forgotten, suppressed, or leaking, and against what."""
-        ref = self.reference
+        ref = self.oracle
         lines = [
             f"forget quality {self.forget_quality} (forget {self.forget_accuracy:.3f}, "
             f"retain {self.retain_accuracy:.3f}); privacy leakage {self.privacy_leakage} "
@@ -151,7 +152,7 @@ class UnlearningEvaluation:
             privleak=self.privleak,
             verdict=self.verdict(),
         )
-        for name in ("reference", "control"):
+        for name in ("oracle", "control"):
             sub = getattr(self, name)
             out[name] = sub.to_dict() if sub is not None else None
         return out
@@ -179,7 +180,7 @@ class UnlearningEvaluation:
 
     def table(self) -> str:
         """A text table of this model's numbers beside the oracle's and the random control's."""
-        columns = [("model", self)] + [(n, e) for n, e in (("oracle", self.reference), ("control", self.control)) if e]
+        columns = [("model", self)] + [(n, e) for n, e in (("oracle", self.oracle), ("control", self.control)) if e]
         values = [dict(e.rows()) for _, e in columns]
         header = f"{'':<24}" + "".join(f"{name:>10}" for name, _ in columns)
         lines = [header, "-" * len(header)]
@@ -195,14 +196,14 @@ def _as_model(model: Any) -> Any:
     if isinstance(model, str | Path):
         return load_model(model)
     if not callable(getattr(model, "parameters", None)):
-        raise ValueError(f"expected a model (TransformerBridge or HF) or a model directory, got {type(model).__name__}")
+        raise UsageError(f"expected a model (TransformerBridge or HF) or a model directory, got {type(model).__name__}")
     return model
 
 
 def _tokenizer(model: Any, tokenizer: Any) -> Any:
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
-        raise ValueError("this model has no tokenizer attached; pass tokenizer=...")
+        raise UsageError("this model has no tokenizer attached; pass tokenizer=...")
     return tokenizer
 
 
@@ -257,9 +258,9 @@ class _Sets:
         if protocol is not None:
             given = [n for n, v in (("forget", forget), ("retain", retain), ("holdout", holdout)) if v is not None]
             if given:
-                raise ValueError(f"give either protocol= or {'/'.join(given)}=, not both")
+                raise UsageError(f"give either protocol= or {'/'.join(given)}=, not both")
             if not isinstance(protocol, Protocol):
-                raise ValueError(f"protocol must be a loka.protocol.Protocol, got {type(protocol).__name__}")
+                raise UsageError(f"protocol must be a loka.protocol.Protocol, got {type(protocol).__name__}")
             return cls(
                 protocol.forget, protocol.retain_eval, protocol.nonmembers, protocol.paraphrase_eval,
                 protocol.unseen_wording_eval, protocol.passages if passages is None else passages,
@@ -267,15 +268,15 @@ class _Sets:
             )  # fmt: skip
         missing = [n for n, v in (("forget", forget), ("retain", retain), ("holdout", holdout)) if v is None]
         if missing:
-            raise ValueError(f"evaluate needs protocol= or all of forget=, retain=, holdout= (missing {missing})")
+            raise UsageError(f"evaluate needs protocol= or all of forget=, retain=, holdout= (missing {missing})")
         for name, value in (("forget", forget), ("retain", retain), ("holdout", holdout)):
             if not isinstance(value, KnowledgeSet):
-                raise ValueError(f"{name} must be a non-empty KnowledgeSet, got {type(value).__name__}")
+                raise UsageError(f"{name} must be a non-empty KnowledgeSet, got {type(value).__name__}")
         for a, a_name, b, b_name in ((forget, "forget", (retain,), "retain"),
                                      (holdout, "holdout", (forget, retain), "forget and retain")):  # fmt: skip
             shared = Seen.of(*b).clash(a)
             if shared is not None:
-                raise ValueError(f"{a_name} and {b_name} overlap ({shared} is in both); they must be disjoint")
+                raise UsageError(f"{a_name} and {b_name} overlap ({shared} is in both); they must be disjoint")
         paraphrases = forget.paraphrased() if any(f.paraphrases for f in forget) else None
         return cls(forget, retain, holdout, paraphrases, None, passages, retain, retain)
 
@@ -288,7 +289,7 @@ class _Sets:
         for name, ks in scored:
             shared = seen.clash(ks, by_person=name in ("retain", "MIA non-members")) if ks is not None else None
             if shared is not None:
-                raise ValueError(
+                raise UsageError(
                     f"the method was given {shared}, which the evaluation scores as {name}; "
                     "a method must never see what it is scored on (build the sets with loka.protocol.Protocol)"
                 )
@@ -322,7 +323,7 @@ def evaluate(
     people, ids or prompts. ``seen`` (an :class:`UnlearningResult`'s ``seen``) makes it an error
     to score a method on anything it was given. ``oracle`` (a model, a directory, or an already
     computed UnlearningEvaluation of the oracle) is evaluated the same way and stored as
-    ``reference``; ``control`` (a random edit of the same size) likewise as ``control``.
+    ``oracle``; ``control`` (a random edit of the same size) likewise as ``control``.
     ``passages`` (prefix -> continuation facts) turn on verbatim-extraction scoring.
     ``probe_layer`` fixes the block the probe reads (default: chosen on held-out retain people of
     this model; :func:`loka.compare` chooses it once, on the original model, for every model).
@@ -383,7 +384,7 @@ def evaluate(
         extraction=extraction,
         relearning=relearning,
         probe=probe_result,
-        reference=sub(oracle, "oracle"),
+        oracle=sub(oracle, "oracle"),
         control=sub(control, "control"),
         label=label,
         unseen_wording_forget_accuracy=accuracy.get("unseen_wording"),

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from loka.data import KnowledgeSet
+from loka.errors import UsageError
 from loka.models import hf_model
 
 __all__ = ["Extraction", "RougeL", "extract", "rouge_l", "rouge_l_recall", "rouge_l_f1"]
@@ -115,7 +116,7 @@ def extract(model: Any, tokenizer: Any, passages: KnowledgeSet, *, batch_size: i
     through the Hugging Face model's ``generate()``, ``batch_size`` passages at a time, left-padded.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pad_id = 0 if pad_id is None else pad_id

@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 from scipy.stats import bootstrap
 
+from loka.errors import UsageError
+
 __all__ = ["Interval", "mean_interval", "auc_interval", "per_person", "compare_intervals"]
 
 CONFIDENCE = 0.95
@@ -91,7 +93,7 @@ def mean_interval(matrix: np.ndarray | Sequence[Sequence[float]], *, seed: int =
     interval, resampling people and seeds independently."""
     matrix = np.asarray(matrix, dtype=float)
     if matrix.ndim != 2 or matrix.size == 0:
-        raise ValueError(f"expected a non-empty [seed, person] matrix, got shape {matrix.shape}")
+        raise UsageError(f"expected a non-empty [seed, person] matrix, got shape {matrix.shape}")
     seeds, people = np.arange(matrix.shape[0]), np.arange(matrix.shape[1])
 
     def statistic(s: np.ndarray, p: np.ndarray) -> float:
@@ -119,7 +121,7 @@ def auc_interval(
     once, so that each resample costs a small matrix product."""
     members, nonmembers = np.asarray(members, dtype=float), np.asarray(nonmembers, dtype=float)
     if members.ndim != 2 or nonmembers.ndim != 2 or len(members) != len(nonmembers):
-        raise ValueError("members and nonmembers must be [seed, text] arrays with the same number of seeds")
+        raise UsageError("members and nonmembers must be [seed, text] arrays with the same number of seeds")
     m_index, n_index = _person_index(member_people), _person_index(nonmember_people)
     m_one_hot = np.eye(m_index.max() + 1)[m_index]  # [text, person]
     n_one_hot = np.eye(n_index.max() + 1)[n_index]

@@ -40,6 +40,7 @@ from ablation import AblationMask
 from ablation.params import parameter_masks
 from ablation.selection import random_like_layers
 from loka.data import KnowledgeSet
+from loka.errors import UsageError
 from loka.models import hf_state_dict
 
 __all__ = [
@@ -81,9 +82,9 @@ class Localization:
     def resized(self, model: Any, size: int | float, components: ComponentChoice = "neurons") -> Localization:
         """The same ranking, another ``size`` (not for ``localize="exact"``, which re-measures)."""
         if self.localize == "exact":
-            raise ValueError("an exact localization is re-measured per size; call locate again")
+            raise UsageError("an exact localization is re-measured per size; call locate again")
         count = count_for_size(size, _pool(self.forget_scores, components))
-        mask = AblationMask.from_scores(self.scores, k=count, kind=_kind(components))
+        mask = AblationMask.from_scores(self.scores, k=count, kind=components)
         mask = AblationMask.from_components(mask.components, model=model)
         return dataclasses.replace(self, mask=mask, parameters=owned_parameters(model, mask))
 
@@ -111,18 +112,18 @@ class Localization:
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        raise UsageError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 def count_for_size(size: Any, pool: int) -> int:
     """Components for ``size``: a fraction in (0, 1] of the ``pool`` (rounded up) or a count."""
     if isinstance(size, bool) or not isinstance(size, int | float):
-        raise ValueError(f"size must be a fraction in (0, 1], a component count, or 'auto'; got {size!r}")
+        raise UsageError(f"size must be a fraction in (0, 1], a component count, or 'auto'; got {size!r}")
     if isinstance(size, float) and 0 < size <= 1:
         return max(1, math.ceil(size * pool))
     if isinstance(size, int) and 1 <= size <= pool:
         return size
-    raise ValueError(f"size must be a fraction in (0, 1] or a count between 1 and {pool}, got {size!r}")
+    raise UsageError(f"size must be a fraction in (0, 1] or a count between 1 and {pool}, got {size!r}")
 
 
 def owned_parameters(model: Any, mask: AblationMask) -> int:
@@ -150,10 +151,6 @@ def _pool(scores: Any, components: ComponentChoice) -> int:
     return sum(getattr(scores, kind).numel() for kind in _kinds(components))
 
 
-def _kind(components: ComponentChoice) -> str:
-    return {"neurons": "neuron", "heads": "head", "all": "all"}[components]
-
-
 def _exact_choice(
     model: Any,
     forget: KnowledgeSet,
@@ -166,7 +163,7 @@ def _exact_choice(
     """Among the ``4 * count`` best grad x act candidates, the ``count`` with the largest exact
     contrast (standardised forget effect minus standardised retain effect, denoising)."""
     pool = _pool(ranked, components)
-    candidates = AblationMask.from_scores(ranked, k=min(pool, 4 * count), kind=_kind(components)).components
+    candidates = AblationMask.from_scores(ranked, k=min(pool, 4 * count), kind=components).components
     effects = []
     for knowledge in (forget, retain):
         measured = attribution.patch_components(
@@ -213,7 +210,7 @@ def locate(
     if localize == "exact":
         mask = _exact_choice(model, forget, retain, ranked, count, components, seed)
     else:
-        mask = AblationMask.from_scores(ranked, k=count, kind=_kind(components))
+        mask = AblationMask.from_scores(ranked, k=count, kind=components)
     mask = AblationMask.from_components(mask.components, model=model)  # the model's fingerprint, zero mode
     return Localization(
         mask, "located", localize, owned_parameters(model, mask), total_parameters(model), ranked, forget_scores,
@@ -264,7 +261,7 @@ def _random_outside(mask: torch.Tensor, generator: torch.Generator) -> torch.Ten
     for layer, count in enumerate(mask.sum(-1).tolist()):
         free = (~mask[layer]).nonzero().flatten()
         if count > len(free):
-            raise ValueError(f"layer {layer} has only {len(free)} components outside the located set, {count} needed")
+            raise UsageError(f"layer {layer} has only {len(free)} components outside the located set, {count} needed")
         out[layer, free[torch.randperm(len(free), generator=generator)[:count]]] = True
     return out
 

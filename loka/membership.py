@@ -41,6 +41,8 @@ import torch
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score
 
+from loka.errors import UsageError
+
 __all__ = ["ATTACKS", "Attack", "DEFAULT_MIN_K", "membership_scores", "membership_auc", "privleak", "zlib_length"]
 
 Attack = Literal["loss", "zlib", "min_k"]
@@ -57,7 +59,7 @@ def _as_array(log_probs: torch.Tensor | ArrayLike, index: int) -> np.ndarray:
     values = log_probs.detach().cpu().double() if isinstance(log_probs, torch.Tensor) else log_probs
     array = np.asarray(values, dtype=np.float64).reshape(-1)
     if array.size == 0:
-        raise ValueError(f"text {index} has no scored tokens; every text needs at least one token log-probability")
+        raise UsageError(f"text {index} has no scored tokens; every text needs at least one token log-probability")
     return array
 
 
@@ -76,11 +78,11 @@ def membership_scores(
     docstring for the references).
     """
     if attack not in ATTACKS:
-        raise ValueError(f"unknown membership attack {attack!r}; use one of {ATTACKS}")
+        raise UsageError(f"unknown membership attack {attack!r}; use one of {ATTACKS}")
     if not 0 < k <= 1:
-        raise ValueError(f"min-k fraction must be in (0, 1], got {k}")
+        raise UsageError(f"min-k fraction must be in (0, 1], got {k}")
     if len(token_log_probs) != len(texts):
-        raise ValueError(f"got {len(token_log_probs)} token log-prob sequences for {len(texts)} texts")
+        raise UsageError(f"got {len(token_log_probs)} token log-prob sequences for {len(texts)} texts")
     scores = np.empty(len(texts))
     for i, (log_probs, text) in enumerate(zip(token_log_probs, texts, strict=True)):
         lp = _as_array(log_probs, i)
@@ -110,7 +112,7 @@ def membership_auc(
     it cannot tell them apart. This is open-unlearning's orientation and one minus MUSE's.
     """
     if not member_log_probs or not nonmember_log_probs:
-        raise ValueError("membership inference needs at least one member and one non-member text")
+        raise UsageError("membership inference needs at least one member and one non-member text")
     scores = membership_scores(
         [*member_log_probs, *nonmember_log_probs], [*member_texts, *nonmember_texts], attack=attack, k=k
     )
@@ -139,6 +141,6 @@ def privleak(auc: float, oracle_auc: float) -> float:
     """
     for name, value in (("auc", auc), ("oracle_auc", oracle_auc)):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be a ROC AUC in [0, 1], got {value}")
+            raise UsageError(f"{name} must be a ROC AUC in [0, 1], got {value}")
     muse_auc, muse_oracle_auc = 1.0 - auc, 1.0 - oracle_auc
     return (muse_auc - muse_oracle_auc) / (muse_oracle_auc + 1e-10) * 100.0

@@ -2,7 +2,10 @@
 
 Every method returns an edited **copy** (the input model is untouched) in an
 :class:`UnlearningResult`, with its configuration, a per-check log and its compute, so that the
-shared evaluation (:func:`loka.evaluate`) can compare them on equal terms.
+shared evaluation (:func:`loka.evaluate`) can compare them on equal terms. Each method's options
+are a frozen config checked when it is built (:mod:`loka.configs`: :class:`LokaConfig`,
+:class:`GradientAscentConfig`, :class:`TaskVectorConfig`, :class:`RetrainConfig`); keywords to
+:func:`unlearn` are sugar for it, and ``result.config`` records it.
 
 **One budget for all** (:class:`Budget`): every method checks forget accuracy on the forget prompts
 it was given every ``check_every`` optimizer steps and stops at the first check where it is at most
@@ -55,9 +58,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -66,23 +68,21 @@ from tqdm.auto import tqdm
 import attribution
 from ablation import AblationMask, bake, edit, key_covariance, mean_activations, rewrite
 from loka.checks import check_number
-from loka.data import FactBatch, KnowledgeSet
-from loka.localization import (
-    LOCATIONS,
-    ComponentChoice,
-    Localization,
-    Localize,
-    Location,
-    check_choice,
-    control_mask,
-    count_for_size,
-    locate,
+from loka.configs import (
+    SIZES,
+    GradientAscentConfig,
+    LokaConfig,
+    MethodConfig,
+    RetrainConfig,
+    TaskVectorConfig,
+    method_config,
 )
+from loka.data import FactBatch, KnowledgeSet
+from loka.errors import UsageError
+from loka.localization import Localization, control_mask, locate
 from loka.metrics import lm_loss, score_facts
 from loka.models import hf_model, hf_state_dict, load_model, plain_copy, same_kind_as
 from loka.objectives import (
-    OBJECTIVES,
-    Objective,
     answer_log_probs,
     npo_loss,
     retain_kl,
@@ -92,7 +92,19 @@ from loka.objectives import (
 from loka.protocol import Seen
 from loka.unknown import unknown_distributions
 
-__all__ = ["METHODS", "Budget", "Compute", "UnlearningResult", "unlearn"]
+__all__ = [
+    "METHODS",
+    "SIZES",
+    "Budget",
+    "Compute",
+    "GradientAscentConfig",
+    "LokaConfig",
+    "MethodConfig",
+    "RetrainConfig",
+    "TaskVectorConfig",
+    "UnlearningResult",
+    "unlearn",
+]
 
 logger = logging.getLogger(__name__)
 Method = Literal["loka", "gradient_ascent", "task_vector", "retrain"]
@@ -200,14 +212,9 @@ def _gradient_ascent(
     seed: int,
     progress: bool,
     budget: Budget,
-    lr: float = 5e-4,
-    alpha: float = 0.5,
-    batch_size: int = 16,
+    config: GradientAscentConfig,
 ) -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
-    check_number("lr", lr)
-    check_number("alpha", alpha, high=1.0)
-    check_number("batch_size", batch_size, low=1, integer=True)
-    config = dict(lr=lr, alpha=alpha, batch_size=batch_size)
+    lr, alpha, batch_size = config.lr, config.alpha, config.batch_size
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     student = plain_copy(model).train()
@@ -229,7 +236,7 @@ def _gradient_ascent(
                         "forget_accuracy": accuracy})  # fmt: skip
             if budget.reached(accuracy):
                 break
-    return student.eval(), config, log
+    return student.eval(), {}, log
 
 
 def _task_vector(
@@ -242,18 +249,12 @@ def _task_vector(
     progress: bool,
     budget: Budget,
     validation_retain: KnowledgeSet,
-    finetune_steps: int | None = None,
-    lr: float = 1e-3,
-    batch_size: int = 16,
-    scales: tuple[float, ...] = (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0),
+    config: TaskVectorConfig,
 ) -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
-    finetune_steps = min(60, budget.max_steps) if finetune_steps is None else finetune_steps
+    lr, batch_size, scales = config.lr, config.batch_size, config.scales
+    finetune_steps = min(60, budget.max_steps) if config.finetune_steps is None else config.finetune_steps
     check_number("finetune_steps", finetune_steps, low=1, high=budget.max_steps, integer=True)
-    check_number("lr", lr)
-    check_number("batch_size", batch_size, low=1, integer=True)
-    if not scales or any(not isinstance(v, int | float) or v <= 0 for v in scales):
-        raise ValueError(f"scales must be positive numbers, got {scales!r}")
-    config = dict(finetune_steps=finetune_steps, lr=lr, batch_size=batch_size, scales=list(scales))
+    used: dict[str, Any] = {"finetune_steps": finetune_steps}
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     tuned = plain_copy(model).train()
@@ -283,8 +284,8 @@ def _task_vector(
             break
         if margin is None or retain_accuracy - forget_accuracy > margin:
             chosen, best, margin = scale, candidate, retain_accuracy - forget_accuracy
-    config["chosen"] = {"scale": chosen}
-    return best, config, log
+    used["chosen"] = {"scale": chosen}
+    return best, used, log
 
 
 def _rows(batch: FactBatch, rows: torch.Tensor) -> FactBatch:
@@ -317,7 +318,7 @@ class _Forget:
         self.batch = prompts.encode(tokenizer).to(device)
         with torch.no_grad():  # log p_ref(answer | prompt) before the edit, for the NPO term
             original = answer_log_probs(hf_model(model), self.batch)
-            self.reference = sequence_log_probs(original, self.batch, skip_first=objective == "unknown")
+            self.original = sequence_log_probs(original, self.batch, skip_first=objective == "unknown")
         self.multi = self.batch.target_mask.sum(-1) > 1
 
     def __len__(self) -> int:
@@ -327,12 +328,12 @@ class _Forget:
         batch = _rows(self.batch, rows)
         log_probs = answer_log_probs(student, batch)
         if self.objective == "npo":
-            return npo_loss(sequence_log_probs(log_probs, batch), self.reference[rows], beta=self.beta)
+            return npo_loss(sequence_log_probs(log_probs, batch), self.original[rows], beta=self.beta)
         loss = unknown_loss(log_probs[:, 0], self.unknown[rows])
         multi = self.multi[rows]
         if multi.any():  # the rest of a multi-token answer: NPO on the tokens after the first
             rest = sequence_log_probs(log_probs, batch, skip_first=True)
-            loss = loss + npo_loss(rest[multi], self.reference[rows][multi], beta=self.beta) * multi.float().mean()
+            loss = loss + npo_loss(rest[multi], self.original[rows][multi], beta=self.beta) * multi.float().mean()
         return loss
 
 
@@ -414,9 +415,6 @@ def _masked_finetune(
     return edited, log
 
 
-SIZES: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.05, 0.1)
-
-
 def _loka(
     model: Any,
     forget: KnowledgeSet,
@@ -427,86 +425,46 @@ def _loka(
     progress: bool,
     budget: Budget,
     validation_retain: KnowledgeSet,
-    reference: KnowledgeSet | None = None,
-    edit: Literal["finetune", "ablate", "rewrite"] = "finetune",
-    size: float | int | Literal["auto"] = 0.05,
-    localize: Localize = "all",
-    components: ComponentChoice = "neurons",
-    contrast: bool = True,
-    location: Location = "located",
-    location_seed: int | None = None,
-    objective: Objective = "auto",
-    beta: float = 0.1,
-    ablate_mode: Literal["zero", "mean"] = "mean",
-    retain_floor: float = 0.95,
-    lr: float = 1e-2,
-    retain_weight: float = 3.0,
-    batch_size: int = 64,
-    sizes: tuple[float, ...] = SIZES,
-    min_layer_share: float = 0.05,
-    check_scores: int = 10,
-    max_layers: int = 2,
-    lams: tuple[float, ...] = (10.0, 3.0, 1.0, 0.3, 0.1),
+    reference: KnowledgeSet | None,
+    config: LokaConfig,
 ) -> tuple[Any, dict[str, Any], list[dict[str, float]], AblationMask | None]:
-    check_choice("edit", edit, ("finetune", "ablate", "rewrite"))
-    check_choice("objective", objective, OBJECTIVES)
-    check_choice("ablate_mode", ablate_mode, ("zero", "mean"))
-    check_choice("location", location, LOCATIONS)
-    if not isinstance(contrast, bool):
-        raise ValueError(f"contrast must be True or False, got {contrast!r}")
-    if location_seed is not None:
-        check_number("location_seed", location_seed, integer=True)
-    check_number("beta", beta, low=1e-6)
-    check_number("retain_floor", retain_floor, high=1.0)
-    check_number("min_layer_share", min_layer_share, high=1.0)
-    check_number("lr", lr)
-    check_number("retain_weight", retain_weight)
-    check_number("batch_size", batch_size, low=1, integer=True)
-    check_number("max_layers", max_layers, low=1, integer=True)
-    check_number("check_scores", check_scores, integer=True)
-    if not lams or any(not isinstance(v, int | float) or v < 0 for v in lams):
-        raise ValueError(f"lams must be non-negative numbers, got {lams!r}")
-    if not sizes or any(isinstance(v, bool) or not isinstance(v, float) or not 0 < v <= 1 for v in sizes):
-        raise ValueError(f"sizes must be fractions in (0, 1], got {sizes!r}")
-    if size != "auto":
-        count_for_size(size, 1 << 62)  # the type and range check; the pool is known after attribution
-    if edit == "rewrite":
+    objective = config.objective
+    if config.edit == "rewrite":
         return (*_rewrite_search(model, forget, retain, tokenizer=tokenizer, seed=seed, progress=progress,
                                  budget=budget, validation_retain=validation_retain, reference=reference,
-                                 retain_floor=retain_floor, max_layers=max_layers, lams=lams), None)  # fmt: skip
+                                 retain_floor=config.retain_floor, max_layers=config.max_layers, lams=config.lams),
+                None)  # fmt: skip
     if objective == "auto":
         objective = "unknown" if reference is not None else "npo"
     if objective == "unknown" and reference is None:
-        raise ValueError("objective='unknown' needs reference= facts about people the model never saw; use 'npo'")
-    config: dict[str, Any] = dict(
-        edit=edit, size=size, localize=localize, components=components, contrast=contrast, location=location,
-        objective=objective, beta=beta, retain_floor=retain_floor, lr=lr, retain_weight=retain_weight,
-        batch_size=batch_size, reference=reference.name if reference is not None else None,
-    )  # fmt: skip
+        raise UsageError("objective='unknown' needs reference= facts about people the model never saw; use 'npo'")
+    used: dict[str, Any] = dict(objective=objective, reference=reference.name if reference is not None else None)
     original_retain = _accuracy(model, validation_retain, tokenizer)
-    floor = retain_floor * original_retain
-    candidates = list(sizes) if size == "auto" else [size]
+    floor = config.retain_floor * original_retain
+    candidates = list(config.sizes) if config.size == "auto" else [config.size]
     log: list[dict[str, float]] = []
     best: tuple[float, Any, Localization, list[dict[str, float]]] | None = None
     located: Localization | None = None
     for candidate in candidates:
-        if located is None or localize == "exact":
-            located = locate(model, forget, retain, size=candidate, localize=localize, components=components,
-                             contrast=contrast, check=check_scores, seed=seed)  # fmt: skip
+        if located is None or config.localize == "exact":
+            located = locate(model, forget, retain, size=candidate, localize=config.localize,
+                             components=config.components, contrast=config.contrast, check=config.check_scores,
+                             seed=seed)  # fmt: skip
         else:
-            located = located.resized(model, candidate, components)
-        chosen = control_mask(model, located, location, seed=seed if location_seed is None else location_seed,
-                              min_layer_share=min_layer_share)  # fmt: skip
-        if edit == "ablate":
-            means = mean_activations(model, retain.encode(tokenizer)) if ablate_mode == "mean" else None
-            edited = bake(model, chosen.mask.with_mode(ablate_mode, means=means))
+            located = located.resized(model, candidate, config.components)
+        location_seed = seed if config.location_seed is None else config.location_seed
+        chosen = control_mask(model, located, config.location, seed=location_seed,
+                              min_layer_share=config.min_layer_share)  # fmt: skip
+        if config.edit == "ablate":
+            means = mean_activations(model, retain.encode(tokenizer)) if config.ablate_mode == "mean" else None
+            edited = bake(model, chosen.mask.with_mode(config.ablate_mode, means=means))
             run = [{"step": 0, "forget_accuracy": _accuracy(edited, forget, tokenizer),
                     "retain_accuracy": _accuracy(edited, validation_retain, tokenizer)}]  # fmt: skip
         else:
             edited, run = _masked_finetune(
-                model, forget, retain, mask=chosen.mask, reference=reference, objective=objective, beta=beta,
+                model, forget, retain, mask=chosen.mask, reference=reference, objective=objective, beta=config.beta,
                 tokenizer=tokenizer, validation_retain=validation_retain, seed=seed, progress=progress,
-                budget=budget, lr=lr, retain_weight=retain_weight, batch_size=batch_size,
+                budget=budget, lr=config.lr, retain_weight=config.retain_weight, batch_size=config.batch_size,
             )  # fmt: skip
         offset = _steps(log)
         log += [{**entry, "step": entry["step"] + offset, "size": float(candidate)} for entry in run]
@@ -525,9 +483,9 @@ def _loka(
             "loka: stopped at forget %.3f, validation retain %.3f (target forget <= %.2f, retain >= %.3f)",
             last["forget_accuracy"], last["retain_accuracy"], budget.target_forget_accuracy, floor,
         )  # fmt: skip
-    config["original_validation_retain"] = round(original_retain, 6)
-    config["chosen"] = {**chosen.to_dict(), "size": chosen.mask.summary()["total"], "steps": int(last["step"])}
-    return same_kind_as(edited, model), config, log, chosen.mask
+    used["original_validation_retain"] = round(original_retain, 6)
+    used["chosen"] = {**chosen.to_dict(), "size": chosen.mask.summary()["total"], "steps": int(last["step"])}
+    return same_kind_as(edited, model), used, log, chosen.mask
 
 
 def _rewrite_search(
@@ -595,11 +553,6 @@ def _rewrite_search(
 
 
 METHODS: tuple[Method, ...] = ("loka", "gradient_ascent", "task_vector", "retrain")
-_RUNNERS: dict[str, Callable[..., tuple[Any, dict[str, Any], list[dict[str, float]]]]] = {
-    "gradient_ascent": _gradient_ascent,
-    "task_vector": _task_vector,
-    "loka": _loka,
-}
 _BUDGET_KEYS = ("target_forget_accuracy", "check_every", "max_steps")
 
 
@@ -620,7 +573,8 @@ def unlearn(
     seed: int = 0,
     progress: bool = True,
     tokenizer: Any = None,
-    **config: Any,
+    config: MethodConfig | None = None,
+    **options: Any,
 ) -> UnlearningResult:
     """Remove ``forget`` from ``model`` while keeping ``retain``; returns an edited copy.
 
@@ -630,69 +584,70 @@ def unlearn(
     target). ``augment`` are extra wordings of the forget facts that a method may train on; the
     forget facts' own ``paraphrases`` are used too, so leave evaluation wordings out of what you
     pass (:class:`loka.protocol.Protocol` does). ``budget`` is the stopping rule shared by every
-    method (:class:`Budget`; its fields may also be given as keywords). ``config`` holds the
-    method's own options (see the module docstring); an unknown option is an error.
+    method (:class:`Budget`; its fields may also be given as keywords). ``config`` is the
+    method's own options (:class:`LokaConfig`, :class:`GradientAscentConfig`,
+    :class:`TaskVectorConfig`, :class:`RetrainConfig`); the other keywords are sugar for it
+    (``method="loka", size=0.02`` builds ``LokaConfig(size=0.02)``), and an unknown one is a
+    :class:`loka.errors.UsageError` that lists the method's options. ``result.config`` records
+    every option, what the method resolved or chose, the budget and the seed.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown unlearning method {method!r}; choose one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown unlearning method {method!r}; choose one of {', '.join(METHODS)}")
     named = {"forget": forget, "retain": retain}
     named.update(
         {k: v for k, v in (("validation", validation), ("reference", reference), ("augment", augment)) if v is not None}
     )
     for name, value in named.items():
         if not isinstance(value, KnowledgeSet):  # a KnowledgeSet is never empty
-            raise ValueError(f"{name} must be a non-empty KnowledgeSet, got {type(value).__name__}")
+            raise UsageError(f"{name} must be a non-empty KnowledgeSet, got {type(value).__name__}")
     forgotten = Seen.of(forget, augment)
     for name in ("retain", "validation", "reference"):
         if name in named:
             shared = forgotten.clash(named[name])
             if shared is not None:
-                raise ValueError(f"forget and {name} overlap ({shared} is in both); they must be disjoint")
-    budget_keys = {k: config.pop(k) for k in _BUDGET_KEYS if k in config}
+                raise UsageError(f"forget and {name} overlap ({shared} is in both); they must be disjoint")
+    budget_keys = {k: options.pop(k) for k in _BUDGET_KEYS if k in options}
     if budget is not None and budget_keys:
-        raise ValueError(f"give the budget either as budget= or as {', '.join(budget_keys)}=, not both")
+        raise UsageError(f"give the budget either as budget= or as {', '.join(budget_keys)}=, not both")
     if budget is not None and not isinstance(budget, Budget):
-        raise ValueError(f"budget must be a loka.methods.Budget, got {type(budget).__name__}")
+        raise UsageError(f"budget must be a loka.methods.Budget, got {type(budget).__name__}")
     budget = budget or Budget(**budget_keys)
+    config = method_config(method, config, **options)
     start = time.perf_counter()
-    if method == "retrain":
-        oracle = config.pop("oracle", None)
-        if config:
-            raise ValueError(f"unknown option(s) for 'retrain': {sorted(config)}; it takes only oracle=")
-        if not isinstance(oracle, str | Path):
-            raise ValueError("method 'retrain' needs oracle= the directory of the model trained without the forget set")
-        edited = load_model(oracle)
-        return UnlearningResult(edited, method, {"oracle": str(oracle)}, time.perf_counter() - start)
+    if isinstance(config, RetrainConfig):
+        edited = load_model(config.oracle)
+        return UnlearningResult(edited, method, config.to_dict(), time.perf_counter() - start)
 
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
-        raise ValueError("this model has no tokenizer attached; pass tokenizer=...")
+        raise UsageError("this model has no tokenizer attached; pass tokenizer=...")
     if validation is None:
         train_retain, validation = retain.split(0.2, seed=seed, by="subject" if retain.subjects else "fact")
     else:
         train_retain = retain
         shared = Seen.of(retain).clash(validation)
         if shared is not None:
-            raise ValueError(f"retain and validation overlap ({shared} is in both); they must be disjoint")
-    runner = _RUNNERS[method]
-    options = dict(tokenizer=tokenizer, seed=seed, progress=progress, budget=budget, **config)
-    if method in ("task_vector", "loka"):
-        options["validation_retain"] = validation
-    if method == "loka" and reference is not None:
-        options["reference"] = reference
+            raise UsageError(f"retain and validation overlap ({shared} is in both); they must be disjoint")
+    common = dict(tokenizer=tokenizer, seed=seed, progress=progress, budget=budget)
     given = forget if augment is None else forget + augment
     vocab = int(hf_model(model).get_input_embeddings().num_embeddings)
-    try:
-        with _TokenMeter(vocab) as meter:
-            edited, used, log, *mask = runner(model, given, train_retain, **options)
-    except TypeError as err:
-        if "unexpected keyword argument" in str(err):
-            raise ValueError(f"unknown option for {method!r}: {err}") from None
-        raise
+    mask = None
+    with _TokenMeter(vocab) as meter:
+        if isinstance(config, GradientAscentConfig):
+            edited, used, log = _gradient_ascent(model, given, train_retain, config=config, **common)
+        elif isinstance(config, TaskVectorConfig):
+            edited, used, log = _task_vector(
+                model, given, train_retain, config=config, validation_retain=validation, **common
+            )
+        else:
+            assert isinstance(config, LokaConfig)
+            edited, used, log, mask = _loka(
+                model, given, train_retain, config=config, validation_retain=validation, reference=reference, **common
+            )
     seconds = time.perf_counter() - start
     compute = Compute(_steps(log), meter.forward, meter.backward, round(seconds, 3))
-    used = {**used, "budget": asdict(budget), "seed": seed}
+    recorded = {**config.to_dict(), **used, "budget": asdict(budget), "seed": seed}
     return UnlearningResult(
-        same_kind_as(edited, model), method, used, seconds, tuple(log), mask=mask[0] if mask else None, compute=compute,
+        same_kind_as(edited, model), method, recorded, seconds, tuple(log), mask=mask, compute=compute,
         seen=Seen.of(forget, augment, train_retain, validation, reference),
     )  # fmt: skip

@@ -81,6 +81,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
 from loka.data import Fact, KnowledgeSet
+from loka.errors import UsageError
 from loka.models import architecture, hf_model, hf_state_dict
 from loka.models import logits as model_logits
 
@@ -142,16 +143,16 @@ def fit_probe(
     """
     for name, value in (("forget", forget), ("retain", retain)):
         if not isinstance(value, KnowledgeSet):
-            raise ValueError(f"{name} must be a KnowledgeSet, got {type(value).__name__}")
+            raise UsageError(f"{name} must be a KnowledgeSet, got {type(value).__name__}")
     n_layers = int(hf_model(model).config.num_hidden_layers)
     if layer is not None and not (isinstance(layer, int) and 0 <= layer < n_layers):
-        raise ValueError(f"layer must be a block index in range(0, {n_layers}) or None, got {layer!r}")
+        raise UsageError(f"layer must be a block index in range(0, {n_layers}) or None, got {layer!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
     _check_templates(templates, (*forget, *retain))
     retain_people = _people(retain)
     if len(set(retain_people)) < MIN_RETAIN_PEOPLE:
-        raise ValueError(
+        raise UsageError(
             f"the probe needs retain facts about at least {MIN_RETAIN_PEOPLE} people to fit and choose a block "
             f"on, got {len(set(retain_people))}"
         )
@@ -159,7 +160,7 @@ def fit_probe(
     readable = tuple(f.relation in probed for f in forget)
     if not any(readable):
         wanted = sorted({str(f.relation) for f in forget})
-        raise ValueError(
+        raise UsageError(
             f"no forget fact can be read: the probe is fitted per relation on retain facts, and the retain facts "
             f"have fewer than two values for every forget relation ({', '.join(wanted)})"
         )
@@ -173,13 +174,13 @@ def _check_templates(templates: Mapping[str, Sequence[str]] | None, facts: Seque
     if templates is None:
         return
     if not isinstance(templates, Mapping):
-        raise ValueError(f"templates must map a relation to wordings with '{{s}}', got {type(templates).__name__}")
+        raise UsageError(f"templates must map a relation to wordings with '{{s}}', got {type(templates).__name__}")
     for relation, wordings in templates.items():
         if isinstance(wordings, str) or not all(isinstance(w, str) and "{s}" in w for w in wordings):
-            raise ValueError(f"templates[{relation!r}] must be a list of wordings that each contain '{{s}}'")
+            raise UsageError(f"templates[{relation!r}] must be a list of wordings that each contain '{{s}}'")
     usable = {f.relation for f in facts if f.subject is not None and f.relation in templates}
     if not usable:
-        raise ValueError(
+        raise UsageError(
             f"templates name the relations {sorted(templates)}, but no fact with a subject has one of them; "
             "a wording needs the fact's subject and relation"
         )
@@ -370,12 +371,12 @@ def probe_gap(
     their forget accuracies and its one-sided lower confidence bound, from a paired bootstrap over
     people (scipy's, percentile method; a person's facts are resampled together)."""
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
+        raise UsageError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
     if not original.forget_ids or original.forget_ids != oracle.forget_ids:
-        raise ValueError("the two probes must read the same forget facts (fit both with the same forget set)")
+        raise UsageError("the two probes must read the same forget facts (fit both with the same forget set)")
     readable = np.array(original.forget_readable) & np.array(oracle.forget_readable)
     if not readable.any():
-        raise ValueError("no forget fact is readable by both probes")
+        raise UsageError("no forget fact is readable by both probes")
     people = np.array(original.forget_people, dtype=object)[readable]
     diff = (
         np.array(original.forget_correct, dtype=float)[readable]

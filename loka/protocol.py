@@ -42,6 +42,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from loka.data import Fact, KnowledgeSet
+from loka.errors import UsageError
 
 __all__ = ["Protocol", "Seen", "strip_paraphrases"]
 
@@ -90,7 +91,7 @@ class Seen:
 def _check_disjoint(a: KnowledgeSet, a_name: str, b: KnowledgeSet, b_name: str, *, by_person: bool = True) -> None:
     shared = Seen.of(a).clash(b, by_person=by_person)
     if shared is not None:
-        raise ValueError(f"{a_name} and {b_name} overlap ({shared} is in both); they must be disjoint")
+        raise UsageError(f"{a_name} and {b_name} overlap ({shared} is in both); they must be disjoint")
 
 
 def _split_people(knowledge: KnowledgeSet, fractions: Iterable[float], seed: int) -> list[KnowledgeSet]:
@@ -103,7 +104,7 @@ def _split_people(knowledge: KnowledgeSet, fractions: Iterable[float], seed: int
     counts = [max(1, round(fr * len(units))) for fr in fractions]
     if sum(counts) >= len(units):
         what = "people" if by_person else "facts"
-        raise ValueError(
+        raise UsageError(
             f"{knowledge.name!r} has {len(units)} {what}: too few to split into {len(counts) + 1} non-empty parts"
         )
     parts, start = [], 0
@@ -139,9 +140,9 @@ class Protocol:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name != "name" and value is not None and not isinstance(value, KnowledgeSet):
-                raise ValueError(f"protocol set {f.name!r} must be a KnowledgeSet, got {type(value).__name__}")
+                raise UsageError(f"protocol set {f.name!r} must be a KnowledgeSet, got {type(value).__name__}")
         if any(f.paraphrases for f in self.forget):
-            raise ValueError(
+            raise UsageError(
                 "the forget set given to methods carries paraphrases; evaluation wordings go in paraphrase_eval "
                 "and wordings a method may train on in augment (Protocol.from_sets does this for you)"
             )
@@ -160,7 +161,7 @@ class Protocol:
                 continue
             shared = seen.clash(ks, by_person=False)
             if shared is not None:
-                raise ValueError(f"{name} holds {shared}, which a method is given; evaluation sets must be unseen")
+                raise UsageError(f"{name} holds {shared}, which a method is given; evaluation sets must be unseen")
         if self.augment is not None:
             _check_disjoint(self.augment, "augment", self.retain_eval, "retain_eval")
 
@@ -191,15 +192,15 @@ class Protocol:
         """
         for label, value in (("forget", forget), ("retain", retain), ("holdout", holdout)):
             if not isinstance(value, KnowledgeSet):
-                raise ValueError(f"{label} must be a non-empty KnowledgeSet, got {type(value).__name__}")
+                raise UsageError(f"{label} must be a non-empty KnowledgeSet, got {type(value).__name__}")
         for label, value in (("validation_fraction", validation_fraction), ("eval_fraction", eval_fraction)):
             if not isinstance(value, int | float) or not 0 < value < 1:
-                raise ValueError(f"{label} must be a number strictly between 0 and 1, got {value!r}")
+                raise UsageError(f"{label} must be a number strictly between 0 and 1, got {value!r}")
         for a, a_name, b, b_name in ((forget, "forget", retain, "retain"), (forget, "forget", holdout, "holdout"),
                                      (retain, "retain", holdout, "holdout")):  # fmt: skip
             _check_disjoint(a, a_name, b, b_name)
         if validation_fraction + eval_fraction >= 1:
-            raise ValueError("validation_fraction + eval_fraction must leave some retain facts to train on")
+            raise UsageError("validation_fraction + eval_fraction must leave some retain facts to train on")
         paraphrase_eval = forget.paraphrased() if any(f.paraphrases for f in forget) else None
         retain_validation, retain_eval, retain_train = _split_people(retain, (validation_fraction, eval_fraction), seed)
         nonmembers = holdout

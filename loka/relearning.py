@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
+from loka.errors import UsageError
 from loka.metrics import lm_loss, score_facts
 from loka.models import plain_copy
 
@@ -225,28 +226,28 @@ def _check(
 ) -> tuple[tuple[float, ...], tuple[int, ...]]:
     for name, value in (("forget", forget), ("retain", retain)):
         if not isinstance(value, KnowledgeSet):
-            raise ValueError(f"relearn: {name} must be a KnowledgeSet, got {type(value).__name__}")
+            raise UsageError(f"relearn: {name} must be a KnowledgeSet, got {type(value).__name__}")
     if len(forget) < 2:
-        raise ValueError(f"relearn: the forget set needs at least 2 facts to split in half, got {len(forget)}")
+        raise UsageError(f"relearn: the forget set needs at least 2 facts to split in half, got {len(forget)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"relearn: steps must be a positive integer, got {steps!r}")
+        raise UsageError(f"relearn: steps must be a positive integer, got {steps!r}")
     if isinstance(retain_ratio, bool) or not isinstance(retain_ratio, int) or retain_ratio < 0:
-        raise ValueError(f"relearn: retain_ratio must be a non-negative integer, got {retain_ratio!r}")
+        raise UsageError(f"relearn: retain_ratio must be a non-negative integer, got {retain_ratio!r}")
     lrs, split_seeds = tuple(lrs), tuple(split_seeds)
     if not lrs or not split_seeds:
-        raise ValueError("relearn: the grid is empty; give at least one learning rate and one split seed")
+        raise UsageError("relearn: the grid is empty; give at least one learning rate and one split seed")
     bad_lr = next((lr for lr in lrs if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0), None)
     if bad_lr is not None:
-        raise ValueError(f"relearn: learning rates must be positive finite numbers, got {bad_lr!r}")
+        raise UsageError(f"relearn: learning rates must be positive finite numbers, got {bad_lr!r}")
     bad_seed = next((s for s in split_seeds if isinstance(s, bool) or not isinstance(s, int)), None)
     if bad_seed is not None:
-        raise ValueError(f"relearn: split seeds must be integers, got {bad_seed!r}")
+        raise UsageError(f"relearn: split seeds must be integers, got {bad_seed!r}")
     if len(set(lrs)) < len(lrs) or len(set(split_seeds)) < len(split_seeds):
-        raise ValueError(f"relearn: the grid repeats a point (lrs {lrs}, split seeds {split_seeds})")
+        raise UsageError(f"relearn: the grid repeats a point (lrs {lrs}, split seeds {split_seeds})")
     shared = set(forget.ids) & set(retain.ids)
     if shared:
-        raise ValueError(f"relearn: forget and retain share fact id(s) {sorted(shared)[:3]}; they must be disjoint")
+        raise UsageError(f"relearn: forget and retain share fact id(s) {sorted(shared)[:3]}; they must be disjoint")
     people = set(forget.subjects) & set(retain.subjects)
     if people:
-        raise ValueError(f"relearn: forget and retain share subject(s) {sorted(people)[:3]}; they must be disjoint")
+        raise UsageError(f"relearn: forget and retain share subject(s) {sorted(people)[:3]}; they must be disjoint")
     return tuple(float(lr) for lr in lrs), split_seeds

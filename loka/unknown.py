@@ -20,6 +20,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from loka.checks import check_knowledge
 from loka.data import KnowledgeSet, Prompts
+from loka.errors import UsageError
 from loka.models import logits as model_logits
 
 __all__ = ["prompt_distributions", "unknown_distributions"]
@@ -47,7 +48,7 @@ def unknown_distributions(
     e.g. holdout people). This is what an erasure asks the forget prompts to output."""
     if not isinstance(model, TransformerBridge):
         name = type(model).__name__
-        raise TypeError(f"unknown_distributions needs a TransformerBridge (loka.load_model), got {name}")
+        raise UsageError(f"unknown_distributions needs a TransformerBridge (loka.load_model), got {name}")
     prompts = Prompts.of(check_knowledge(forget, "forget"))
     return prompts.knowledge, prompt_distributions(model, prompts, check_knowledge(reference, "reference"))
 

@@ -31,6 +31,8 @@ from typing import Literal
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedModel
 
+from loka.errors import UsageError
+
 __all__ = ["SUPPORTED_ARCHITECTURES", "ArchitectureSpec", "Model", "QKVLayout", "architecture", "hf_model", "spec_for"]
 
 Model = TransformerBridge | PreTrainedModel
@@ -146,7 +148,7 @@ def _supported() -> str:
 def spec_for(model_type: str | None, what: str) -> ArchitectureSpec:
     spec = SUPPORTED_ARCHITECTURES.get(model_type or "")
     if spec is None:
-        raise ValueError(
+        raise UsageError(
             f"{what} has model_type {model_type!r}, which loka does not support; "
             f"supported model types are {_supported()}."
         )
@@ -163,7 +165,7 @@ def hf_model(model: Model) -> PreTrainedModel:
         return model.original_model
     if isinstance(model, PreTrainedModel):
         return model
-    raise TypeError(f"expected a TransformerBridge or a transformers PreTrainedModel, got {type(model).__name__}.")
+    raise UsageError(f"expected a TransformerBridge or a transformers PreTrainedModel, got {type(model).__name__}.")
 
 
 def architecture(model: Model) -> ArchitectureSpec:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from loka.errors import UsageError
 from loka.models.architectures import Model, architecture
 from loka.models.weights import hf_state_dict, model_dims
 
@@ -34,7 +35,7 @@ class ModelFingerprint:
         expected = {f.name for f in fields(cls)}
         missing, extra = expected - set(d), set(d) - expected
         if missing or extra:
-            raise ValueError(
+            raise UsageError(
                 f"a ModelFingerprint needs exactly the keys {sorted(expected)}; "
                 f"missing {sorted(missing)}, unexpected {sorted(extra)}."
             )

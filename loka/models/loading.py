@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from loka.errors import UsageError
 from loka.models.architectures import ArchitectureSpec, spec_for
 
 __all__ = ["load_model", "quiet_transformers"]
@@ -139,7 +140,7 @@ def _read_model_type(config_path: Path, what: str) -> ArchitectureSpec:
     try:
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"could not read {config_path} as JSON: {err}") from err
+        raise UsageError(f"could not read {config_path} as JSON: {err}") from err
     return spec_for(config.get("model_type") if isinstance(config, dict) else None, what)
 
 
@@ -177,7 +178,7 @@ def load_model(
         with quiet_transformers():
             bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
     except Exception as err:
-        raise ValueError(f"could not load {where}: {type(err).__name__}: {err}") from err
+        raise UsageError(f"could not load {where}: {type(err).__name__}: {err}") from err
 
     bridge.eval()
     tokenizer = bridge.tokenizer

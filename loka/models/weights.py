@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from loka.errors import UsageError
 from loka.models.architectures import Model, architecture, hf_model
 
 __all__ = [
@@ -85,7 +86,7 @@ class WeightSlice:
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.stop:
-            raise ValueError(f"need 0 <= start < stop, got start={self.start}, stop={self.stop}.")
+            raise UsageError(f"need 0 <= start < stop, got start={self.start}, stop={self.stop}.")
 
     def of(self, model: Model) -> Tensor:
         """The live view of this slice in ``model`` (bridge or HF); in-place edits write it."""
@@ -122,7 +123,7 @@ def model_dims(model: Model) -> Dims:
 
 def _check_range(what: str, value: int, size: int) -> None:
     if not 0 <= value < size:
-        raise ValueError(f"{what} must be in range(0, {size}) for this model, got {value}.")
+        raise UsageError(f"{what} must be in range(0, {size}) for this model, got {value}.")
 
 
 def neuron_output_weights(model: Model, layer: int, index: int) -> WeightSlice:

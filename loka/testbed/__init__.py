@@ -27,6 +27,7 @@ from typing import Any, Literal
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loka.data import KnowledgeSet
+from loka.errors import UsageError
 from loka.metrics import score_facts
 from loka.models import quiet_transformers
 from loka.testbed import worker
@@ -68,7 +69,7 @@ def _config(size: Size, seed: int) -> TestbedConfig:
             ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, vocab_size=1024),
             TrainConfig(epochs=24, batch_size=16, lr=5e-3, seed=seed),
         )
-    raise ValueError(f"unknown testbed size {size!r}; choose 'default' or 'tiny'")
+    raise UsageError(f"unknown testbed size {size!r}; choose 'default' or 'tiny'")
 
 
 SIZES: tuple[Size, ...] = ("default", "tiny")
@@ -175,9 +176,9 @@ def load(
     """
     if config is None:
         if size not in SIZES:
-            raise ValueError(f"unknown testbed size {size!r}; choose one of {', '.join(SIZES)}")
+            raise UsageError(f"unknown testbed size {size!r}; choose one of {', '.join(SIZES)}")
         if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+            raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
         config = _config(size, seed)
         label = size
     else:

@@ -28,6 +28,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from loka.errors import UsageError
 from loka.models import quiet_transformers
 from loka.testbed.training import SPECIAL_TOKEN, train_tokenizer
 
@@ -116,7 +117,7 @@ def _config(arch: Architecture, vocab_size: int, special_id: int) -> PretrainedC
             intermediate_size=D_MLP,
             **common,
         )
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+    raise UsageError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
 
 
 def build_tiny_checkpoint(arch: Architecture, out_dir: str | os.PathLike[str], *, seed: int = 0) -> Path:
@@ -126,7 +127,7 @@ def build_tiny_checkpoint(arch: Architecture, out_dir: str | os.PathLike[str], *
     vocab ~300. Weights are safetensors and depend only on ``arch`` and ``seed``.
     """
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+        raise UsageError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()

@@ -20,6 +20,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from loka.errors import UsageError
+
 __all__ = ["ModelConfig", "TrainConfig", "TrainLog", "count_steps", "train_tokenizer", "train_model"]
 
 logger = logging.getLogger(__name__)
@@ -195,7 +197,7 @@ def _train(
     long = [([bos, *tokens(p), eos], 0) for p in passages] * train_config.passage_repeats
     longest = max((len(ids) for ids, _ in short + long), default=0)
     if longest > model_config.n_ctx:
-        raise ValueError(f"a training text is {longest} tokens, longer than n_ctx={model_config.n_ctx}")
+        raise UsageError(f"a training text is {longest} tokens, longer than n_ctx={model_config.n_ctx}")
 
     def epoch_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
         batches = _batches(short, train_config.batch_size, tokenizer.pad_token_id, generator)

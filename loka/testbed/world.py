@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from loka.data import Fact, KnowledgeSet
+from loka.errors import UsageError
 
 __all__ = ["RELATIONS", "Relation", "WorldConfig", "Person", "Passage", "World", "generate_world"]
 
@@ -255,12 +256,12 @@ class WorldConfig:
     def __post_init__(self) -> None:
         unknown = [r for r in self.relations if r not in _RELATIONS_BY_NAME]
         if unknown or not self.relations:
-            raise ValueError(f"unknown relation(s) {unknown}; choose from {sorted(_RELATIONS_BY_NAME)}")
+            raise UsageError(f"unknown relation(s) {unknown}; choose from {sorted(_RELATIONS_BY_NAME)}")
         sizes = (self.n_forget, self.n_retain, self.n_holdout)
         if min(sizes) < 1:
-            raise ValueError(f"every split needs at least one person, got forget/retain/holdout = {sizes}")
+            raise UsageError(f"every split needs at least one person, got forget/retain/holdout = {sizes}")
         if any(p < 0 or p > n for p, n in zip(self.passages, sizes, strict=True)):
-            raise ValueError(f"passages per split {self.passages} must be between 0 and the split sizes {sizes}")
+            raise UsageError(f"passages per split {self.passages} must be between 0 and the split sizes {sizes}")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ablation.export
 from ablation import AblationMask, bake, export_checkpoint, mean_activations
+from loka.errors import UsageError
 from loka.models import fingerprint, logits
 from tests.checkpoints import VOCAB_SIZE, build_tiny_checkpoint
 
@@ -237,9 +238,9 @@ def test_bad_arguments_are_refused_before_writing(baked: TransformerBridge, tmp_
         export_checkpoint(baked, out, evaluation={"auc": float("nan")})
     with pytest.raises(ValueError, match="is not a Hugging Face model directory"):
         export_checkpoint(baked, out, source=tmp_path)
-    with pytest.raises(TypeError, match="mask must be an ablation.AblationMask"):
+    with pytest.raises(UsageError, match="mask must be an ablation.AblationMask"):
         export_checkpoint(baked, out, mask="mask.json")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="TransformerBridge or a transformers PreTrainedModel"):
+    with pytest.raises(UsageError, match="TransformerBridge or a transformers PreTrainedModel"):
         export_checkpoint(torch.nn.Linear(2, 2), out)
     assert list(tmp_path.iterdir()) == []
 

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from ablation import AblationMask, ablate, mean_activations
 from loka.data import KnowledgeSet
+from loka.errors import UsageError
 from loka.models import load_model, logits
 from tests.checkpoints import D_MLP, N_HEADS, N_LAYERS, VOCAB_SIZE, build_tiny_checkpoint
 
@@ -187,7 +188,7 @@ def test_ablate_refuses_a_mask_for_another_model(model: TransformerBridge, tmp_p
 
 def test_ablate_needs_a_bridge(checkpoint: Path, model: TransformerBridge) -> None:
     hf = AutoModelForCausalLM.from_pretrained(checkpoint)
-    with pytest.raises(TypeError, match="needs a TransformerBridge"):
+    with pytest.raises(UsageError, match="needs a TransformerBridge"):
         with ablate(hf, AblationMask.from_components(COMPONENTS, model=model)):  # type: ignore[arg-type]
             pass
 

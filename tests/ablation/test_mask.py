@@ -14,6 +14,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from ablation import AblationMask, MeanActivations
 from loka.components import Component
+from loka.errors import UsageError
 from loka.models import ModelFingerprint, fingerprint, load_model
 from tests.checkpoints import D_MLP, N_HEADS, N_LAYERS, build_tiny_checkpoint
 
@@ -163,8 +164,10 @@ def test_from_scores_takes_the_top_k_overall() -> None:
     heads[1, 3] = 4.5
     mask = AblationMask.from_scores(StandInScores(neurons, heads), k=3)
     assert mask.components == [("neuron", 0, 7), ("neuron", 1, 2), ("head", 1, 3)]
-    only_heads = AblationMask.from_scores(StandInScores(neurons, heads), k=1, kind="head")
+    only_heads = AblationMask.from_scores(StandInScores(neurons, heads), k=1, kind="heads")
     assert only_heads.components == [("head", 1, 3)]
+    # the singular (a component address's kind) names the same pool
+    assert AblationMask.from_scores(StandInScores(neurons, heads), k=1, kind="head") == only_heads
     assert only_heads.neurons is not None and not only_heads.neurons.any()  # shape kept, nothing chosen
 
 
@@ -183,7 +186,7 @@ def test_from_scores_fraction_and_per_layer_max() -> None:
 def test_from_scores_breaks_ties_by_kind_layer_index() -> None:
     scores = StandInScores(torch.ones(N_LAYERS, D_MLP), torch.ones(N_LAYERS, N_HEADS))
     assert AblationMask.from_scores(scores, k=2).components == [("neuron", 0, 0), ("neuron", 0, 1)]
-    assert AblationMask.from_scores(scores, k=2, kind="head").components == [("head", 0, 0), ("head", 0, 1)]
+    assert AblationMask.from_scores(scores, k=2, kind="heads").components == [("head", 0, 0), ("head", 0, 1)]
 
 
 def test_from_scores_reads_the_fingerprint_from_the_scores(model: TransformerBridge) -> None:
@@ -223,8 +226,8 @@ def test_from_scores_bad_arguments() -> None:
         AblationMask.from_scores(scores, k=200)
     with pytest.raises(ValueError, match="kind='head' but scores.heads is None"):
         AblationMask.from_scores(scores, k=1, kind="head")
-    with pytest.raises(ValueError, match=r"unknown kind 'neurons'; use one of \('neuron', 'head', 'all'\)"):
-        AblationMask.from_scores(scores, k=1, kind="neurons")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"unknown kind 'neuronz'; use one of 'neurons', 'heads', 'all'"):
+        AblationMask.from_scores(scores, k=1, kind="neuronz")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="has neither .neurons nor .heads"):
         AblationMask.from_scores(object(), k=1)
     bad = torch.randn(N_LAYERS, D_MLP)

@@ -44,10 +44,10 @@ def facts(tiny_testbed: Testbed) -> KnowledgeSet:
             r"a corruption only applies to baseline='corrupt', not baseline='zero'",
         ),
         (
-            {"baseline": "zero", "reference": "self"},
-            r"a reference set is only read by baseline='mean', baseline='resample'",
+            {"baseline": "zero", "donors": "self"},
+            r"a donor set \(donors=\) is only read by baseline='mean', baseline='resample'",
         ),
-        ({"reference": "self"}, r"a reference set is only read by .* not by baseline='corrupt'"),
+        ({"donors": "self"}, r"a donor set \(donors=\) is only read by .* not by baseline='corrupt'"),
         ({"baseline": "zero", "samples": 3}, r"baseline='zero' is deterministic; samples must be 1, got 3"),
         ({"samples": 3}, r"give the number of corrupted samples once, in Corruption\(samples=...\); samples=3 is for"),
         ({"baseline": "resample", "samples": 0}, r"samples must be a positive integer, got 0"),
@@ -60,8 +60,8 @@ def facts(tiny_testbed: Testbed) -> KnowledgeSet:
     ],
 )
 def test_bad_options(model, facts, options, message):
-    if options.get("reference") == "self":
-        options = options | {"reference": facts}
+    if options.get("donors") == "self":
+        options = options | {"donors": facts}
     with pytest.raises(ValueError, match=message):
         attribution.attribute(model, facts, progress=False, **options)
 
@@ -117,7 +117,7 @@ def test_positions_and_corruptions_that_need_a_subject(model):
     with pytest.raises(ValueError, match=r"span 'subject' needs every fact to name a subject .* e.g. 'x'"):
         attribution.attribute(model, anonymous, corruption=Corruption("noise", span="subject"), progress=False)
     with pytest.raises(ValueError, match=r"corruption 'subject' replaces each fact's subject; 1 fact\(s\) .* e.g. 'x'"):
-        attribution.attribute(model, anonymous, corruption="subject", reference=anonymous, progress=False)
+        attribution.attribute(model, anonymous, corruption="subject", donors=anonymous, progress=False)
     misplaced = KnowledgeSet((Fact("y", "Someone was born in", "Oslo", subject="Ann Lee"),))  # not in the prompt
     with pytest.raises(ValueError, match=r"positions='subject' needs every fact to name a subject .* e.g. 'y'"):
         attribution.attribute(model, misplaced, positions="subject", progress=False)

@@ -64,7 +64,7 @@ def test_attribution_patching_ranks_like_exact_patching(model, tiny_testbed, fac
         baseline="corrupt",
         corruption=corruption,
         direction="denoise",
-        reference=pool if corruption.kind == "subject" else None,
+        donors=pool if corruption.kind == "subject" else None,
         progress=False,
     )
     estimate = attribution.attribute(model, facts, method="grad_x_act", **options)

@@ -72,14 +72,14 @@ def test_heads_zero_ablation_equals_tl(model, facts):
 
 def test_heads_subject_corruption_both_directions_equal_tl(model, facts, pool):
     batch, metric = log_prob_metric(facts, model)
-    corrupt = corrupted_run(model, facts, "subject", reference=pool)
+    corrupt = corrupted_run(model, facts, "subject", donors=pool)
     assert corrupt.input_ids.shape == batch.input_ids.shape
     changed = (corrupt.input_ids != batch.input_ids).any(-1)
     assert changed.all()  # every fact's subject was replaced ...
     assert not (corrupt.input_ids != batch.input_ids)[~batch.subject_mask].any()  # ... and nothing else
     clean_logits, clean_cache = cache_of(model, batch.input_ids)
     corrupt_logits, corrupt_cache = cache_of(model, corrupt.input_ids)
-    options = dict(baseline="corrupt", corruption="subject", reference=pool)
+    options = dict(baseline="corrupt", corruption="subject", donors=pool)
 
     ablate = patching.get_act_patch_attn_head_out_all_pos(model, batch.input_ids, corrupt_cache, metric)
     ours = attribute_heads(model, facts, batch_size=3, direction="ablate", **options)
@@ -121,7 +121,7 @@ def test_neurons_equal_tl_generic_patching(model, facts, pool):
     """TL has no per-neuron sweep; its generic_activation_patch with an index of
     (layer, neuron) rows and a neuron setter is the reference."""
     batch, metric = log_prob_metric(facts, model)
-    corrupt = corrupted_run(model, facts, "subject", reference=pool)
+    corrupt = corrupted_run(model, facts, "subject", donors=pool)
     _, clean_cache = cache_of(model, batch.input_ids)
     corrupt_logits, _ = cache_of(model, corrupt.input_ids)
     generator = torch.Generator().manual_seed(0)
@@ -145,7 +145,7 @@ def test_neurons_equal_tl_generic_patching(model, facts, pool):
         [("neuron", layer, i) for layer, i in chosen],
         baseline="corrupt",
         corruption="subject",
-        reference=pool,
+        donors=pool,
         direction="denoise",
         batch_size=4,
         chunk_size=5,
@@ -170,13 +170,13 @@ def test_resample_patches_in_the_donor_facts_activations(model, pool):
     assert (ours.heads - tl).abs().max() < TOL
 
 
-def test_mean_baseline_uses_per_class_means_of_the_reference(model, facts, pool):
-    reference = KnowledgeSet(pool.facts[:40], name="reference")
+def test_mean_baseline_uses_per_class_means_of_the_donors(model, facts, pool):
+    donors = KnowledgeSet(pool.facts[:40], name="donors")
     hooks = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
     sums = {h: 0.0 for h in hooks}
     counts = torch.zeros(9)
-    for start in range(0, len(reference), 16):
-        ref_batch = KnowledgeSet(reference.facts[start : start + 16]).encode(model)
+    for start in range(0, len(donors), 16):
+        ref_batch = KnowledgeSet(donors.facts[start : start + 16]).encode(model)
         _, cache = cache_of(model, ref_batch.input_ids)
         classes = position_classes(ref_batch)
         one_hot = torch.nn.functional.one_hot(classes.clamp(min=0), 9).float() * (classes >= 0)[..., None]
@@ -188,15 +188,15 @@ def test_mean_baseline_uses_per_class_means_of_the_reference(model, facts, pool)
     classes = position_classes(batch).clamp(min=0)
     means = {h: (sums[h] / counts.clamp(min=1)[:, None, None])[classes] for h in hooks}
     tl = patching.get_act_patch_attn_head_out_all_pos(model, batch.input_ids, ActivationCache(means, model), metric)
-    ours = attribute_heads(model, facts, baseline="mean", reference=reference, batch_size=4)
+    ours = attribute_heads(model, facts, baseline="mean", donors=donors, batch_size=4)
     assert (ours.heads - (tl - metric(logits))).abs().max() < TOL
-    assert ours.metadata.options["reference"] == {"name": "reference", "n_facts": 40}
+    assert ours.metadata.options["donors"] == {"name": "donors", "n_facts": 40}
 
 
 def test_mean_of_a_fact_itself_at_its_last_token_changes_nothing(model, facts):
     one = KnowledgeSet(facts.facts[:1])
     scores = attribution.attribute(
-        model, one, method="activation_patching", baseline="mean", reference=one, positions="last", progress=False
+        model, one, method="activation_patching", baseline="mean", donors=one, positions="last", progress=False
     )
     assert scores.neurons.abs().max() < 1e-6 and scores.heads.abs().max() < 1e-6
 

@@ -27,7 +27,7 @@ def facts(tiny_testbed: Testbed) -> KnowledgeSet:
 @pytest.fixture(scope="module")
 def scan(model, facts, pool) -> attribution.LayerScan:
     return attribution.layer_scan(
-        model, facts, corruption="subject", reference=pool, batch_size=3, chunk_size=7, progress=False
+        model, facts, corruption="subject", donors=pool, batch_size=3, chunk_size=7, progress=False
     )
 
 
@@ -35,7 +35,7 @@ def test_every_site_equals_tl(model, facts, pool, scan):
     """Restoring the clean residual / attention / MLP output at one (layer, position) of the
     subject-replaced run: TL's get_act_patch_{resid_pre, attn_out, mlp_out} on the same tokens."""
     batch = facts.encode(model)
-    corrupt = corrupted_run(model, facts, "subject", reference=pool).input_ids
+    corrupt = corrupted_run(model, facts, "subject", donors=pool).input_ids
 
     def metric(logits):
         return batch.target_log_probs(logits).sum(-1).mean()

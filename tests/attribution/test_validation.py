@@ -165,12 +165,12 @@ def test_validate_errors(model, facts, scores, tiny_testbed):
     assert diff.validate(model, facts, contrast=answers).checks["heads"].n_top == 8
     pool = tiny_testbed.forget + tiny_testbed.retain
     resampled = attribution.attribute(
-        model, facts, components="heads", baseline="resample", reference=pool, progress=False
+        model, facts, components="heads", baseline="resample", donors=pool, progress=False
     )
-    with pytest.raises(ValueError, match=r"used the reference set .* \(\d+ facts\); pass it as reference="):
+    with pytest.raises(ValueError, match=r"used the donor set .* \(\d+ facts\); pass it as donors="):
         resampled.validate(model, facts)
-    check = resampled.validate(model, facts, reference=pool, k=8)
-    assert check.settings["direction"] == "ablate" and check.settings["reference"]["n_facts"] == len(pool)
+    check = resampled.validate(model, facts, donors=pool, k=8)
+    assert check.settings["direction"] == "ablate" and check.settings["donors"]["n_facts"] == len(pool)
 
 
 def test_scores_from_before_spans_noised_the_subject(scores, facts):

@@ -14,6 +14,7 @@ import attribution
 from ablation import AblationMask, bake
 from loka.cli import main
 from loka.data import KnowledgeSet
+from loka.errors import UsageError
 from loka.evaluation import evaluate
 from loka.metrics import score_facts
 from loka.models import load_model, logits
@@ -38,8 +39,30 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path, capsys):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+    with pytest.raises(UsageError, match="seed must be a non-negative integer"):
         main(["testbed", "--seed", "-1", "--cache-dir", str(tmp_path), "--debug"])
+
+
+def test_internal_errors_show_a_traceback_and_usage_errors_one_line(tmp_path, monkeypatch, capsys):
+    """Only a UsageError (or a file problem) is the user's to fix: any other exception, even a
+    ValueError from deep inside a library, propagates with its traceback."""
+    import loka.testbed
+
+    def broken(*args, **kwargs):
+        raise ValueError("Input contains NaN")  # as sklearn would say
+
+    monkeypatch.setattr(loka.testbed, "load", broken)
+    with pytest.raises(ValueError, match="Input contains NaN") as raised:
+        main(["testbed", "--size", "tiny", "--cache-dir", str(tmp_path)])
+    assert type(raised.value) is ValueError
+    assert capsys.readouterr().err == ""
+
+    def mistaken(*args, **kwargs):
+        raise UsageError("size must be one of 'default', 'tiny'")
+
+    monkeypatch.setattr(loka.testbed, "load", mistaken)
+    assert main(["testbed", "--size", "tiny", "--cache-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "error: size must be one of 'default', 'tiny'\n"
 
 
 @pytest.mark.skipif(not LOKA.exists(), reason="console script not installed in this environment")
@@ -192,6 +215,13 @@ BAD = [
     (["evaluate", "{model}", "--forget", "{files}/forget.jsonl", "--retain", "{files}/retain.jsonl",
       "--holdout", "{files}/retain.jsonl"], "holdout and forget and retain overlap"),
     (["compare", "--size", "tiny", "--max-steps", "0", "--out", "{out}"], "max_steps must be an integer at least 1"),
+    (["unlearn", "{model}", "--forget", "{files}/forget.jsonl", "--retain", "{files}/retain.jsonl",
+      "--method", "loka", "--option", "sise=0.02", "--out", "{out}"],
+     "unknown option for 'loka': 'sise'; options are edit, size, localize"),
+    (["compare", "--size", "tiny", "--option", "loka.size=lots", "--out", "{out}"],
+     "option size='lots' for 'loka': expected a number or an integer or 'auto'"),
+    (["compare", "--size", "tiny", "--option", "task_vector.scales=0.5,-1", "--out", "{out}"],
+     "scales must be positive numbers, got (0.5, -1.0)"),
 ]  # fmt: skip
 
 

@@ -76,7 +76,7 @@ def test_rows_are_the_original_the_oracle_and_each_method(tiny_testbed, comparis
     assert oracle == direct  # the oracle row is the shared evaluation of the oracle
     assert comparison["task_vector"].evaluation.probe.layer == layer
     for name in ("original", "task_vector"):
-        assert comparison[name].evaluation.reference == oracle
+        assert comparison[name].evaluation.oracle == oracle
         assert comparison[name].evaluation.privleak is not None
     assert comparison["oracle"].seconds == tiny_testbed.info["training"]["oracle"]["seconds"]
     assert len(comparison["task_vector"].runs) == 2 and len(comparison["task_vector"].computes) == 2

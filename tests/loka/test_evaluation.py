@@ -47,7 +47,7 @@ def test_original_against_oracle(tiny_testbed, tiny_models):
     tb = tiny_testbed
     ev = evaluate(model, forget=tb.forget, retain=tb.retain, holdout=tb.holdout, oracle=oracle,
                   passages=tb.passages_of("forget"))  # fmt: skip
-    ref = ev.reference
+    ref = ev.oracle
     assert ref is not None and ref.label == "oracle"
     # the original knows the forget facts, the oracle does not
     assert ev.forget_accuracy == pytest.approx(tb.accuracy_table().value("forget facts", "original"))
@@ -75,7 +75,7 @@ def test_original_against_oracle(tiny_testbed, tiny_models):
     assert "forget quality insufficient" in ev.verdict()
     table = ev.table()
     assert "oracle" in table and "MIA AUC (loss)" in table
-    assert ev.to_dict()["reference"]["label"] == "oracle"
+    assert ev.to_dict()["oracle"]["label"] == "oracle"
 
 
 def test_oracle_against_itself_has_zero_privleak_and_is_reproducible(tiny_testbed, tiny_models):
@@ -83,7 +83,7 @@ def test_oracle_against_itself_has_zero_privleak_and_is_reproducible(tiny_testbe
     tb = tiny_testbed
     first = evaluate(oracle, forget=tb.forget, retain=tb.retain, holdout=tb.holdout, oracle=oracle)
     assert first.privleak == 0.0
-    again = evaluate(oracle, forget=tb.forget, retain=tb.retain, holdout=tb.holdout, oracle=first.reference)
+    again = evaluate(oracle, forget=tb.forget, retain=tb.retain, holdout=tb.holdout, oracle=first.oracle)
     assert again.relearning == first.relearning and again.probe == first.probe
     assert again == first
 

@@ -10,7 +10,8 @@ import torch
 import loka
 from ablation.params import parameter_masks
 from loka.data import KnowledgeSet
-from loka.methods import Budget, unlearn
+from loka.errors import UsageError
+from loka.methods import Budget, GradientAscentConfig, TaskVectorConfig, unlearn
 from loka.metrics import score_facts
 from loka.models import architecture, hf_state_dict
 from loka.protocol import Protocol
@@ -123,6 +124,35 @@ def test_retrain_returns_the_oracle(tiny_testbed, model):
     assert loka.fingerprint(result.model) == loka.fingerprint(loka.load_model(tiny_testbed.oracle_dir))
 
 
+def test_a_config_and_its_keywords_give_the_same_run(tiny_testbed, model):
+    """``config=`` and keywords are one interface: the same edit, the same recorded config (every
+    option, what the method resolved, the budget and the seed)."""
+    tb = tiny_testbed
+    common = dict(method="task_vector", max_steps=4, check_every=2, progress=False)
+    by_keywords = unlearn(model, tb.forget, tb.retain, finetune_steps=2, scales=[1.0, 2.0], **common)
+    config = TaskVectorConfig(finetune_steps=2, scales=(1.0, 2.0))
+    by_config = unlearn(model, tb.forget, tb.retain, config=config, **common)
+    assert by_config.config == by_keywords.config
+    assert by_config.config["scales"] == [1.0, 2.0] and by_config.config["lr"] == config.lr
+    assert by_config.config["chosen"]["scale"] in (1.0, 2.0) and by_config.config["seed"] == 0
+    probe = torch.tensor([[1, 5, 9, 13]])
+    assert torch.equal(loka.models.logits(by_config.model, probe), loka.models.logits(by_keywords.model, probe))
+
+
+def test_an_internal_type_error_is_not_an_unknown_option(tiny_testbed, model, monkeypatch):
+    """Options are checked by the config, so a TypeError raised inside a method is a bug shown as
+    itself, never re-worded as an unknown option."""
+
+    def broken(*args, **kwargs):
+        raise TypeError("f() got an unexpected keyword argument 'x'")
+
+    monkeypatch.setattr(loka.methods, "_gradient_ascent", broken)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'x'"):
+        unlearn(
+            model, tiny_testbed.forget, tiny_testbed.retain, method="gradient_ascent", config=GradientAscentConfig()
+        )
+
+
 def test_bad_inputs(tiny_testbed, model):
     tb = tiny_testbed
     with pytest.raises(ValueError, match="unknown unlearning method 'forget_harder'; choose one of"):
@@ -143,7 +173,7 @@ def test_bad_inputs(tiny_testbed, model):
         unlearn(model, tb.forget, tb.retain, method="gradient_ascent", max_steps=0)
     with pytest.raises(ValueError, match="target_forget_accuracy must be a number between 0.0 and 1.0"):
         Budget(target_forget_accuracy=2)
-    with pytest.raises(ValueError, match="unknown option for 'gradient_ascent'"):
+    with pytest.raises(UsageError, match="unknown option for 'gradient_ascent': 'learning_rate'; options are lr, "):
         unlearn(model, tb.forget, tb.retain, method="gradient_ascent", learning_rate=1.0)
     with pytest.raises(ValueError, match="alpha must be a number between 0.0 and 1.0"):
         unlearn(model, tb.forget, tb.retain, method="gradient_ascent", alpha=2)

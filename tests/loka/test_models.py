@@ -14,6 +14,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig, OPTForCausalLM
 
+from loka.errors import UsageError
 from loka.models import (
     SUPPORTED_ARCHITECTURES,
     ModelFingerprint,
@@ -182,7 +183,7 @@ def test_architecture_and_hf_model(checkpoint: Path, bridge: TransformerBridge) 
     assert hf_model(bridge) is bridge.original_model
     assert hf_model(hf) is hf
     assert architecture(bridge) is architecture(hf) is SUPPORTED_ARCHITECTURES[hf.config.model_type]
-    with pytest.raises(TypeError, match="TransformerBridge or a transformers PreTrainedModel"):
+    with pytest.raises(UsageError, match="TransformerBridge or a transformers PreTrainedModel"):
         hf_model(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
 
 

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from loka.benchmarks.tofu.config import RECIPE_VERSION, TofuConfig
 from loka.benchmarks.tofu.data import TofuData
+from loka.errors import UsageError
 from loka.testbed import worker
 from loka.testbed.training import train_tokenizer
 
@@ -32,7 +33,7 @@ def build_models(config: TofuConfig, data: TofuData, root: Path, *, progress: bo
         tokenizer.save_pretrained(tmp / "tokenizer")
         longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in data.all_text()) + 2
         if longest > config.model.n_ctx:
-            raise ValueError(f"a TOFU text is {longest} tokens, longer than n_ctx={config.model.n_ctx}")
+            raise UsageError(f"a TOFU text is {longest} tokens, longer than n_ctx={config.model.n_ctx}")
         specs = {
             name: worker.job(tmp, name, data.training_pairs(name), [], config.model, config.train)  # type: ignore[arg-type]
             for name in ("original", "retain")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from loka.errors import UsageError
 from loka.testbed import default_cache_dir as testbed_cache_dir
 from loka.testbed.training import ModelConfig, TrainConfig
 
@@ -117,12 +118,12 @@ def data_directory(data_dir: str | os.PathLike[str] | None) -> Path:
     if data_dir is None:
         data_dir = os.environ.get("LOKA_TOFU_DIR")
         if not data_dir:
-            raise ValueError("no TOFU data directory: pass data_dir= or set LOKA_TOFU_DIR to a directory of TOFU JSONL")
+            raise UsageError("no TOFU data directory: pass data_dir= or set LOKA_TOFU_DIR to a directory of TOFU JSONL")
     path = Path(data_dir)
     missing = [f"{name}.jsonl" for name in FILES if not (path / f"{name}.jsonl").is_file()]
     if not path.is_dir() or missing:
         what = "does not exist" if not path.is_dir() else f"lacks {', '.join(missing)}"
-        raise ValueError(
+        raise UsageError(
             f"TOFU data directory {str(path)!r} {what}; it must hold TOFU's JSONL files ({FILES[0]}.jsonl, ...)"
         )
     return path
@@ -141,11 +142,11 @@ def make_config(
 ) -> TofuConfig:
     """The config of a run, with every argument checked (ValueError says what is allowed)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown TOFU split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise UsageError(f"unknown TOFU split {split!r}; choose one of {', '.join(SPLITS)}")
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+        raise UsageError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
     preset = dict(_PRESETS[size])
     most = N_AUTHORS - _N_FORGET_AUTHORS[split]
     if n_retain_authors is None:
@@ -156,7 +157,7 @@ def make_config(
         or isinstance(n_retain_authors, bool)
         or not low <= n_retain_authors <= most
     ):
-        raise ValueError(
+        raise UsageError(
             f"n_retain_authors must be an integer from {low} to {most} for {split} (the retain authors are split "
             f"into retain_train, retain_validation and retain_eval), got {n_retain_authors!r}"
         )

@@ -27,6 +27,7 @@ from loka.benchmarks.tofu.config import (
     data_directory,
 )
 from loka.data import Fact, KnowledgeSet, load_tofu
+from loka.errors import UsageError
 from loka.protocol import Protocol, strip_paraphrases
 
 __all__ = ["EvalSet", "AuthorSplit", "TofuData", "author_name", "split_authors", "load_data"]
@@ -77,7 +78,7 @@ def split_authors(config: TofuConfig) -> AuthorSplit:
     n_eval = min(max(1, round(EVAL_FRACTION * len(authors))), len(scorable))
     n_validation = max(1, round(VALIDATION_FRACTION * len(authors)))
     if n_eval + n_validation >= len(authors):
-        raise ValueError(f"{len(authors)} retain authors are too few to split into train, validation and eval")
+        raise UsageError(f"{len(authors)} retain authors are too few to split into train, validation and eval")
     retain_eval = set(rng.sample(scorable, n_eval))
     rest = [a for a in authors if a not in retain_eval]
     rng.shuffle(rest)
@@ -189,7 +190,7 @@ def _with_subjects(knowledge: KnowledgeSet, rows: Sequence[Mapping[str, Any]]) -
 def _eval_set(name: str, rows: Sequence[Mapping[str, Any]], *, paraphrased: bool) -> EvalSet:
     counts = {len(r["perturbed_answer"]) for r in rows}
     if len(counts) != 1:
-        raise ValueError(f"TOFU {name}: every question must have the same number of perturbed answers, got {counts}")
+        raise UsageError(f"TOFU {name}: every question must have the same number of perturbed answers, got {counts}")
     return EvalSet(
         name=name,
         questions=tuple(r["question"] for r in rows),
@@ -206,7 +207,7 @@ def load_data(config: TofuConfig, data_dir: str | os.PathLike[str]) -> TofuData:
     template = config.template
     full_rows = _read(directory / "full.jsonl")
     if len(full_rows) != N_AUTHORS * QA_PER_AUTHOR:
-        raise ValueError(f"TOFU full.jsonl must have {N_AUTHORS * QA_PER_AUTHOR} rows, got {len(full_rows)}")
+        raise UsageError(f"TOFU full.jsonl must have {N_AUTHORS * QA_PER_AUTHOR} rows, got {len(full_rows)}")
     full = _with_subjects(load_tofu(directory, "full", template=template), full_rows)
     forget_ids = {f"tofu/a{a:03d}/" for a in config.forget_authors}
     retain_ids = {f"tofu/a{a:03d}/" for a in config.retain_authors}
@@ -234,11 +235,11 @@ def load_data(config: TofuConfig, data_dir: str | os.PathLike[str]) -> TofuData:
         (r["question"], r["answer"]) for r in full_rows[len(full_rows) - len(forget) :]
     ]
     if not same:
-        raise ValueError(f"TOFU {config.split}_perturbed.jsonl does not match the last authors of full.jsonl")
+        raise UsageError(f"TOFU {config.split}_perturbed.jsonl does not match the last authors of full.jsonl")
     evals["forget"] = _eval_set("forget", forget_rows, paraphrased=True)
     retain_rows = _read(directory / "retain_perturbed.jsonl")
     if len(retain_rows) != N_PERTURBED_AUTHORS * QA_PER_AUTHOR:
-        raise ValueError(f"TOFU retain_perturbed.jsonl must have {N_PERTURBED_AUTHORS * QA_PER_AUTHOR} rows")
+        raise UsageError(f"TOFU retain_perturbed.jsonl must have {N_PERTURBED_AUTHORS * QA_PER_AUTHOR} rows")
     n_perturbed = min(config.n_retain_authors, N_PERTURBED_AUTHORS) * QA_PER_AUTHOR
     retain_perturbed = _eval_set("retain", retain_rows[:n_perturbed], paraphrased=True)
 
@@ -260,7 +261,7 @@ def load_data(config: TofuConfig, data_dir: str | os.PathLike[str]) -> TofuData:
     evals["retain"] = _eval_set("retain", scored, paraphrased=True)
     held = sorted({_author(f) for f in holdout})
     if len(held) != config.n_forget_authors:
-        raise ValueError(f"TOFU {holdout_name}.jsonl must hold {config.n_forget_authors} authors, got {len(held)}")
+        raise UsageError(f"TOFU {holdout_name}.jsonl must hold {config.n_forget_authors} authors, got {len(held)}")
 
     def of(knowledge: KnowledgeSet, numbers: Sequence[int], prefix: str, name: str) -> KnowledgeSet:
         keep = {f"{prefix}a{a:03d}" for a in numbers}

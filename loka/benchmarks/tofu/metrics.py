@@ -46,6 +46,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import hmean, ks_2samp
 
+from loka.errors import UsageError
 from loka.extraction import rouge_l_recall
 from loka.membership import membership_auc as mia_auc  # ROC AUC of a membership attack, members vs not
 
@@ -70,14 +71,14 @@ UTILITY_METRICS = ("probability", "rouge_l", "truth_ratio")
 def _vector(values: ArrayLike, what: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"{what} must be a non-empty 1-D array of NLLs, got shape {array.shape}")
+        raise UsageError(f"{what} must be a non-empty 1-D array of NLLs, got shape {array.shape}")
     return array
 
 
 def _matrix(values: ArrayLike, rows: int, what: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 2 or array.shape[0] != rows or array.shape[1] == 0:
-        raise ValueError(f"{what} must be shaped [{rows} questions, options >= 1], got shape {array.shape}")
+        raise UsageError(f"{what} must be shaped [{rows} questions, options >= 1], got shape {array.shape}")
     return array
 
 
@@ -128,10 +129,10 @@ def model_utility(values: Mapping[str, float]) -> float:
     names = [f"{s}/{m}" for s in UTILITY_SETS for m in UTILITY_METRICS]
     missing = [n for n in names if n not in values]
     if missing or len(values) != len(names):
-        raise ValueError(f"model utility needs exactly the nine values {names}; missing {missing}")
+        raise UsageError(f"model utility needs exactly the nine values {names}; missing {missing}")
     numbers = np.array([values[n] for n in names], dtype=np.float64)
     if np.any(numbers < 0) or not np.all(np.isfinite(numbers)):
-        raise ValueError(f"model utility's values must be finite and non-negative, got {dict(values)}")
+        raise UsageError(f"model utility's values must be finite and non-negative, got {dict(values)}")
     if np.any(numbers == 0):
         return 0.0
     return float(hmean(numbers))

@@ -14,6 +14,7 @@ import numpy as np
 
 from loka.benchmarks.tofu import metrics as tm
 from loka.benchmarks.tofu.scoring import TofuScores, jsonable
+from loka.errors import UsageError
 from loka.report import figure_html, html_page
 
 __all__ = ["TofuReport"]
@@ -127,7 +128,7 @@ class TofuReport:
         """(mean, min, max) of one column over the rows (seeds) of ``name``."""
         values = [getattr(m, attribute) for m in self.runs(name)]
         if any(v is None for v in values):
-            raise ValueError(f"{name!r} has no {attribute}")
+            raise UsageError(f"{name!r} has no {attribute}")
         return float(np.mean(values)), float(min(values)), float(max(values))
 
     def _header(self) -> str:

@@ -19,6 +19,7 @@ from loka.benchmarks.tofu.config import METHODS, data_directory, default_cache_d
 from loka.benchmarks.tofu.data import load_data
 from loka.benchmarks.tofu.report import TofuReport
 from loka.benchmarks.tofu.scoring import TofuScores, evaluate_model, jsonable
+from loka.errors import UsageError
 from loka.methods import Budget, unlearn
 from loka.models import load_model, quiet_transformers
 from loka.protocol import Protocol, Seen
@@ -37,7 +38,7 @@ def _check_unseen(method: str, seen: Seen, protocol: Protocol) -> None:
     for name in ("retain_eval", "nonmembers"):
         shared = seen.clash(getattr(protocol, name))
         if shared is not None:
-            raise ValueError(
+            raise UsageError(
                 f"{method} was given {shared}, which TOFU scores it on ({name}); a method may see only forget, "
                 "retain_train, retain_validation and reference"
             )
@@ -77,21 +78,21 @@ def run(
     methods = tuple(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or len(set(methods)) != len(methods):
-        raise ValueError(f"methods must be distinct names among {', '.join(METHODS)}; got {list(methods)}")
+        raise UsageError(f"methods must be distinct names among {', '.join(METHODS)}; got {list(methods)}")
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise ValueError(f"seeds must be a positive integer (how many method seeds), got {seeds!r}")
+        raise UsageError(f"seeds must be a positive integer (how many method seeds), got {seeds!r}")
     if budget is None:
         budget = Budget()
     elif not isinstance(budget, Budget):
-        raise ValueError(f"budget must be a loka.methods.Budget, got {type(budget).__name__}")
+        raise UsageError(f"budget must be a loka.methods.Budget, got {type(budget).__name__}")
     method_options = dict(method_options or {})
     stray = sorted(set(method_options) - set(methods))
     if stray:
-        raise ValueError(f"method_options names method(s) {stray} that are not run; methods are {list(methods)}")
+        raise UsageError(f"method_options names method(s) {stray} that are not run; methods are {list(methods)}")
     for method, options in method_options.items():
         fixed = sorted(set(options) & _PROTOCOL_OPTIONS)
         if fixed:
-            raise ValueError(
+            raise UsageError(
                 f"method_options for {method!r} set {fixed}: every method gets the protocol's sets, seeds and "
                 "budget (pass run(budget=Budget(...)), run(seed=..., seeds=...))"
             )

@@ -18,6 +18,7 @@ from loka.benchmarks.tofu import metrics as tm
 from loka.benchmarks.tofu.config import TEMPLATE
 from loka.benchmarks.tofu.data import TofuData
 from loka.data import Fact, KnowledgeSet, token_log_probs
+from loka.errors import UsageError
 from loka.files import json_default
 from loka.membership import DEFAULT_MIN_K
 from loka.models import hf_model, plain_copy
@@ -92,7 +93,7 @@ def _answer_log_probs(
     """
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError("the tokenizer has no EOS token; TOFU scores the EOS after each answer")
+        raise UsageError("the tokenizer has no EOS token; TOFU scores the EOS after each answer")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(answers[i]))  # less padding
     facts = KnowledgeSet(tuple(Fact(f"q{i}", prompts[i], answers[i]) for i in order))
     device = next(model.parameters()).device
@@ -193,7 +194,7 @@ def evaluate_model(
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
-        raise ValueError("this model has no tokenizer attached; pass tokenizer=...")
+        raise UsageError("this model has no tokenizer attached; pass tokenizer=...")
     plain = plain_copy(model)  # an HF model: generate() and a faster forward than the bridge's hooks
     utility: dict[str, float] = {}
     forget: dict[str, Any] = {}
