@@ -317,6 +317,12 @@ class Comparison:
                 f"Better: {'; '.join(won) or 'none'}. Worse: {'; '.join(lost) or 'none'}. "
                 f"No difference: {'; '.join(same) or 'none'}."
             )
+            spent = (located.compute_summary(), o.compute_summary())
+            if spent[0] is not None and spent[1] is not None:
+                out[o.name] += (
+                    f" Compute to stop: {spent[0]['steps']:.0f} vs {spent[1]['steps']:.0f} steps, "
+                    f"{spent[0]['seconds']:.0f} vs {spent[1]['seconds']:.0f} s (mean over seeds)."
+                )
         return out
 
     def to_dict(self) -> dict[str, Any]:
