@@ -447,8 +447,10 @@ def _loka(
     located: Localization | None = None
     for candidate in candidates:
         if located is None or config.localize == "exact":
+            # a control places itself by the located set, but does not rest on its ranking: no check
+            check = config.check_scores if config.location == "located" else 0
             located = locate(model, forget, retain, size=candidate, localize=config.localize,
-                             components=config.components, contrast=config.contrast, check=config.check_scores,
+                             components=config.components, contrast=config.contrast, check=check,
                              seed=seed)  # fmt: skip
         else:
             located = located.resized(model, candidate, config.components)
