@@ -7,30 +7,7 @@ always gives byte-identical weights). The builder lives in the package so that b
 
 from __future__ import annotations
 
-from loka.testbed.checkpoints import (
-    ARCHITECTURES,
-    D_MLP,
-    D_MODEL,
-    MAX_POSITIONS,
-    N_HEADS,
-    N_KV_HEADS,
-    N_LAYERS,
-    VOCAB_SIZE,
-    Architecture,
-    build_tiny_checkpoint,
-    build_tokenizer,
-)
+from loka.testbed import checkpoints as _builder
+from loka.testbed.checkpoints import *  # noqa: F403
 
-__all__ = [
-    "ARCHITECTURES",
-    "D_MLP",
-    "D_MODEL",
-    "MAX_POSITIONS",
-    "N_HEADS",
-    "N_KV_HEADS",
-    "N_LAYERS",
-    "VOCAB_SIZE",
-    "Architecture",
-    "build_tiny_checkpoint",
-    "build_tokenizer",
-]
+__all__ = list(_builder.__all__)
