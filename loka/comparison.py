@@ -43,6 +43,7 @@ from loka.localization import LOCATIONS
 from loka.methods import METHODS, Budget, Compute, UnlearningResult, unlearn
 from loka.models import load_model
 from loka.protocol import Protocol
+from loka.report import comparison_figures, write_report
 
 __all__ = ["Comparison", "MethodOutcome", "compare", "compare_testbed", "DEFAULT_METHODS"]
 
@@ -342,15 +343,11 @@ class Comparison:
         """Plotly figures: ``"metrics"`` (bars with intervals per method), ``"relearning"``
         (accuracy of the held-out forget half during the relearning attack), and the attribution
         heatmaps (``"heads"``, ``"neurons"``) when scores are attached."""
-        from loka.report import comparison_figures
-
         return comparison_figures(self)
 
     def save(self, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write ``comparison.json`` and ``report.html`` into ``out_dir`` (created). An existing
         ``out_dir`` is an error unless ``overwrite`` and it holds an earlier comparison."""
-        from loka.report import write_report
-
         out = Path(out_dir).expanduser()
         check_output_dir(out, overwrite=overwrite, marker=JSON_FILE)
         out.mkdir(parents=True, exist_ok=True)
