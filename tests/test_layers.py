@@ -1,4 +1,4 @@
-"""The layering in DESIGN.md, enforced: imports only go downward (import-linter contract in pyproject.toml)."""
+"""The layering of docs/architecture.md, enforced: imports only go downward (import-linter contract in pyproject.toml)."""
 
 from __future__ import annotations
 
