@@ -43,6 +43,12 @@ recorded in the scores' metadata, and reports the rank correlation and top-k agr
 (:class:`attribution.validation.ScoreCheck`). Run it before trusting an estimate you have not
 checked, and prefer ``method="activation_patching"`` where it is affordable.
 
+Data parallel: under an initialized ``torch.distributed`` process group (``torchrun
+--nproc_per_node N``), :func:`attribute` and :func:`patch_components` are collectives: every rank
+encodes all facts in the same batches, runs a contiguous block of them, and the sums over facts
+(float64) and per-fact values are combined so that every rank returns the full result, equal to
+the one-process one within float rounding (:mod:`loka.distributed`; progress bars on rank 0).
+
 The model is only read: hooks live inside ``model.hooks(...)`` contexts and are gone when a call
 returns or raises; weights, ``requires_grad`` flags and the train/eval mode are never touched.
 """
@@ -68,6 +74,7 @@ from attribution.positions import Positions, check_positions
 from attribution.scores import AttributionScores, ScoresMetadata, parse_kind
 from loka.components import Component, ComponentShapes, Kind, hook_name
 from loka.data import Fact, KnowledgeSet
+from loka.distributed import agreed, all_reduce_sum, is_main, merge_rows, shard
 from loka.errors import UsageError
 from loka.models import fingerprint
 
@@ -84,6 +91,22 @@ def default_direction(baseline: str, direction: str | None) -> str:
     if direction is None:
         return "denoise" if baseline == "corrupt" else "ablate"
     return direction
+
+
+def _fact_rows(baselines: Baselines, indices: range) -> list[int]:
+    """The positions in the knowledge set of the facts of batches ``indices`` (in order)."""
+    starts = [0]
+    for facts, _ in baselines.batches:
+        starts.append(starts[-1] + len(facts))
+    return [row for index in indices for row in range(starts[index], starts[index + 1])]
+
+
+def _cat(parts: list[Tensor], *, dim: int = 0, rows: int = 0) -> Tensor:
+    """``torch.cat`` that also takes no parts (a rank with no batches): an empty float tensor
+    (``rows`` leading rows when ``dim`` is 1)."""
+    if parts:
+        return torch.cat(parts, dim=dim)
+    return torch.zeros((rows, 0) if dim == 1 else (0,))
 
 
 def _kinds(components: str | Iterable[str]) -> tuple[Kind, ...]:
@@ -192,32 +215,41 @@ def attribute(
         seed=seed,
         samples=samples,
         batch_size=batch_size,
-        progress=progress,
+        progress=progress and is_main(),
     )
     plan = component_plan(all_components(shapes, kinds)) if method == "activation_patching" else None
 
-    totals = {kind: torch.zeros(shapes.shape(kind)) for kind in kinds}
+    # Data parallel (loka.distributed): this rank runs a contiguous block of the batches; sums
+    # over facts are float64 and added across ranks, per-fact values merged back in order.
+    mine = shard(baselines.batches)
+    shown = progress and is_main()
+    totals = {kind: torch.zeros(shapes.shape(kind), dtype=torch.float64) for kind in kinds}
     base_metric, clean_metric = [], []
-    for facts, batch in tqdm(baselines.batches, disable=not progress, desc=f"attribution ({method})"):
-        setup = baselines.setup(facts, batch)
-        if plan is not None:
-            effects, base = patch_effects(model, setup, plan, chunk_size=chunk_size, progress=progress)
-            finite_or_raise(base, "the unpatched metric", setup.batch.fact_ids)
-            offset = 0
-            for kind in kinds:
-                size = shapes.shape(kind)[0] * shapes.shape(kind)[1]
-                totals[kind] += effects[offset : offset + size].sum(-1).view(shapes.shape(kind))
-                offset += size
-        else:
-            by_hook, base = grad_x_act(model, setup, hooks)
-            finite_or_raise(base, "the unpatched metric", setup.batch.fact_ids)
-            for kind in kinds:
-                per_layer = [by_hook[hook_name(kind, layer)].sum(0) for layer in range(shapes.n_layers)]
-                totals[kind] += torch.stack(per_layer)
-        base_metric.append(base)
-        clean_metric.append(setup.clean_metric if setup.clean_metric is not None else base)
+    with agreed():
+        for index in tqdm(mine, disable=not shown, desc=f"attribution ({method})"):
+            setup = baselines.setup(*baselines.batches[index])
+            if plan is not None:
+                effects, base = patch_effects(model, setup, plan, chunk_size=chunk_size, progress=shown)
+                finite_or_raise(base, "the unpatched metric", setup.batch.fact_ids)
+                offset = 0
+                for kind in kinds:
+                    size = shapes.shape(kind)[0] * shapes.shape(kind)[1]
+                    totals[kind] += effects[offset : offset + size].sum(-1).view(shapes.shape(kind))
+                    offset += size
+            else:
+                by_hook, base = grad_x_act(model, setup, hooks)
+                finite_or_raise(base, "the unpatched metric", setup.batch.fact_ids)
+                for kind in kinds:
+                    per_layer = [by_hook[hook_name(kind, layer)].sum(0) for layer in range(shapes.n_layers)]
+                    totals[kind] += torch.stack(per_layer)
+            base_metric.append(base)
+            clean_metric.append(setup.clean_metric if setup.clean_metric is not None else base)
+    totals = {kind: all_reduce_sum(total) for kind, total in totals.items()}
+    rows = _fact_rows(baselines, mine)
+    base_all = merge_rows(_cat(base_metric), rows, len(knowledge))
+    clean_all = merge_rows(_cat(clean_metric), rows, len(knowledge))
 
-    scores = {kind: total / len(knowledge) for kind, total in totals.items()}
+    scores = {kind: (total / len(knowledge)).float() for kind, total in totals.items()}
     for kind, values in scores.items():
         finite_or_raise(values, f"the {kind} scores")
     metadata = ScoresMetadata(
@@ -229,8 +261,8 @@ def attribute(
         model=fingerprint(model),
         n_facts=len(knowledge),
         knowledge=knowledge.name,
-        clean_metric=torch.cat(clean_metric).mean().item(),
-        base_metric=torch.cat(base_metric).mean().item(),
+        clean_metric=clean_all.mean().item(),
+        base_metric=base_all.mean().item(),
         options=baselines.describe() | ({"chunk_size": chunk_size} if chunk_size else {}),
     )
     return AttributionScores(scores.get("neuron"), scores.get("head"), metadata)
@@ -299,15 +331,24 @@ def patch_components(
         seed=seed,
         samples=samples,
         batch_size=batch_size,
-        progress=progress,
+        progress=progress and is_main(),
     )
+    mine = shard(baselines.batches)  # data parallel: see attribute
+    shown = progress and is_main()
     per_fact, base = [], []
-    for facts, batch in tqdm(baselines.batches, disable=not progress, desc="patching components"):
-        setup = baselines.setup(facts, batch)
-        effects, base_values = patch_effects(model, setup, plan, chunk_size=chunk_size, progress=progress)
-        per_fact.append(effects)
-        base.append(base_values)
-    result = ComponentEffects(chosen, knowledge.ids, torch.cat(per_fact, dim=1), torch.cat(base))
+    with agreed():
+        for index in tqdm(mine, disable=not shown, desc="patching components"):
+            setup = baselines.setup(*baselines.batches[index])
+            effects, base_values = patch_effects(model, setup, plan, chunk_size=chunk_size, progress=shown)
+            per_fact.append(effects)
+            base.append(base_values)
+    rows = _fact_rows(baselines, mine)
+    result = ComponentEffects(
+        chosen,
+        knowledge.ids,
+        merge_rows(_cat(per_fact, dim=1, rows=len(chosen)), rows, len(knowledge), dim=1),
+        merge_rows(_cat(base), rows, len(knowledge)),
+    )
     finite_or_raise(result.base_metric, "the unpatched metric", knowledge.ids)
     finite_or_raise(result.per_fact, "the patching effects", knowledge.ids)
     return result

@@ -8,9 +8,14 @@ same answer, used to check that an edit generalises beyond the exact wording). A
 attribution scores, what methods forget or retain, and what evaluation measures.
 
 The model reads a fact as ``prompt`` followed by ``target``: the two are joined with one space
-unless the prompt already ends with whitespace or the target already starts with it. The prompt
-and the target are tokenized separately (as ROME and most unlearning code do), so a target token
-never merges with the prompt's last token. :meth:`KnowledgeSet.encode` turns facts into a
+unless the prompt already ends with whitespace or the target already starts with it. The joined
+text is tokenized once and split where the prompt ends, so the target tokens are exactly the
+tokens the tokenizer gives that text after the prompt's: a byte-level BPE (GPT-2, NeoX) gives
+``" Paris"`` as one token either way, and a SentencePiece-style tokenizer (Llama, Mistral: a
+``"▁"`` word prefix) gives ``"▁Paris"``, where encoding ``" Paris"`` on its own would start with
+a lone ``"▁"`` and every answer-position score would score a space. A target never starts with
+a whitespace-only token: one that the tokenizer splits off (Llama's ``"▁"`` before digits) is
+read as the prompt's last token. :meth:`KnowledgeSet.encode` turns facts into a
 :class:`FactBatch`: token ids with padding on either side, and for every target token the position
 whose logits predict it. Nothing is ever truncated: a fact longer than the context is an error.
 """
@@ -39,6 +44,7 @@ __all__ = [
     "Prompts",
     "content_id",
     "encode_facts",
+    "split_fact",
     "token_log_probs",
     "load_tofu",
     "TOFU_SPLITS",
@@ -178,6 +184,20 @@ class FactBatch:
         """Whether the top-1 prediction equals each target token (True on padding entries)."""
         hit = self.target_logits(logits).argmax(-1) == self.target_ids
         return hit | ~self.target_mask
+
+    def rows(self, rows: Int[Tensor, " rows"]) -> FactBatch:
+        """The batch of rows ``rows`` (in that order)."""
+        picked = rows.tolist()
+        return replace(
+            self,
+            input_ids=self.input_ids[rows],
+            attention_mask=self.attention_mask[rows],
+            target_ids=self.target_ids[rows],
+            target_mask=self.target_mask[rows],
+            prediction_positions=self.prediction_positions[rows],
+            subject_mask=self.subject_mask[rows],
+            fact_ids=tuple(self.fact_ids[i] for i in picked),
+        )
 
     def to(self, device: str | torch.device) -> FactBatch:
         return replace(
@@ -390,8 +410,11 @@ class Prompts:
         return cls(KnowledgeSet(tuple(prompts), name=f"{facts.name}/prompts"), tuple(groups))
 
     def batches(self, model: Any, batch_size: int = 64) -> Iterator[tuple[slice, FactBatch]]:
-        """``(rows, batch)`` pairs in order, each batch on the model's device."""
-        device = next(model.parameters()).device
+        """``(rows, batch)`` pairs in order, each batch on the model's input device
+        (:func:`loka.models.input_device`)."""
+        from loka.models.forward import input_device
+
+        device = input_device(model)
         for start, batch in zip(
             range(0, len(self.knowledge), batch_size), self.knowledge.batches(model, batch_size), strict=True
         ):
@@ -415,6 +438,46 @@ def _resolve_tokenizer(model_or_tokenizer: Any, max_length: int | None) -> tuple
     return model_or_tokenizer, max_length
 
 
+def _is_blank(text: str) -> bool:
+    return not text.strip()
+
+
+def split_fact(tokenizer: Any, fact: Fact) -> tuple[list[int], list[int], list[tuple[int, int]] | None]:
+    """``(prompt ids, target ids, prompt offsets)`` of ``fact``: its joined text (:attr:`Fact.text`)
+    tokenized once (no special tokens) and split where the prompt ends.
+
+    With a fast tokenizer the prompt is the run of leading tokens that end within the prompt's
+    characters: exactly ``tokenizer(prompt)`` whenever that is a prefix of the joined encoding (a
+    prompt that does not end in whitespace, with a byte-level or SentencePiece-style tokenizer);
+    a token that straddles the boundary (a prompt's trailing space that the tokenizer reads as the
+    start of the answer's first word) belongs to the target. A whitespace-only first target token (a lone ``"▁"`` or
+    ``" "``) moves to the prompt while more target tokens follow. The offsets (character spans in
+    the prompt, for subject positions) are ``None`` for a slow tokenizer, which is split by its
+    prompt-alone encoding where that is a prefix of the joined one, and otherwise tokenizes the
+    target on its own.
+    """
+    text, boundary = fact.text, len(fact.prompt)
+    if getattr(tokenizer, "is_fast", False):
+        joined = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(joined["input_ids"]), [tuple(o) for o in joined["offset_mapping"]]
+        cut = next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(ids))
+        while cut < len(ids) - 1 and _is_blank(text[offsets[cut][0] : offsets[cut][1]]):
+            cut += 1
+        if 0 < cut < len(ids):
+            return ids[:cut], ids[cut:], offsets[:cut]
+        prompt = tokenizer(fact.prompt, add_special_tokens=False, return_offsets_mapping=True)
+        target = tokenizer(text[boundary:], add_special_tokens=False)["input_ids"]
+        return list(prompt["input_ids"]), list(target), [tuple(o) for o in prompt["offset_mapping"]]
+    prompt_ids = list(tokenizer(fact.prompt, add_special_tokens=False)["input_ids"])
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if ids[: len(prompt_ids)] == prompt_ids and len(ids) > len(prompt_ids):
+        cut = len(prompt_ids)
+        while cut < len(ids) - 1 and _is_blank(tokenizer.decode(ids[cut : cut + 1])):
+            cut += 1
+        return ids[:cut], ids[cut:], None
+    return prompt_ids, list(tokenizer(text[boundary:], add_special_tokens=False)["input_ids"]), None
+
+
 def encode_facts(
     facts: Sequence[Fact],
     model_or_tokenizer: Any,
@@ -423,11 +486,13 @@ def encode_facts(
     prepend_bos: bool = True,
     max_length: int | None = None,
 ) -> FactBatch:
-    """Tokenize facts: ``[BOS] + tokens(prompt) + tokens(target joined to the prompt)``.
+    """Tokenize facts: ``[BOS] + tokens(prompt + joined target)``, split where the prompt ends
+    (:func:`split_fact`), so the target ids are the tail of the joined text's encoding.
 
     Raises ValueError naming the fact when prompt + target exceed ``max_length`` (default: the
     model's context, or the tokenizer's ``model_max_length``), when a target tokenizes to nothing,
-    or when BOS is asked for and the tokenizer has none.
+    when BOS is asked for and the tokenizer has none, or when a fact has a subject and the
+    tokenizer cannot give character offsets (a slow tokenizer).
     """
     if padding_side not in ("left", "right"):
         raise UsageError(f"padding_side={padding_side!r} is not supported; use 'left' or 'right'")
@@ -443,11 +508,10 @@ def encode_facts(
 
     rows, targets, subject_flags = [], [], []
     for fact in facts:
-        prompt = tokenizer(fact.prompt, add_special_tokens=False, return_offsets_mapping=fact.subject is not None)
-        target = tokenizer(_joined_target(fact.prompt, fact.target), add_special_tokens=False)["input_ids"]
+        prompt, target, offsets = split_fact(tokenizer, fact)
         if not target:
             raise UsageError(f"fact {fact.id!r}: target {fact.target!r} tokenizes to no tokens")
-        ids = bos + prompt["input_ids"] + target
+        ids = bos + prompt + target
         if max_length is not None and len(ids) > max_length:
             raise UsageError(
                 f"fact {fact.id!r} is {len(ids)} tokens (BOS + prompt + target), longer than the "
@@ -456,8 +520,13 @@ def encode_facts(
         flags = [False] * len(ids)
         start = fact.prompt.find(fact.subject) if fact.subject else -1
         if start >= 0:
+            if offsets is None:
+                raise UsageError(
+                    f"fact {fact.id!r}: subject positions need a fast tokenizer (character offsets); "
+                    "load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
+                )
             end = start + len(fact.subject)
-            for i, (a, b) in enumerate(prompt["offset_mapping"]):
+            for i, (a, b) in enumerate(offsets):
                 flags[len(bos) + i] = a < end and b > start
         rows.append(ids)
         targets.append(target)

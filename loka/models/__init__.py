@@ -11,8 +11,10 @@ This package is the one place that knows how those two views line up; one module
   ``head_input_weights``); zeroing an output slice is exactly zero-ablating the hook activation,
   permanently and in the weights. ``hf_state_dict`` gives any model's weights under plain HF names.
 * :mod:`loka.models.loading`: ``load_model`` boots a Hugging Face checkpoint (a local directory,
-  or a hub id) as a TransformerLens 4 ``TransformerBridge``; ``quiet_transformers``.
-* :mod:`loka.models.forward`: ``logits``, the same forward for a bridge and a plain HF model.
+  or a hub id) as a TransformerLens 4 ``TransformerBridge`` on a device or a ``device_map``, in a
+  dtype of ``DTYPES`` (``resolve_dtype``); ``quiet_transformers``.
+* :mod:`loka.models.forward`: ``logits``, the same forward for a bridge and a plain HF model;
+  ``input_device``, the device a model's input ids belong on (its input embedding's).
 * :mod:`loka.models.fingerprints`: ``fingerprint`` hashes the weights, so that a result can name
   the exact model it came from.
 * :mod:`loka.models.copies`: ``plain_copy`` and ``same_kind_as``, how an edit returns a new model.
@@ -30,8 +32,8 @@ from __future__ import annotations
 from loka.models.architectures import SUPPORTED_ARCHITECTURES, ArchitectureSpec, Model, architecture, hf_model
 from loka.models.copies import plain_copy, same_kind_as
 from loka.models.fingerprints import ModelFingerprint, fingerprint
-from loka.models.forward import logits
-from loka.models.loading import load_model, quiet_transformers
+from loka.models.forward import input_device, logits
+from loka.models.loading import DTYPES, load_model, quiet_transformers, resolve_dtype
 from loka.models.weights import (
     AttentionLayout,
     WeightSlice,
@@ -44,6 +46,7 @@ from loka.models.weights import (
 )
 
 __all__ = [
+    "DTYPES",
     "SUPPORTED_ARCHITECTURES",
     "ArchitectureSpec",
     "AttentionLayout",
@@ -57,11 +60,13 @@ __all__ = [
     "head_output_weights",
     "hf_model",
     "hf_state_dict",
+    "input_device",
     "load_model",
     "logits",
     "neuron_input_weights",
     "neuron_output_weights",
     "plain_copy",
     "quiet_transformers",
+    "resolve_dtype",
     "same_kind_as",
 ]

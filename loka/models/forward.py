@@ -1,4 +1,9 @@
-"""Running a model: next-token logits of a bridge or a plain Hugging Face model, the same way for both."""
+"""Running a model: next-token logits of a bridge or a plain Hugging Face model, the same way for both.
+
+A model may sit on one device or be spread over several (``load_model(..., device_map="auto")``);
+either way its inputs belong on :func:`input_device`, the device of its input embedding, and
+:func:`logits` returns on the device its inputs came from.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,24 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from loka.models.architectures import Model, hf_model
 
-__all__ = ["logits"]
+__all__ = ["input_device", "logits"]
+
+
+def input_device(model: Model) -> torch.device:
+    """The device a bridge's or HF model's input ids belong on: its input embedding's device.
+
+    For a model on one device this is that device. With a ``device_map`` the blocks may sit on
+    several devices and "the first parameter" is whichever module happens to come first; the
+    embedding is the module that reads the ids. An embedding that accelerate offloads (its
+    weight on ``meta`` between calls) answers with the device its hook computes on.
+    """
+    embedding = hf_model(model).get_input_embeddings()
+    hook = getattr(embedding, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if execution is not None:
+        return torch.device(execution)
+    weight = next(embedding.parameters(), None)
+    return weight.device if weight is not None else torch.device("cpu")
 
 
 def logits(
@@ -25,6 +47,8 @@ def logits(
     when ``position_ids`` come without a mask, an all-ones mask is passed, because transformers
     would otherwise read a gap in ``position_ids`` as the start of a new packed sequence and
     stop attention across it (only when no KV cache is built, so HF and bridge would disagree).
+    The logits come back on ``input_ids``' device, also when the model's last block and
+    unembedding sit on another device (a ``device_map``).
     """
     if position_ids is not None and attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -34,5 +58,7 @@ def logits(
     if position_ids is not None:
         kwargs["position_ids"] = position_ids
     if isinstance(model, TransformerBridge):
-        return model(input_ids, return_type="logits", **kwargs)
-    return hf_model(model)(input_ids=input_ids, use_cache=False, **kwargs).logits
+        out = model(input_ids, return_type="logits", **kwargs)
+    else:
+        out = hf_model(model)(input_ids=input_ids, use_cache=False, **kwargs).logits
+    return out.to(input_ids.device)

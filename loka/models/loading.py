@@ -13,8 +13,10 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -22,7 +24,15 @@ from transformer_lens.model_bridge import TransformerBridge
 from loka.errors import UsageError
 from loka.models.architectures import ArchitectureSpec, spec_for
 
-__all__ = ["load_model", "quiet_transformers"]
+__all__ = [
+    "DEVICE_MAP_STRATEGIES",
+    "DTYPES",
+    "DeviceMap",
+    "DTypeName",
+    "load_model",
+    "quiet_transformers",
+    "resolve_dtype",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -144,11 +154,66 @@ def _read_model_type(config_path: Path, what: str) -> ArchitectureSpec:
     return spec_for(config.get("model_type") if isinstance(config, dict) else None, what)
 
 
+DTypeName = Literal["float32", "bfloat16", "float16"]
+DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
+    {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+)
+"""The dtypes a model can be loaded in, by name (``--dtype`` on the command line)."""
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+"""accelerate's placement strategies that ``device_map`` accepts as a string."""
+
+DeviceMap = str | Mapping[str, str | int | torch.device]
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``dtype`` as a ``torch.dtype``: a name in :data:`DTYPES` or one of those dtypes; ``None``
+    is float32. Anything else is a one-line UsageError naming what is allowed."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise UsageError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)} (or the torch dtype)")
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UsageError(f"device {device!r} is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'") from err
+
+
+def _check_device_map(device_map: DeviceMap) -> str | dict[str, str | int]:
+    """A device map accelerate accepts: a strategy name, or ``{module name: device}``."""
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise UsageError(
+                f"device_map {device_map!r} is not supported; use one of {', '.join(DEVICE_MAP_STRATEGIES)} "
+                "or a dict {module name: device}"
+            )
+        return device_map
+    if not isinstance(device_map, Mapping) or not device_map:
+        raise UsageError(
+            f"device_map must be a strategy name or a non-empty dict {{module: device}}, got {device_map!r}"
+        )
+    resolved: dict[str, str | int] = {}
+    for module, where in device_map.items():
+        if not isinstance(module, str):
+            raise UsageError(f"device_map keys are module names (str), got {module!r}")
+        if isinstance(where, bool) or not isinstance(where, str | int | torch.device):
+            raise UsageError(f"device_map[{module!r}] = {where!r}; use a device such as 'cpu', 'cuda:0' or 0")
+        resolved[module] = str(where) if isinstance(where, torch.device) else where
+    return resolved
+
+
 def load_model(
     name_or_path: str | os.PathLike[str],
     *,
-    device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    dtype: DTypeName | torch.dtype | None = None,
+    device_map: DeviceMap | None = None,
+    max_memory: Mapping[str | int, str | int] | None = None,
 ) -> TransformerBridge:
     """Load a GPT-2, GPT-NeoX or Llama checkpoint as a TransformerLens bridge, in eval mode.
 
@@ -159,10 +224,40 @@ def load_model(
     (``blocks.{l}.mlp.hook_post``, ``blocks.{l}.attn.hook_z``, ...) see the real activations.
     Its tokenizer pads with eos when it has no pad token of its own.
 
+    Placement and precision (passed through to ``TransformerBridge.boot_transformers``):
+
+    * ``device``: one device for the whole model (``"cpu"``, ``"cuda"``, ``"cuda:1"``); the
+      default is the CPU.
+    * ``device_map``: accelerate's placement instead of one device: ``"auto"`` (or
+      ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``) spreads the blocks over the visible
+      GPUs, a dict ``{module name: device}`` places them by hand; ``max_memory``
+      (``{0: "20GiB", "cpu": "60GiB"}``) caps each device. Exclusive with ``device``. Inputs
+      then go to :func:`loka.models.input_device` (the input embedding's device). A module that
+      accelerate offloads (to ``"disk"``, or to the CPU beside GPUs) runs and hooks normally but
+      holds ``meta`` weights between calls, so what reads weights (``hf_state_dict``,
+      ``fingerprint``, baking, export) needs every module on a real device.
+    * ``dtype``: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``, or the torch dtype.
+      Log-probabilities (:func:`loka.data.token_log_probs`) and attribution scores are computed
+      in float32 from the model's outputs whatever its dtype.
+
     Raises:
         FileNotFoundError: a path that does not exist, or a directory that is not a model.
-        ValueError: an unsupported architecture, or a hub id that cannot be fetched.
+        UsageError: an unsupported architecture, dtype, device or device map, a hub id that
+            cannot be fetched, or a checkpoint that fails to load.
     """
+    torch_dtype = resolve_dtype(dtype)
+    if device is not None and device_map is not None:
+        raise UsageError("give device or device_map, not both (device_map places the model itself)")
+    if max_memory is not None and device_map is None:
+        raise UsageError("max_memory caps the devices of a device_map; give device_map (e.g. 'auto') with it")
+    placement: dict[str, Any]
+    if device_map is not None:
+        placement = {"device_map": _check_device_map(device_map)}
+        if max_memory is not None:
+            placement["max_memory"] = dict(max_memory)
+    else:
+        placement = {"device": _check_device("cpu" if device is None else device)}
+
     if isinstance(name_or_path, os.PathLike) or _looks_like_path(str(name_or_path)):
         shown = os.fspath(name_or_path)
         path = Path(shown).expanduser()
@@ -173,10 +268,11 @@ def load_model(
         spec = _read_model_type(_hub_config(repo_id), f"hub model {repo_id!r}")
         source, where = repo_id, f"hub model {repo_id!r}"
 
-    logger.info("loading %s (%s) on %s as %s", where, spec.model_type, device, dtype)
+    shown_placement = placement.get("device", placement.get("device_map"))
+    logger.info("loading %s (%s) on %s as %s", where, spec.model_type, shown_placement, torch_dtype)
     try:
         with quiet_transformers():
-            bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
+            bridge = TransformerBridge.boot_transformers(source, dtype=torch_dtype, **placement)
     except Exception as err:
         raise UsageError(f"could not load {where}: {type(err).__name__}: {err}") from err
 

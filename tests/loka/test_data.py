@@ -160,13 +160,17 @@ def test_paraphrased_expands_prompts():
 
 
 def _reference_log_probs(model, tokenizer, fact: Fact) -> torch.Tensor:
-    """log p(target tokens) from one unpadded forward pass on BOS + prompt + target."""
-    target = tokenizer(fact.text[len(fact.prompt) :], add_special_tokens=False)["input_ids"]
-    prompt = tokenizer(fact.prompt, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([[tokenizer.bos_token_id, *prompt, *target]])
+    """log p(target tokens) from one unpadded forward pass on BOS + the joined text's tokens. The
+    target is what follows the prompt's own tokens, less a lone leading space token (the tiny
+    tokenizer has no "ĠWarsaw", so " Warsaw" is "Ġ" + "War" + ...: the answer starts at "War")."""
+    joint = tokenizer(fact.text, add_special_tokens=False)["input_ids"]
+    n_prompt = len(tokenizer(fact.prompt, add_special_tokens=False)["input_ids"])
+    if tokenizer.convert_ids_to_tokens(joint[n_prompt]) == "Ġ":
+        n_prompt += 1
+    ids = torch.tensor([[tokenizer.bos_token_id, *joint]])
     log_probs = model(ids).logits.log_softmax(-1)[0]
-    start = 1 + len(prompt) - 1
-    return torch.stack([log_probs[start + j, t] for j, t in enumerate(target)])
+    start = 1 + n_prompt - 1
+    return torch.stack([log_probs[start + j, t] for j, t in enumerate(joint[n_prompt:])])
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
@@ -179,15 +183,21 @@ def test_encode_padding_matches_unbatched_forward(checkpoint, tokenizer, padding
         logits = model(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
         got = batch.target_log_probs(logits)
         for i, fact in enumerate(ks):
+            # the row is BOS + the joined text's own encoding, whatever the split
+            row = batch.input_ids[i][batch.attention_mask[i].bool()].tolist()
+            assert row == [tokenizer.bos_token_id, *tokenizer(fact.text, add_special_tokens=False)["input_ids"]]
             want = _reference_log_probs(model, tokenizer, fact)
             assert batch.target_mask[i].sum() == len(want)
             torch.testing.assert_close(got[i, : len(want)], want, atol=1e-5, rtol=0)
             assert (got[i, len(want) :] == 0).all()
+            # no target starts with a lone space token
+            assert tokenizer.decode(batch.target_ids[i, :1]).strip()
     # multi-token target: "Cambridge and Princeton" is several tokens
     assert batch.target_mask[1].sum() > 1
     # the answer position holds the last prompt token
-    last_prompt = tokenizer("Marie Curie was born in", add_special_tokens=False)["input_ids"][-1]
-    assert batch.input_ids[0, batch.answer_positions[0]] == last_prompt
+    last_prompt = tokenizer("The capital of France is", add_special_tokens=False)["input_ids"][-1]
+    assert batch.input_ids[2, batch.answer_positions[2]] == last_prompt
+    assert (batch.input_ids.gather(1, batch.answer_positions[:, None] + 1)[:, 0] == batch.target_ids[:, 0]).all()
 
 
 def test_subject_mask_marks_subject_tokens(tokenizer):
