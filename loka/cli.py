@@ -24,6 +24,10 @@ from loka.files import check_output as _new_output
 __all__ = ["main"]
 
 DEMO_OUT = "loka-demo"
+# the unlearning methods compare runs (loka.methods.METHODS without the oracle "retrain"; named here
+# so that --help needs no torch import; tests/loka/test_cli.py checks that the two agree)
+UNLEARNING_METHODS = ("loka", "gradient_ascent", "npo", "rmu", "task_vector")
+DEFAULT_METHODS = UNLEARNING_METHODS
 
 
 # --- shared argument helpers ---------------------------------------------------------------------
@@ -42,10 +46,22 @@ def _knowledge(path: str | None) -> Any:
     return None if path is None else KnowledgeSet.from_jsonl(path)
 
 
-def _model(name: str) -> Any:
+def _model(name: str, args: argparse.Namespace) -> Any:
+    """Load ``name`` where ``--device`` / ``--device-map`` say, in ``--dtype``."""
     from loka.models import load_model
 
-    return load_model(name)
+    return load_model(name, device=args.device, dtype=args.dtype, device_map=args.device_map)
+
+
+def _placement(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype`` and ``--device-map``: where and in what precision the model loads."""
+    g = p.add_argument_group("placement (where the model runs)")
+    g.add_argument("--device", help="torch device for the whole model, e.g. cuda or cuda:1 (default cpu)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights' dtype (default float32)")
+    g.add_argument(
+        "--device-map", choices=("auto", "balanced", "balanced_low_0", "sequential"),
+        help="spread the model's blocks over the visible GPUs with accelerate (instead of --device)",
+    )  # fmt: skip
 
 
 def _option(text: str) -> tuple[str, str]:
@@ -118,7 +134,7 @@ def _locate(args: argparse.Namespace) -> int:
     out = _new_output(args.out, overwrite=args.overwrite)
     forget = _knowledge(args.forget)
     retain = _knowledge(args.retain)
-    model = _model(args.model)
+    model = _model(args.model, args)
     direction = args.direction or ("denoise" if args.baseline == "corrupt" else "ablate")
     options = dict(
         method=args.method, components=tuple(args.components), baseline=args.baseline, direction=direction,
@@ -180,7 +196,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
     out = _new_output(args.out, overwrite=args.overwrite)
     mask = AblationMask.load(args.mask)
-    model = _model(args.model)
+    model = _model(args.model, args)
     mask.validate(model)
     edited = bake(model, mask)
     export_checkpoint(edited, out, mask=mask, source=model, method="bake", overwrite=args.overwrite)
@@ -210,7 +226,7 @@ def _unlearn(args: argparse.Namespace) -> int:
             raise UsageError("--oracle is only for --method retrain")
         options["oracle"] = args.oracle
     method_config(args.method, **options)  # checked now, before the model is loaded
-    model = _model(args.model)
+    model = _model(args.model, args)
     result = unlearn(
         model, forget, retain, method=args.method, seed=args.seed, progress=_progress(args), budget=_budget(args),
         **{k: v for k, v in extra.items() if v is not None}, **options,
@@ -233,7 +249,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     out = _new_output(args.json, overwrite=args.overwrite, is_dir=False) if args.json else None
     sets = {name: _knowledge(getattr(args, name)) for name in ("forget", "retain", "holdout", "passages")}
-    model = _model(args.model)
+    model = _model(args.model, args)
     evaluation = evaluate(
         model, **sets, oracle=args.oracle, probe=not args.no_probe, relearn=not args.no_relearn, seed=args.seed
     )
@@ -262,7 +278,7 @@ def _compare(args: argparse.Namespace) -> int:
         if missing:
             raise UsageError(f"with --model, also give {' '.join(missing)}")
         sets = {name: _knowledge(getattr(args, name)) for name in ("forget", "retain", "holdout", "passages")}
-        comparison = compare(_model(args.model), **sets, oracle=args.oracle, **common)
+        comparison = compare(_model(args.model, args), **sets, oracle=args.oracle, **common)
     else:
         given = [f"--{n}" for n in ("forget", "retain", "holdout", "oracle", "passages") if getattr(args, n)]
         if given:
@@ -291,7 +307,7 @@ def _budget(args: argparse.Namespace) -> Any:
 def _demo(args: argparse.Namespace) -> int:
     for name in ("model", "forget", "retain", "holdout", "oracle", "passages", "option"):
         setattr(args, name, None)
-    args.methods, args.no_control = ["loka", "gradient_ascent", "task_vector"], False
+    args.methods, args.no_control = list(DEFAULT_METHODS), False
     return _compare(args)
 
 
@@ -349,7 +365,7 @@ def _update(args: argparse.Namespace) -> int:
     out = _new_output(args.out, overwrite=args.overwrite)
     facts, new_targets = _read_updates(args.updates)
     retain = _knowledge(args.retain)
-    model = _model(args.model)
+    model = _model(args.model, args)
     options = {} if args.lam is None else {"lam": args.lam}
     result = rewrite(
         model, facts, retain=retain, layers=args.layers, positions=args.positions, target=new_targets, **options
@@ -432,6 +448,7 @@ def _parser() -> argparse.ArgumentParser:
     locate.add_argument("--contrast", choices=("ratio", "difference"), default="ratio")
     locate.add_argument("--seed", type=int, default=0)
     locate.add_argument("--out", required=True, help="directory for scores (safetensors + JSON) and plots.html")
+    _placement(locate)
     overwrite(locate)
 
     mask = command(
@@ -463,6 +480,7 @@ def _parser() -> argparse.ArgumentParser:
     ablate.add_argument("model")
     ablate.add_argument("mask", metavar="MASK_JSON")
     ablate.add_argument("--out", required=True)
+    _placement(ablate)
     overwrite(ablate)
 
     unl = command(
@@ -474,7 +492,7 @@ def _parser() -> argparse.ArgumentParser:
     unl.add_argument("model")
     unl.add_argument("--forget", required=True)
     unl.add_argument("--retain", required=True)
-    unl.add_argument("--method", required=True, help="loka, gradient_ascent, task_vector or retrain")
+    unl.add_argument("--method", required=True, help=f"{', '.join(UNLEARNING_METHODS)} or retrain")
     unl.add_argument("--oracle", help="for --method retrain: the model trained without the forget facts")
     unl.add_argument("--validation", help="JSONL of other people's retain facts: budget choice only, never trained on")
     unl.add_argument("--reference", help="JSONL of facts about people the model never saw (LOKA's target)")
@@ -486,6 +504,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     unl.add_argument("--seed", type=int, default=0)
     unl.add_argument("--out", required=True)
+    _placement(unl)
     overwrite(unl)
 
     ev = command(
@@ -504,6 +523,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-relearn", action="store_true")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", help="also write the evaluation as JSON here")
+    _placement(ev)
     overwrite(ev)
 
     def compare_options(p: argparse.ArgumentParser, out: str) -> None:
@@ -536,11 +556,12 @@ def _parser() -> argparse.ArgumentParser:
         cmp.add_argument(f"--{name}", help=f"JSONL of {name} facts (with --model)")
     cmp.add_argument("--oracle", help="with --model: the model trained without the forget facts")
     cmp.add_argument(
-        "--methods", nargs="+", default=["loka", "gradient_ascent", "task_vector"],
-        choices=("loka", "gradient_ascent", "task_vector"), metavar="METHOD",
+        "--methods", nargs="+", default=list(DEFAULT_METHODS), choices=UNLEARNING_METHODS, metavar="METHOD",
+        help=f"{' | '.join(UNLEARNING_METHODS)} (default: all)",
     )  # fmt: skip
     cmp.add_argument("--option", action="append", type=_option, metavar="METHOD.KEY=VALUE")
     cmp.add_argument("--no-control", action="store_true", help="skip the random-control evaluations")
+    _placement(cmp)
 
     demo = command(
         "demo",
@@ -591,6 +612,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     upd.add_argument("--lam", type=float, help="weight of the retain constraint")
     upd.add_argument("--out", required=True)
+    _placement(upd)
     overwrite(upd)
     return parser
 

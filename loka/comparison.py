@@ -48,7 +48,7 @@ from loka.report import comparison_figures, write_report
 __all__ = ["Comparison", "MethodOutcome", "compare", "compare_testbed", "DEFAULT_METHODS"]
 
 logger = logging.getLogger(__name__)
-DEFAULT_METHODS: tuple[str, ...] = ("loka", "gradient_ascent", "task_vector")
+DEFAULT_METHODS: tuple[str, ...] = ("loka", "gradient_ascent", "npo", "rmu", "task_vector")
 FORMAT = "loka-comparison"
 JSON_FILE, HTML_FILE = "comparison.json", "report.html"
 
@@ -136,6 +136,9 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "MIA": ("mia.loss", "auc", "membership_inference_auc"),
     "MIA ans": ("mia.loss_answer", "auc", "mia_aucs.loss_answer"),
     "relearn": ("relearning", "mean", "relearning.after"),
+    "quant8": ("quant.8bit.forget", "mean", "quantization.forget_8bit"),
+    "quant4": ("quant.4bit.forget", "mean", "quantization.forget_4bit"),
+    "lens": ("logit_lens", "mean", "logit_lens.best"),
     "probe": ("probe", "mean", "probe.forget_accuracy"),
     "extract": ("extraction", "mean", "extraction.exact_match"),
 }
@@ -143,7 +146,7 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
 LOCALIZATION_COLUMNS = ("forget", "retain", "para", "relearn", "MIA")
 LOCATION_PREFIX = "loka @"
 # checks that must first tell the original from the oracle (else "uninformative")
-CALIBRATED = ("MIA", "MIA ans", "relearn", "probe")
+CALIBRATED = ("MIA", "MIA ans", "relearn", "quant8", "quant4", "lens", "probe")
 
 
 def metric(evaluation: UnlearningEvaluation | None, path: str) -> float | None:
@@ -229,8 +232,10 @@ class Comparison:
         no method trained on; the forget facts in other wordings the original learned; a wording
         held out of training); MIA is the whole-text LOSS attack's AUC (forget vs never-seen
         people), MIA ans the same on the answer tokens; relearn is the worst case of the relearning
-        attack; probe the residual probe's readout; then optimizer steps, forward tokens,
-        seconds per run and the percentage of the model's parameters the method changed. Rows
+        attack; quant8 / quant4 the forget accuracy after rounding the weights to 8 / 4 bits; lens
+        the logit lens's best-layer readout of the forget answers; probe the residual probe's
+        readout; then optimizer steps, forward tokens, seconds per run and the percentage of the
+        model's parameters the method changed. Rows
         ``loka @random`` etc. are LOKA's localization controls (:mod:`loka.localization`)."""
         rows = self.rows()
         columns = [c for c in COLUMNS if any(r[1][c] is not None for r in rows)]
@@ -386,6 +391,7 @@ def compare(
     passages: KnowledgeSet | None = None,
     methods: Sequence[str] = DEFAULT_METHODS,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
     budget: Budget | None = None,
     seeds: int | Sequence[int] = 3,
     control_seeds: int = 1,
@@ -410,7 +416,10 @@ def compare(
     themselves); each number is then a mean with a 95% interval over people and seeds.
     ``oracle`` (a model directory or model trained without ``forget``) is evaluated once and is
     every row's yardstick; ``oracle_seconds`` (its training time) goes in its row. ``options``
-    maps a method name to its options for :func:`loka.unlearn`. ``control`` adds, for the first
+    maps a method name to its options for :func:`loka.unlearn`. ``variants`` adds rows of a method
+    with other options, by row name (``{"loka subject": {"erase": "subject"}}``: the method is
+    ``"loka"`` unless a ``"method"`` key names another; the options go on top of that method's
+    ``options``), under the same sets, budget and seeds. ``control`` adds, for the first
     ``control_seeds`` runs of every method, the evaluation of a random edit of the same size
     (same singular values, random directions). ``locations`` (default: ``("random",)`` when LOKA
     is among the methods) adds LOKA's localization controls
@@ -432,8 +441,19 @@ def compare(
     stray = sorted(set(options) - set(methods))
     if stray:
         raise UsageError(f"options given for {stray[0]!r}, which is not among the methods {list(methods)}")
+    extra = []
+    for label, given in (variants or {}).items():
+        given = dict(given)
+        method = given.pop("method", "loka")
+        if method not in METHODS or method == "retrain":
+            raise UsageError(f"variant {label!r}: unknown method {method!r}")
+        if label in methods or label.startswith(LOCATION_PREFIX):
+            raise UsageError(f"variant name {label!r} is taken by a method or a location row; choose another")
+        extra.append((label, method, {**options.get(method, {}), **given}))
     for name in methods:  # a bad option fails here, before any method runs
         method_config(name, **options.get(name, {}))
+    for _, method, given in extra:
+        method_config(method, **given)
     run_seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
     if not run_seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in run_seeds):
         raise UsageError(f"seeds must be a positive count or a list of non-negative integers, got {seeds!r}")
@@ -479,7 +499,7 @@ def compare(
             model, protocol.forget, method="grad_x_act", baseline="corrupt", direction="denoise", positions="last",
             seed=seed, progress=progress,
         )  # fmt: skip
-    rows = [(name, name, dict(options.get(name, {}))) for name in methods]
+    rows = [(name, name, dict(options.get(name, {}))) for name in methods] + extra
     rows += [(f"{LOCATION_PREFIX}{x}", "loka", {**options.get("loka", {}), "location": x}) for x in locations]
     if location_seeds is not None and (isinstance(location_seeds, bool) or not isinstance(location_seeds, int)
                                        or location_seeds < 1):  # fmt: skip

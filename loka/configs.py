@@ -41,6 +41,8 @@ __all__ = [
     "GradientAscentConfig",
     "LokaConfig",
     "MethodConfig",
+    "NPOConfig",
+    "RMUConfig",
     "RetrainConfig",
     "TaskVectorConfig",
     "method_config",
@@ -182,6 +184,71 @@ class GradientAscentConfig(MethodConfig):
 
 
 @dataclass(frozen=True)
+class NPOConfig(MethodConfig):
+    """``"npo"``: Negative Preference Optimization (Zhang et al. 2024) over all weights, as in
+    open-unlearning: ``gamma * NPO(forget answers; beta) + alpha * NLL(retain answers)``, AdamW
+    with learning rate ``lr`` on batches of ``batch_size`` forget and retain facts. ``beta`` is
+    open-unlearning's; ``lr`` and ``alpha`` were chosen on the testbed's *validation* retain
+    people (open-unlearning's ``alpha=1`` at ``lr`` 5e-4 or 2e-4 reached the forget target at
+    validation retain 0.55-0.59; ``alpha=5``, ``lr=2e-4``: 0.84)."""
+
+    method: ClassVar[str] = "npo"
+    lr: float = 2e-4
+    beta: float = 0.1
+    alpha: float = 5.0
+    gamma: float = 1.0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        check_number("lr", self.lr)
+        check_number("beta", self.beta, low=1e-6)
+        check_number("alpha", self.alpha)
+        check_number("gamma", self.gamma)
+        check_number("batch_size", self.batch_size, low=1, integer=True)
+
+
+@dataclass(frozen=True)
+class RMUConfig(MethodConfig):
+    """``"rmu"``: Representation Misdirection for Unlearning (Li et al. 2024, WMDP). The residual
+    stream after block ``layer`` on forget text is steered toward ``c`` x a fixed random unit
+    vector, while on retain text it is held at the original's (``alpha`` x MSE); only the MLP
+    output weights of blocks ``layer - n_updated + 1 .. layer`` are trained (AdamW, ``lr``,
+    ``batch_size`` forget and retain facts a step). The coefficient is relative to the model:
+    ``c = steering_scale x`` the original's mean residual-stream norm after block ``layer`` on the
+    retain training tokens (as Adaptive RMU, Dang et al. 2025, scales it with the layer's
+    activation norm), so one default serves models whose residual norms differ; ``result.config``
+    records each candidate's scale, norm and the absolute ``steering_coeff`` it resolved to.
+    ``layer`` (``None``: the grid :func:`loka.rmu.layer_grid`, half-way and three quarters down)
+    and the scale (the grid ``steering_scales``) are chosen on validation retain people: the
+    first candidate, in order, that reaches the forget target with validation retain at least
+    0.95 x the original's; else the best validation-retain minus forget margin. The default
+    scales reproduce the absolute coefficients 300 and 500 that were tuned on the default
+    testbed (residual norm about 180 at block 2)."""
+
+    method: ClassVar[str] = "rmu"
+    layer: int | None = None
+    n_updated: int = 3
+    steering_scales: tuple[float, ...] = (1.5, 2.5)
+    alpha: float = 100.0
+    lr: float = 2e-2
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.layer is not None:
+            check_number("layer", self.layer, integer=True)
+        check_number("n_updated", self.n_updated, low=1, integer=True)
+        check_number("alpha", self.alpha)
+        check_number("lr", self.lr)
+        check_number("batch_size", self.batch_size, low=1, integer=True)
+        scales = self.steering_scales
+        if not isinstance(scales, tuple | list) or not scales or any(
+            isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf") for v in scales
+        ):  # fmt: skip
+            raise UsageError(f"steering_scales must be positive numbers, got {scales!r}")
+        _set(self, "steering_scales", tuple(float(v) for v in scales))
+
+
+@dataclass(frozen=True)
 class TaskVectorConfig(MethodConfig):
     """``"task_vector"``: fine-tune a copy on the forget facts for ``finetune_steps`` steps (``None``:
     60 or the budget's ``max_steps`` if smaller) and subtract ``scale`` times the task vector, the
@@ -213,7 +280,13 @@ class LokaConfig(MethodConfig):
     ``retain_weight``, ``batch_size``; ``ablate_mode``; or the rewrite's ``max_layers`` and
     ``lams``); ``size="auto"`` tries ``sizes`` until validation retain stays at least
     ``retain_floor`` x the original's. ``min_layer_share`` is the ``"layers"`` control's share
-    of a layer; ``check_scores`` the number of candidates attribution re-measures exactly."""
+    of a layer; ``check_scores`` the number of candidates attribution re-measures exactly.
+    Erasure (:mod:`loka.erasure`): ``erase="subject"`` also locates the forget people's names and
+    pulls their whole texts to the likelihood of strangers' (``subject_weight``; the budget's
+    check then also waits for the gap to be within ``subject_tolerance`` nats per token);
+    ``reinit`` in (0, 1] shrink-perturbs the located parameters after the edit and repairs them by
+    distillation; ``adversary_weight`` > 0 adds the forget loss at weights one adversarial
+    fine-tuning step away (``adversary_lr`` per weight)."""
 
     method: ClassVar[str] = "loka"
     edit: Literal["finetune", "ablate", "rewrite"] = "finetune"
@@ -235,9 +308,21 @@ class LokaConfig(MethodConfig):
     check_scores: int = 10
     max_layers: int = 2
     lams: tuple[float, ...] = (10.0, 3.0, 1.0, 0.3, 0.1)
+    erase: Literal["answer", "subject"] = "answer"
+    subject_weight: float = 1.0
+    subject_tolerance: float = 0.05
+    reinit: float = 0.0
+    adversary_weight: float = 0.0
+    adversary_lr: float = 3e-3
 
     def __post_init__(self) -> None:
         check_choice("edit", self.edit, ("finetune", "ablate", "rewrite"))
+        check_choice("erase", self.erase, ("answer", "subject"))
+        check_number("subject_weight", self.subject_weight)
+        check_number("subject_tolerance", self.subject_tolerance)
+        check_number("reinit", self.reinit, high=1.0)
+        check_number("adversary_weight", self.adversary_weight)
+        check_number("adversary_lr", self.adversary_lr)
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("ablate_mode", self.ablate_mode, ("zero", "mean"))
         check_choice("location", self.location, LOCATIONS)
@@ -287,6 +372,8 @@ class RetrainConfig(MethodConfig):
 CONFIGS: dict[str, type[MethodConfig]] = {
     "loka": LokaConfig,
     "gradient_ascent": GradientAscentConfig,
+    "npo": NPOConfig,
+    "rmu": RMUConfig,
     "task_vector": TaskVectorConfig,
     "retrain": RetrainConfig,
 }

@@ -47,6 +47,16 @@ that built a graph (i.e. were back-propagated), and wall seconds.
   retain-covariance-constrained rewrite of whole MLP output projections
   (:func:`ablation.rewrite`), searched over layer sets and ``lam``. The result carries the mask,
   and its config the number and share of parameters changed.
+  Erasure options (:mod:`loka.erasure`), on the located components only: ``erase="subject"``
+  (names too: whole forget texts as likely as strangers'), ``reinit`` (shrink-perturb and
+  repair by distillation: a localized UNDO) and ``adversary_weight`` (the forget loss also at
+  adversarially fine-tuned weights, first order).
+- ``"npo"``: Negative Preference Optimization (Zhang et al. 2024) over all weights, with NLL on
+  the retain answers (open-unlearning's NPO; :class:`NPOConfig`).
+- ``"rmu"``: Representation Misdirection for Unlearning (Li et al. 2024, WMDP; :mod:`loka.rmu`):
+  steer one block's residual stream on forget text to a scaled random direction, hold it on
+  retain text, train a few blocks' MLP output weights; layer and coefficient chosen on
+  validation.
 - ``"retrain"``: the exact-retrain oracle (pass ``oracle=`` a model directory, e.g. the testbed's
   ``oracle_dir``), so that the gold standard sits in every comparison table.
 
@@ -67,21 +77,25 @@ from tqdm.auto import tqdm
 
 import attribution
 from ablation import AblationMask, bake, edit, key_covariance, mean_activations, rewrite
+from ablation.params import parameter_masks
 from loka.checks import check_number
 from loka.configs import (
     SIZES,
     GradientAscentConfig,
     LokaConfig,
     MethodConfig,
+    NPOConfig,
     RetrainConfig,
+    RMUConfig,
     TaskVectorConfig,
     method_config,
 )
 from loka.data import FactBatch, KnowledgeSet
+from loka.erasure import AttackedModel, SubjectTerm, name_facts, shrink_perturb
 from loka.errors import UsageError
-from loka.localization import Localization, control_mask, locate
+from loka.localization import Localization, control_mask, locate, owned_parameters
 from loka.metrics import lm_loss, score_facts
-from loka.models import hf_model, hf_state_dict, load_model, plain_copy, same_kind_as
+from loka.models import hf_model, hf_state_dict, input_device, load_model, plain_copy, same_kind_as
 from loka.objectives import (
     answer_log_probs,
     npo_loss,
@@ -90,6 +104,7 @@ from loka.objectives import (
     unknown_loss,
 )
 from loka.protocol import Seen
+from loka.rmu import rmu
 from loka.unknown import unknown_distributions
 
 __all__ = [
@@ -100,6 +115,8 @@ __all__ = [
     "GradientAscentConfig",
     "LokaConfig",
     "MethodConfig",
+    "NPOConfig",
+    "RMUConfig",
     "RetrainConfig",
     "TaskVectorConfig",
     "UnlearningResult",
@@ -107,7 +124,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-Method = Literal["loka", "gradient_ascent", "task_vector", "retrain"]
+Method = Literal["loka", "gradient_ascent", "npo", "rmu", "task_vector", "retrain"]
 
 
 @dataclass(frozen=True)
@@ -239,6 +256,53 @@ def _gradient_ascent(
     return student.eval(), {}, log
 
 
+def _answer_nll(log_probs: torch.Tensor, batch: FactBatch) -> torch.Tensor:
+    """Mean negative log-likelihood of the answer tokens (padding excluded)."""
+    picked = log_probs.gather(-1, batch.target_ids[..., None]).squeeze(-1)
+    mask = batch.target_mask.to(picked.dtype)
+    return -(picked * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _npo(
+    model: Any,
+    forget: KnowledgeSet,
+    retain: KnowledgeSet,
+    *,
+    tokenizer: Any,
+    seed: int,
+    progress: bool,
+    budget: Budget,
+    validation_retain: KnowledgeSet,
+    config: NPOConfig,
+) -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
+    """NPO on the forget answers plus NLL on the retain answers, all weights (open-unlearning's NPO)."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    student = plain_copy(model).train()
+    device = next(student.parameters()).device
+    forget_loss = _Forget(model, forget, None, "npo", config.beta, tokenizer, device)
+    retain_batch = retain.encode(tokenizer).to(device)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
+    log: list[dict[str, float]] = []
+    for step in tqdm(range(1, budget.max_steps + 1), disable=not progress, desc="npo", leave=False):
+        rows = torch.randperm(len(forget_loss), generator=generator)[: config.batch_size].to(device)
+        kept = torch.randperm(len(retain_batch), generator=generator)[: config.batch_size].to(device)
+        f = forget_loss(student, rows)
+        kept_batch = retain_batch.rows(kept)
+        r = _answer_nll(answer_log_probs(student, kept_batch), kept_batch)
+        loss = config.gamma * f + config.alpha * r
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if budget.due(step):
+            accuracy = _accuracy(student, forget, tokenizer)
+            log.append({"step": step, "forget_loss": f.item(), "retain_loss": r.item(), "forget_accuracy": accuracy,
+                        "retain_accuracy": _accuracy(student, validation_retain, tokenizer)})  # fmt: skip
+            if budget.reached(accuracy):
+                break
+    return student.eval(), {}, log
+
+
 def _task_vector(
     model: Any,
     forget: KnowledgeSet,
@@ -288,21 +352,6 @@ def _task_vector(
     return best, used, log
 
 
-def _rows(batch: FactBatch, rows: torch.Tensor) -> FactBatch:
-    """The rows ``rows`` of a FactBatch."""
-    picked = rows.tolist()
-    return replace(
-        batch,
-        input_ids=batch.input_ids[rows],
-        attention_mask=batch.attention_mask[rows],
-        target_ids=batch.target_ids[rows],
-        target_mask=batch.target_mask[rows],
-        prediction_positions=batch.prediction_positions[rows],
-        subject_mask=batch.subject_mask[rows],
-        fact_ids=tuple(batch.fact_ids[i] for i in picked),
-    )
-
-
 class _Forget:
     """LOKA's forget loss on the forget prompts (:mod:`loka.objectives`), on a batch of rows."""
 
@@ -324,9 +373,12 @@ class _Forget:
     def __len__(self) -> int:
         return len(self.batch)
 
-    def __call__(self, student: Any, rows: torch.Tensor) -> torch.Tensor:
-        batch = _rows(self.batch, rows)
-        log_probs = answer_log_probs(student, batch)
+    def __call__(self, student: Any, rows: torch.Tensor, attacked: AttackedModel | None = None) -> torch.Tensor:
+        batch = self.batch.rows(rows)
+        if attacked is None:
+            log_probs = answer_log_probs(student, batch)
+        else:
+            log_probs = batch.target_log_softmax(attacked.logits(batch.input_ids, batch.attention_mask))
         if self.objective == "npo":
             return npo_loss(sequence_log_probs(log_probs, batch), self.original[rows], beta=self.beta)
         loss = unknown_loss(log_probs[:, 0], self.unknown[rows])
@@ -348,7 +400,7 @@ class _Retain:
         if batch.target_ids.numel() * vocab * 4 <= cache_bytes:
             with torch.no_grad():
                 self.cached = torch.cat(
-                    [self._original(_rows(batch, rows)) for rows in torch.arange(len(batch)).split(256)]
+                    [self._original(batch.rows(rows)) for rows in torch.arange(len(batch)).split(256)]
                 )
 
     def _original(self, batch: FactBatch) -> torch.Tensor:
@@ -359,7 +411,7 @@ class _Retain:
         return len(self.batch)
 
     def __call__(self, student: Any, rows: torch.Tensor) -> torch.Tensor:
-        batch = _rows(self.batch, rows)
+        batch = self.batch.rows(rows)
         original = self.cached[rows.to(self.cached.device)] if self.cached is not None else self._original(batch)
         return retain_kl(answer_log_probs(student, batch), original, batch.target_mask)
 
@@ -372,47 +424,128 @@ def _masked_finetune(
     mask: AblationMask,
     reference: KnowledgeSet | None,
     objective: str,
-    beta: float,
     tokenizer: Any,
     validation_retain: KnowledgeSet,
     seed: int,
     progress: bool,
     budget: Budget,
-    lr: float,
-    retain_weight: float,
-    batch_size: int,
+    config: LokaConfig,
 ) -> tuple[Any, list[dict[str, float]]]:
     """Train only the parameters the components of ``mask`` own (:func:`ablation.edit`: every other
-    parameter stays bit-identical) on ``forget loss + retain_weight * retain KL``, under ``budget``."""
-    device = next(hf_model(model).parameters()).device
-    forget_loss = _Forget(model, forget, reference, objective, beta, tokenizer, device)
+    parameter stays bit-identical) on ``forget loss + retain_weight * retain KL`` (plus, with
+    ``erase="subject"``, ``subject_weight`` x the subject term, and with ``adversary_weight``, the
+    forget loss at adversarially fine-tuned weights: :mod:`loka.erasure`), under ``budget``; with
+    ``reinit``, then shrink-perturb and repair (:func:`_reinit_repair`)."""
+    device = input_device(model)
+    forget_loss = _Forget(model, forget, reference, objective, config.beta, tokenizer, device)
     retain_loss = _Retain(model, retain.encode(tokenizer).to(device))
+    subject = None
+    if config.erase == "subject":
+        assert reference is not None
+        subject = SubjectTerm(model, forget, retain, reference, tokenizer, device)
+    attack_batch = forget.encode(tokenizer).to(device) if config.adversary_weight > 0 else None
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     log: list[dict[str, float]] = []
     state: dict[str, Any] = {}
+    batch_size = config.batch_size
 
     def loss(student: Any) -> torch.Tensor:
         state["student"] = student
         rows = torch.randperm(len(forget_loss), generator=generator)[:batch_size].to(device)
         kept = torch.randperm(len(retain_loss), generator=generator)[:batch_size].to(device)
         f, r = forget_loss(student, rows), retain_loss(student, kept)
-        state["losses"] = (f.item(), r.item())
-        return f + retain_weight * r
+        total = f + config.retain_weight * r
+        losses = {"forget_loss": f.item(), "retain_loss": r.item()}
+        if subject is not None:
+            s = subject(student, rows, kept)
+            total = total + config.subject_weight * s
+            losses["subject_loss"] = s.item()
+        if attack_batch is not None and len(rows) > 1:
+            half = len(rows) // 2  # the adversary fine-tunes on one fold, the loss reads the other
+            attacked = AttackedModel(student, attack_batch.rows(rows[:half]), config.adversary_lr)
+            a = forget_loss(student, rows[half:], attacked=attacked)
+            total = total + config.adversary_weight * a
+            losses["attacked_forget_loss"] = a.item()
+        state["losses"] = losses
+        return total
 
     def check(step: int, value: float) -> bool:
         if not budget.due(step + 1):
             return False
         student = state["student"]
         forget_accuracy = _accuracy(student, forget, tokenizer)
-        log.append({
-            "step": step + 1, "forget_loss": state["losses"][0], "retain_loss": state["losses"][1],
-            "forget_accuracy": forget_accuracy, "retain_accuracy": _accuracy(student, validation_retain, tokenizer),
-        })  # fmt: skip
-        return budget.reached(forget_accuracy)
+        entry = {"step": step + 1, **state["losses"], "forget_accuracy": forget_accuracy,
+                 "retain_accuracy": _accuracy(student, validation_retain, tokenizer)}  # fmt: skip
+        done = budget.reached(forget_accuracy)
+        if subject is not None:  # the names too: down to the strangers' level (within the tolerance)
+            entry["subject_gap"] = subject.refresh(student)
+            done = done and abs(entry["subject_gap"]) <= config.subject_tolerance
+        log.append(entry)
+        return done
 
-    edited = edit(model, mask, loss, steps=budget.max_steps, lr=lr, on_step=check, progress=progress)
+    edited = edit(model, mask, loss, steps=budget.max_steps, lr=config.lr, on_step=check, progress=progress)
+    if config.reinit > 0:
+        edited, repair_log = _reinit_repair(
+            edited, forget, retain, mask=mask, tokenizer=tokenizer, validation_retain=validation_retain,
+            seed=seed, progress=progress, budget=budget, config=config, offset=_steps(log),
+        )  # fmt: skip
+        log += repair_log
     return edited, log
+
+
+def _reinit_repair(
+    teacher: Any,
+    forget: KnowledgeSet,
+    retain: KnowledgeSet,
+    *,
+    mask: AblationMask,
+    tokenizer: Any,
+    validation_retain: KnowledgeSet,
+    seed: int,
+    progress: bool,
+    budget: Budget,
+    config: LokaConfig,
+    offset: int,
+) -> tuple[Any, list[dict[str, float]]]:
+    """Localized UNDO: shrink-perturb the parameters ``mask``'s components own in a copy of the
+    edited model (``teacher``), then train only those to match the teacher's answer distributions
+    (KL at every answer position) on the retain facts and the forget prompts, until validation
+    retain is back to ``retain_floor`` x the teacher's (checked every ``check_every`` steps, at
+    most ``max_steps``; the forget target must hold too)."""
+    device = input_device(teacher)
+    student = plain_copy(teacher)
+    shrink_perturb(student, parameter_masks(student, mask.neurons, mask.heads), config.reinit, seed=seed)
+    student = same_kind_as(student, teacher)
+    retain_target = _Retain(teacher, retain.encode(tokenizer).to(device))
+    forget_target = _Retain(teacher, forget.encode(tokenizer).to(device))
+    floor = config.retain_floor * _accuracy(teacher, validation_retain, tokenizer)
+    generator = torch.Generator().manual_seed(seed + 1)
+    log: list[dict[str, float]] = [{
+        "step": offset, "phase_reinit": 1.0, "forget_accuracy": _accuracy(student, forget, tokenizer),
+        "retain_accuracy": _accuracy(student, validation_retain, tokenizer),
+    }]  # fmt: skip
+    state: dict[str, Any] = {}
+
+    def loss(model: Any) -> torch.Tensor:
+        state["model"] = model
+        rows = torch.randperm(len(forget_target), generator=generator)[: config.batch_size].to(device)
+        kept = torch.randperm(len(retain_target), generator=generator)[: config.batch_size].to(device)
+        return retain_target(model, kept) + forget_target(model, rows)
+
+    def check(step: int, value: float) -> bool:
+        if not budget.due(step + 1):
+            return False
+        model = state["model"]
+        entry = {"step": offset + step + 1, "repair_loss": value,
+                 "forget_accuracy": _accuracy(model, forget, tokenizer),
+                 "retain_accuracy": _accuracy(model, validation_retain, tokenizer)}  # fmt: skip
+        log.append(entry)
+        return entry["retain_accuracy"] >= floor and budget.reached(entry["forget_accuracy"])
+
+    mask = AblationMask.from_components(mask.components, model=student)  # the same components, the new weights
+    repaired = edit(student, mask, loss, steps=budget.max_steps, lr=config.lr, on_step=check, progress=progress)
+    return repaired, log
 
 
 def _loka(
@@ -436,6 +569,12 @@ def _loka(
                 None)  # fmt: skip
     if objective == "auto":
         objective = "unknown" if reference is not None else "npo"
+    if config.erase == "subject" and reference is None:
+        raise UsageError("erase='subject' needs reference= facts about people the model never saw (fresh names)")
+    if config.erase == "subject" and config.edit != "finetune":
+        raise UsageError(f"erase='subject' works with edit='finetune', got edit={config.edit!r}")
+    if (config.reinit > 0 or config.adversary_weight > 0) and config.edit != "finetune":
+        raise UsageError(f"reinit and adversary_weight work with edit='finetune', got edit={config.edit!r}")
     if objective == "unknown" and reference is None:
         raise UsageError("objective='unknown' needs reference= facts about people the model never saw; use 'npo'")
     used: dict[str, Any] = dict(objective=objective, reference=reference.name if reference is not None else None)
@@ -454,6 +593,8 @@ def _loka(
                              seed=seed)  # fmt: skip
         else:
             located = located.resized(model, candidate, config.components)
+        if config.erase == "subject":  # the names' own components too
+            located = _with_names(model, located, forget, retain, candidate, config, seed)
         location_seed = seed if config.location_seed is None else config.location_seed
         chosen = control_mask(model, located, config.location, seed=location_seed,
                               min_layer_share=config.min_layer_share)  # fmt: skip
@@ -464,9 +605,9 @@ def _loka(
                     "retain_accuracy": _accuracy(edited, validation_retain, tokenizer)}]  # fmt: skip
         else:
             edited, run = _masked_finetune(
-                model, forget, retain, mask=chosen.mask, reference=reference, objective=objective, beta=config.beta,
+                model, forget, retain, mask=chosen.mask, reference=reference, objective=objective,
                 tokenizer=tokenizer, validation_retain=validation_retain, seed=seed, progress=progress,
-                budget=budget, lr=config.lr, retain_weight=config.retain_weight, batch_size=config.batch_size,
+                budget=budget, config=config,
             )  # fmt: skip
         offset = _steps(log)
         log += [{**entry, "step": entry["step"] + offset, "size": float(candidate)} for entry in run]
@@ -488,6 +629,26 @@ def _loka(
     used["original_validation_retain"] = round(original_retain, 6)
     used["chosen"] = {**chosen.to_dict(), "size": chosen.mask.summary()["total"], "steps": int(last["step"])}
     return same_kind_as(edited, model), used, log, chosen.mask
+
+
+def _with_names(
+    model: Any,
+    located: Localization,
+    forget: KnowledgeSet,
+    retain: KnowledgeSet,
+    size: float | int,
+    config: LokaConfig,
+    seed: int,
+) -> Localization:
+    """``located`` joined with the components that carry the forget people's *names*
+    (:func:`loka.erasure.name_facts`, contrasted with the retain people's names; the same size)."""
+    names, retain_names = name_facts(forget), name_facts(retain)
+    if names is None or retain_names is None:
+        raise UsageError("erase='subject' needs forget and retain people with names of two or more words")
+    by_name = locate(model, names, retain_names, size=size, localize="all", components=config.components,
+                     contrast=config.contrast, check=0, seed=seed)  # fmt: skip
+    mask = located.mask | by_name.mask
+    return replace(located, mask=mask, parameters=owned_parameters(model, mask))
 
 
 def _rewrite_search(
@@ -554,7 +715,7 @@ def _rewrite_search(
     return best[1], {**config, "chosen": best[2]}, log
 
 
-METHODS: tuple[Method, ...] = ("loka", "gradient_ascent", "task_vector", "retrain")
+METHODS: tuple[Method, ...] = ("loka", "gradient_ascent", "npo", "rmu", "task_vector", "retrain")
 _BUDGET_KEYS = ("target_forget_accuracy", "check_every", "max_steps")
 
 
@@ -637,6 +798,10 @@ def unlearn(
     with _TokenMeter(vocab) as meter:
         if isinstance(config, GradientAscentConfig):
             edited, used, log = _gradient_ascent(model, given, train_retain, config=config, **common)
+        elif isinstance(config, NPOConfig):
+            edited, used, log = _npo(model, given, train_retain, config=config, validation_retain=validation, **common)
+        elif isinstance(config, RMUConfig):
+            edited, used, log = rmu(model, given, train_retain, config=config, validation_retain=validation, **common)
         elif isinstance(config, TaskVectorConfig):
             edited, used, log = _task_vector(
                 model, given, train_retain, config=config, validation_retain=validation, **common

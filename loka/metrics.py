@@ -23,7 +23,9 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from loka.data import FactBatch, KnowledgeSet, token_log_probs
+from loka.data import FactBatch, KnowledgeSet, encode_facts, token_log_probs
+from loka.distributed import agreed, is_main, merge_rows, shard
+from loka.errors import UsageError
 from loka.models import logits as model_logits
 
 __all__ = ["FactScores", "score_facts", "lm_loss", "text_token_log_probs"]
@@ -45,11 +47,11 @@ class FactScores:
 
     @property
     def first_token_accuracy(self) -> float:
-        return self.first_token_correct.float().mean().item()
+        return self.first_token_correct.double().mean().item()
 
     @property
     def exact_match_rate(self) -> float:
-        return self.exact_match.float().mean().item()
+        return self.exact_match.double().mean().item()
 
     @property
     def mean_log_prob(self) -> float:
@@ -60,7 +62,7 @@ class FactScores:
         """Mean over facts of the share of the fact's answer tokens predicted top-1 (teacher
         forcing): the first-token accuracy for one-token answers, and every token counts for
         longer ones. What every unlearning method's stopping rule reads."""
-        return (self.n_correct_tokens / self.n_target_tokens.clamp(min=1)).mean().item()
+        return (self.n_correct_tokens.double() / self.n_target_tokens.clamp(min=1)).mean().item()
 
     @property
     def token_accuracy(self) -> float:
@@ -77,29 +79,46 @@ def score_facts(
     batch_size: int = 64,
     progress: bool = False,
 ) -> FactScores:
-    """Score every fact of ``knowledge`` under ``model`` (a TransformerBridge or HF causal LM)."""
+    """Score every fact of ``knowledge`` under ``model`` (a TransformerBridge or HF causal LM).
+
+    Under a ``torch.distributed`` process group this is a collective (:mod:`loka.distributed`):
+    the facts are batched as in one process, each rank scores a contiguous block of the batches,
+    and every rank returns every fact's scores, in order (wrap the call in
+    :func:`loka.distributed.local` to score on one rank alone).
+    """
     encoder = tokenizer if tokenizer is not None else model
     device = next(model.parameters()).device
     log_probs, n_tokens, first, exact, n_correct = [], [], [], [], []
-    batches = knowledge.batches(encoder, batch_size)
-    total = -(-len(knowledge) // batch_size)
-    for batch in tqdm(batches, total=total, disable=not progress, desc="scoring facts", leave=False):
-        batch = batch.to(device)
-        logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)
-        token_log_probs = batch.target_log_probs(logits)
-        correct = batch.target_correct(logits)
-        log_probs.append(token_log_probs.sum(-1).float().cpu())
-        n_tokens.append(batch.target_mask.sum(-1).float().cpu())
-        first.append(correct[:, 0].cpu())
-        exact.append(correct.all(-1).cpu())
-        n_correct.append((correct & batch.target_mask).sum(-1).float().cpu())
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+    starts = range(0, len(knowledge), batch_size)  # the batches of KnowledgeSet.batches
+    mine = [starts[i] for i in shard(starts)]  # data parallel: this rank's block of them
+    rows = [row for start in mine for row in range(start, min(start + batch_size, len(knowledge)))]
+    batches = (encode_facts(knowledge.facts[start : start + batch_size], encoder) for start in mine)
+    shown = progress and is_main()
+    with agreed():
+        for batch in tqdm(batches, total=len(mine), disable=not shown, desc="scoring facts", leave=False):
+            batch = batch.to(device)
+            logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)
+            token_log_probs = batch.target_log_probs(logits)
+            correct = batch.target_correct(logits)
+            log_probs.append(token_log_probs.sum(-1).float().cpu())
+            n_tokens.append(batch.target_mask.sum(-1).float().cpu())
+            first.append(correct[:, 0].cpu())
+            exact.append(correct.all(-1).cpu())
+            n_correct.append((correct & batch.target_mask).sum(-1).float().cpu())
+
+    def merged(parts: list[Tensor], dtype: torch.dtype) -> Tensor:
+        local_rows = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
+        return merge_rows(local_rows, rows, len(knowledge))
+
     return FactScores(
         fact_ids=knowledge.ids,
-        log_prob=torch.cat(log_probs),
-        n_target_tokens=torch.cat(n_tokens),
-        n_correct_tokens=torch.cat(n_correct),
-        first_token_correct=torch.cat(first),
-        exact_match=torch.cat(exact),
+        log_prob=merged(log_probs, torch.float32),
+        n_target_tokens=merged(n_tokens, torch.float32),
+        n_correct_tokens=merged(n_correct, torch.float32),
+        first_token_correct=merged(first, torch.bool),
+        exact_match=merged(exact, torch.bool),
     )
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["comparison_figures", "figure_html", "figures_html", "html_page", "report_html", "write_report"]
 
-_BARS = ("forget", "retain", "para", "unseen", "MIA", "MIA ans", "relearn", "probe")
+_BARS = ("forget", "retain", "para", "unseen", "MIA", "MIA ans", "relearn", "quant4", "lens", "probe")
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }

@@ -27,15 +27,17 @@ def comparison(tiny_testbed) -> Comparison:
 
 @pytest.fixture(scope="module")
 def localized(tiny_testbed) -> Comparison:
-    """LOKA with two localization controls and a two-point budget curve."""
+    """LOKA with a variant, two localization controls and a two-point budget curve."""
     return compare_testbed(
-        tiny_testbed, methods=("loka",), locations=("random", "layers"), curve=(0.01, 0.05), budget=FAST, seeds=2,
-        relearn=False, probe=False, progress=False,
+        tiny_testbed, methods=("loka",), variants={"loka subject": {"erase": "subject"}},
+        locations=("random", "layers"), curve=(0.01, 0.05), budget=FAST, seeds=2, relearn=False, probe=False,
+        progress=False,
     )  # fmt: skip
 
 
-def test_loka_sits_beside_its_localization_controls(localized, tmp_path):
-    assert localized.names == ["original", "oracle", "loka", "loka @random", "loka @layers"]
+def test_loka_sits_beside_its_variants_and_localization_controls(localized, tmp_path):
+    assert localized.names == ["original", "oracle", "loka", "loka subject", "loka @random", "loka @layers"]
+    assert [c["erase"] for c in localized["loka subject"].configs] == ["subject", "subject"]
     loka, random, layers = localized["loka"], localized["loka @random"], localized["loka @layers"]
     assert [c["location"] for c in random.configs] == ["random", "random"]
     assert loka.parameter_fraction == pytest.approx(random.parameter_fraction)  # same count per layer
@@ -113,7 +115,7 @@ def test_intervals_are_over_people_and_seeds(comparison):
 
 def test_uncalibrated_checks_are_reported_as_uninformative(comparison):
     informative = comparison.informative()
-    assert set(informative) == {"MIA", "MIA ans", "relearn", "probe"}
+    assert set(informative) == {"MIA", "MIA ans", "relearn", "quant8", "quant4", "lens", "probe"}
     blind = dataclasses.replace(comparison["oracle"], runs=comparison["original"].runs)  # oracle = original
     same = dataclasses.replace(comparison, outcomes=(comparison["original"], blind, comparison["task_vector"]))
     assert not any(same.informative().values())
@@ -181,6 +183,9 @@ def test_save_never_replaces_what_loka_did_not_write(comparison, tmp_path):
         ({"methods": ("loka",), "locations": ("nowhere",)}, "unknown location 'nowhere'; locations are a list of"),
         ({"methods": ("task_vector",), "locations": ("random",)}, "locations and curve are about LOKA's edit"),
         ({"methods": ("loka",), "curve": (2.0,)}, "sizes must be fractions in"),
+        ({"methods": ("loka",), "variants": {"loka": {"size": 0.1}}}, "variant name 'loka' is taken"),
+        ({"methods": ("loka",), "variants": {"x": {"method": "retrain"}}}, "variant 'x': unknown method 'retrain'"),
+        ({"methods": ("loka",), "variants": {"x": {"erase": "all"}}}, "erase must be one of"),
     ],
 )
 def test_bad_inputs(tiny_testbed, kwargs, message):

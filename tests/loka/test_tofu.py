@@ -246,7 +246,7 @@ def test_mia_scores_the_answer_tokens_as_open_unlearning_does(tiny_testbed, tiny
         ({"split": "forget10", "n_retain_authors": 181}, "from 3 to 180"),
         ({"n_retain_authors": 2.5}, "integer"),
         ({"size": "huge"}, "default, tiny"),
-        ({"methods": ("loka", "finetune")}, "loka, gradient_ascent, task_vector"),
+        ({"methods": ("loka", "finetune")}, "loka, gradient_ascent, npo, rmu, task_vector"),
         ({"methods": ("loka",), "method_options": {"task_vector": {}}}, "not run"),
         ({"seed": -1}, "non-negative"),
         ({"seeds": 0}, "positive integer"),

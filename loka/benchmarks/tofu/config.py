@@ -26,10 +26,10 @@ __all__ = [
 
 Split = Literal["forget01", "forget05", "forget10"]
 Size = Literal["default", "tiny"]
-MethodName = Literal["loka", "gradient_ascent", "task_vector"]
+MethodName = Literal["loka", "gradient_ascent", "npo", "rmu", "task_vector"]
 SPLITS: tuple[Split, ...] = ("forget01", "forget05", "forget10")
 SIZES: tuple[Size, ...] = ("default", "tiny")
-METHODS: tuple[MethodName, ...] = ("loka", "gradient_ascent", "task_vector")
+METHODS: tuple[MethodName, ...] = ("loka", "gradient_ascent", "npo", "rmu", "task_vector")
 # bump when the recipe changes in a way the config does not capture (2: the saved tokenizer adds
 # BOS itself, loka.testbed.training.train_tokenizer; the weights are trained as before)
 RECIPE_VERSION = 2

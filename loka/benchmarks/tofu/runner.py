@@ -65,7 +65,7 @@ def run(
     on (default: 10, or 3 for ``size="tiny"``; from 3 to 200 minus the forget authors).
     ``data_dir``: TOFU's JSONL files (default ``$LOKA_TOFU_DIR``). ``cache_dir``: where the trained
     models are kept (default :func:`default_cache_dir`). ``methods``: any of ``"loka"``,
-    ``"gradient_ascent"``, ``"task_vector"``, in row order. ``method_options``: per-method options
+    ``"gradient_ascent"``, ``"npo"``, ``"rmu"``, ``"task_vector"``, in row order. ``method_options``: per-method options
     passed to :func:`loka.methods.unlearn` (e.g. ``{"gradient_ascent": {"lr": 1e-4}}``); the sets,
     seed and budget are the protocol's and cannot be set there. ``seed``: the models' training
     seed, the author split's seed and the first method seed; ``seeds``: how many method seeds
