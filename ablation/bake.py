@@ -27,6 +27,11 @@ folded means. The result is exact, but its config and parameter list differ from
 
 ``resample`` depends on other inputs at run time and has no weight equivalent: refused.
 The input model is never modified; the edited copy is a new bridge (or plain HF model).
+By default the copy is a full one (:func:`loka.models.plain_copy`); ``share=True`` clones only the
+output weights (and biases) that the mask writes and shares every other parameter with the input
+(:func:`loka.models.copies.shared_copy`, frozen): a bake of one layer then costs one layer's
+output projection, not a second model. Writing a shared parameter of such a copy in place would
+write the input too; use ``share=True`` for a copy that is read, not edited further in place.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from loka.models import (
     plain_copy,
     same_kind_as,
 )
+from loka.models.copies import shared_copy
 
 __all__ = ["MissingBias", "bake"]
 
@@ -102,14 +108,15 @@ def _fold(weight: Tensor, dim: int, value: Tensor) -> Tensor:
     return torch.tensordot(value.to(weight.dtype), weight, dims=([0], [dim]))
 
 
-def bake(model: Any, mask: AblationMask, *, missing_bias: MissingBias = "refuse") -> Any:
+def bake(model: Any, mask: AblationMask, *, missing_bias: MissingBias = "refuse", share: bool = False) -> Any:
     """An edited copy of ``model`` whose weights implement ``mask`` (``model`` is not touched).
 
     ``model`` is a ``TransformerBridge`` (the copy is a new bridge) or a plain HF model (the
     copy is one too). Its logits equal those of ``with ablate(model, mask)`` up to float
     rounding. ``missing_bias`` says what mean mode does on a layer without an output bias
     (Llama): ``"refuse"`` (ValueError) or ``"add"`` (switch the architecture's optional biases
-    on; see the module docstring).
+    on; see the module docstring). ``share=True`` copies only the weights the mask writes and
+    shares the others with ``model`` (see the module docstring); the weights are the same either way.
     """
     if not isinstance(mask, AblationMask):
         raise UsageError(f"mask must be an ablation.AblationMask, got {type(mask).__name__}")
@@ -121,6 +128,8 @@ def bake(model: Any, mask: AblationMask, *, missing_bias: MissingBias = "refuse"
             f"no weight equivalent and cannot be baked; bake supports {BAKEABLE_MODES} (use ablation.ablate "
             "for resample ablation)"
         )
+    if not isinstance(share, bool):
+        raise UsageError(f"share must be True or False, got {share!r}")
     mask.validate(model)
 
     config, new_zero = None, ()
@@ -139,10 +148,30 @@ def bake(model: Any, mask: AblationMask, *, missing_bias: MissingBias = "refuse"
             config = _config_with_biases(model, list(missing))
             new_zero = tuple(sorted(_parameter_names(model, config) - set(hf_state_dict(model))))
 
-    copy = plain_copy(model, config=config, new_zero=new_zero)
+    if share:
+        copy = shared_copy(model, _written_names(model, mask), config=config, new_zero=new_zero)
+    else:
+        copy = plain_copy(model, config=config, new_zero=new_zero)
     with torch.no_grad():
         _write_mask(copy, mask)
     return same_kind_as(copy, model)
+
+
+def _written_names(model: Any, mask: AblationMask) -> set[str]:
+    """The HF names of the existing weights that :func:`_write_mask` writes: the output projection
+    of every layer with a masked component, and in mean mode its output bias."""
+    names: set[str] = set()
+    for kind in ("neuron", "head"):
+        selected = mask.tensor(kind)  # type: ignore[arg-type]
+        if selected is None:
+            continue
+        for layer in selected.any(dim=1).nonzero().flatten().tolist():
+            index = int(selected[layer].nonzero()[0])
+            piece = (neuron_output_weights if kind == "neuron" else head_output_weights)(model, layer, index)
+            names.add(piece.name)
+            if mask.mode == "mean":
+                names.add(_output_bias_name(model, kind, layer) or _added_bias_name(piece))
+    return names & set(hf_state_dict(model))  # an added bias is new, not a copy
 
 
 def _write_mask(model: Any, mask: AblationMask) -> None:

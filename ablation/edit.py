@@ -19,6 +19,14 @@ receives that copy and returns a scalar loss to *minimise*; compute logits with
 ``loka.models.logits(model, ...)``, which works for both kinds of model. The edited copy is
 returned as the kind of model that came in (a new bridge for a bridge); the input is untouched.
 The mask's mode does not matter here, only which components it selects.
+
+Memory: by default the trainable copy is a full copy of the model (:func:`loka.models.plain_copy`).
+``share=True`` copies only the parameters that hold a trainable slice and shares every other one
+with the input (:func:`loka.models.copies.shared_copy`): an edit of one layer then costs that
+layer's tensors (plus the optimizer's state for them), not a second model. The returned model's
+shared parameters are the input's tensors, frozen (``requires_grad=False``); writing one in place
+later would write the input too, so pass ``share=True`` only when the edited model is read, not
+edited further in place (or call :func:`loka.models.copies.materialize` on it first).
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ from ablation.mask import AblationMask
 from ablation.params import parameter_masks
 from loka.checks import check_number
 from loka.errors import UsageError
-from loka.models import plain_copy, same_kind_as
+from loka.models import hf_state_dict, plain_copy, same_kind_as
+from loka.models.copies import shared_copy, shares_storage
 
 __all__ = ["Optimizer", "edit"]
 
@@ -57,6 +66,7 @@ def edit(
     optimizer: Optimizer = "adam",
     on_step: StepCallback | None = None,
     progress: bool = False,
+    share: bool = False,
 ) -> Any:
     """Fine-tune only the masked components' weights of a copy of ``model`` to minimise ``objective``.
 
@@ -69,6 +79,8 @@ def edit(
         optimizer: ``"adam"`` (no weight decay) or ``"sgd"`` (no momentum).
         on_step: called as ``on_step(step, loss)`` after every step; returning True stops.
         progress: show a tqdm bar.
+        share: copy only the parameters the mask's components own and share the others with
+            ``model`` (frozen); see the module docstring. The weights are the same either way.
 
     Returns:
         The edited copy, the same kind of model as ``model``.
@@ -84,18 +96,22 @@ def edit(
     if len(mask) == 0:
         raise UsageError("edit needs at least one masked component to train, but the mask is empty")
     mask.validate(model)
+    if not isinstance(share, bool):
+        raise UsageError(f"share must be True or False, got {share!r}")
 
-    trainable = plain_copy(model)
-    allowed = parameter_masks(trainable, mask.neurons, mask.heads)
+    allowed = parameter_masks(model, mask.neurons, mask.heads)
+    trainable = shared_copy(model, allowed) if share else plain_copy(model)
+    shared = shares_storage(trainable, model) if share else set()
+    # The input is never written, so its weights are the values the frozen entries go back to.
+    source = hf_state_dict(model)
+    originals: dict[str, Tensor] = {name: source[name].detach() for name in allowed}
     params = dict(trainable.named_parameters())
     for p in trainable.parameters():
         p.requires_grad_(False)
-    originals: dict[str, Tensor] = {}
     handles = []
     for name, keep in allowed.items():
         param = params[name]
         param.requires_grad_(True)
-        originals[name] = param.detach().clone()
         handles.append(param.register_hook(lambda grad, _keep=keep: grad * _keep.to(grad.dtype)))
     chosen = [params[name] for name in allowed]
     opt = torch.optim.Adam(chosen, lr=lr) if optimizer == "adam" else torch.optim.SGD(chosen, lr=lr)
@@ -127,7 +143,7 @@ def edit(
     finally:
         for handle in handles:
             handle.remove()
-    for p in trainable.parameters():
-        p.requires_grad_(True)
+    for name, p in trainable.named_parameters():
+        p.requires_grad_(name not in shared)
     trainable.zero_grad(set_to_none=True)
     return same_kind_as(trainable, model)

@@ -35,6 +35,7 @@ from ablation.mask import AblationMask, MeanActivations
 from loka.components import hook_name
 from loka.data import FactBatch
 from loka.errors import UsageError
+from loka.models import input_device
 from loka.models import logits as model_logits
 from loka.recording import class_means, record
 
@@ -54,7 +55,7 @@ def _require_bridge(model: Any, what: str) -> TransformerBridge:
 
 
 def _device(model: TransformerBridge) -> torch.device:
-    return next(model.original_model.parameters()).device
+    return input_device(model)
 
 
 def _forward_kwargs(inputs: Inputs, attention_mask: Tensor | None, position_ids: Tensor | None) -> dict[str, Any]:

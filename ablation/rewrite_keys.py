@@ -23,7 +23,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from loka.data import FactBatch, Prompts
 from loka.errors import UsageError
-from loka.models import architecture, hf_model, hf_state_dict, logits
+from loka.models import architecture, hf_model, hf_state_dict, input_device, logits
 from loka.recording import record
 
 __all__ = [
@@ -103,7 +103,7 @@ def gather_positions(
 
 
 def device_of(model: Any) -> torch.device:
-    return next(hf_model(model).parameters()).device
+    return input_device(model)
 
 
 def check_model(model: Any) -> None:

@@ -58,6 +58,7 @@ from attribution.positions import POSITION_CLASSES, Positions, position_classes,
 from attribution.runs import Run, forward
 from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
 from loka.errors import UsageError
+from loka.models import input_device
 from loka.recording import class_means, record
 
 __all__ = [
@@ -165,7 +166,7 @@ class Baselines:
             )
 
         self.model = model
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self.hooks = tuple(hooks)
         self.baseline: Baseline = baseline  # type: ignore[assignment]
         self.direction: Direction = direction  # type: ignore[assignment]

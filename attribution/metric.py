@@ -33,6 +33,7 @@ from torch import Tensor
 
 from loka.data import FactBatch, KnowledgeSet, encode_facts, token_log_probs
 from loka.errors import UsageError
+from loka.models import input_device
 
 __all__ = [
     "MetricName",
@@ -226,7 +227,7 @@ def metric_values(
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")
     fact_metric = fact_metric.encoded(knowledge, model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     values = []
     for batch in knowledge.batches(model, batch_size):
         batch = batch.to(device)

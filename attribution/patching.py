@@ -47,6 +47,7 @@ from attribution.baselines import Setup
 from attribution.runs import forward
 from loka.components import Component, ComponentShapes, Kind, hook_name
 from loka.errors import UsageError
+from loka.models import hf_model, input_device
 from loka.recording import Hook
 
 __all__ = ["PatchPlan", "component_plan", "all_components", "patch_effects", "default_chunk_size", "CHUNK_BYTES"]
@@ -138,10 +139,17 @@ def _patch_hook(
 
 
 def default_chunk_size(model: Any, tokens: int) -> int:
-    """Patched copies per forward for a batch of ``tokens`` tokens (see :data:`CHUNK_BYTES`)."""
-    parameter = next(model.parameters())
-    budget = CHUNK_BYTES["cuda" if parameter.device.type == "cuda" else "cpu"]
-    return max(1, budget // (tokens * model.cfg.d_mlp * parameter.element_size()))
+    """Patched copies per forward for a batch of ``tokens`` tokens (see :data:`CHUNK_BYTES`).
+
+    The budget is the one of the device the forward runs on (:func:`loka.models.input_device`,
+    also for a model spread over several GPUs by a ``device_map``: each GPU holds a layer's
+    activations at a time); the bytes per activation are those of the input embedding's dtype,
+    the dtype the residual stream is computed in (a quantized model's int8 weights are not).
+    """
+    weight = next(hf_model(model).get_input_embeddings().parameters(), None)
+    element = weight.element_size() if weight is not None else 4
+    budget = CHUNK_BYTES["cuda" if input_device(model).type == "cuda" else "cpu"]
+    return max(1, budget // (tokens * model.cfg.d_mlp * element))
 
 
 def patch_effects(

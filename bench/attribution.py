@@ -74,7 +74,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 import attribution
 from loka import testbed
 from loka.data import KnowledgeSet
-from loka.models import load_model, logits, quiet_transformers
+from loka.models import input_device, load_model, logits, quiet_transformers
 
 GOAL_GRAD = 3.0
 GOAL_PATCH = 5.0
@@ -93,7 +93,7 @@ def metric_of(facts: KnowledgeSet, model: Any) -> tuple[torch.Tensor, Callable[[
 
 
 def device_of(model: Any) -> torch.device:
-    return next(model.parameters()).device
+    return input_device(model)
 
 
 def forward(model: Any, facts: KnowledgeSet) -> None:

@@ -32,7 +32,7 @@ import torch
 
 from loka.data import KnowledgeSet
 from loka.errors import UsageError
-from loka.models import hf_model
+from loka.models import hf_model, input_device
 
 __all__ = ["Extraction", "RougeL", "extract", "rouge_l", "rouge_l_recall", "rouge_l_f1"]
 
@@ -117,7 +117,7 @@ def extract(model: Any, tokenizer: Any, passages: KnowledgeSet, *, batch_size: i
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pad_id = 0 if pad_id is None else pad_id
     exact: list[bool] = []

@@ -235,7 +235,7 @@ def _gradient_ascent(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     student = plain_copy(model).train()
-    device = next(student.parameters()).device
+    device = input_device(student)
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
     forget_batches = _batches(forget, tokenizer, batch_size, generator)
     retain_batches = _batches(retain, tokenizer, batch_size, generator)
@@ -279,7 +279,7 @@ def _npo(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     student = plain_copy(model).train()
-    device = next(student.parameters()).device
+    device = input_device(student)
     forget_loss = _Forget(model, forget, None, "npo", config.beta, tokenizer, device)
     retain_batch = retain.encode(tokenizer).to(device)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
@@ -322,7 +322,7 @@ def _task_vector(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     tuned = plain_copy(model).train()
-    device = next(tuned.parameters()).device
+    device = input_device(tuned)
     optimizer = torch.optim.AdamW(tuned.parameters(), lr=lr)
     batches = _batches(forget, tokenizer, batch_size, generator)
     log: list[dict[str, float]] = []
@@ -443,7 +443,7 @@ def _masked_finetune(
     if config.erase == "subject":
         assert reference is not None
         subject = SubjectTerm(model, forget, retain, reference, tokenizer, device)
-    attack_batch = forget.encode(tokenizer).to(device) if config.adversary_weight > 0 else None
+    attack_batch = forget.encode(tokenizer).to(device) if (config.adversary_weight or 0) > 0 else None
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     log: list[dict[str, float]] = []
@@ -569,15 +569,17 @@ def _loka(
                 None)  # fmt: skip
     if objective == "auto":
         objective = "unknown" if reference is not None else "npo"
+    config = _resolved(config, forget, retain, reference)
     if config.erase == "subject" and reference is None:
         raise UsageError("erase='subject' needs reference= facts about people the model never saw (fresh names)")
     if config.erase == "subject" and config.edit != "finetune":
         raise UsageError(f"erase='subject' works with edit='finetune', got edit={config.edit!r}")
-    if (config.reinit > 0 or config.adversary_weight > 0) and config.edit != "finetune":
+    if (config.reinit > 0 or (config.adversary_weight or 0) > 0) and config.edit != "finetune":
         raise UsageError(f"reinit and adversary_weight work with edit='finetune', got edit={config.edit!r}")
     if objective == "unknown" and reference is None:
         raise UsageError("objective='unknown' needs reference= facts about people the model never saw; use 'npo'")
-    used: dict[str, Any] = dict(objective=objective, reference=reference.name if reference is not None else None)
+    used: dict[str, Any] = dict(objective=objective, reference=reference.name if reference is not None else None,
+                                erase=config.erase, adversary_weight=config.adversary_weight)  # fmt: skip
     original_retain = _accuracy(model, validation_retain, tokenizer)
     floor = config.retain_floor * original_retain
     candidates = list(config.sizes) if config.size == "auto" else [config.size]
@@ -629,6 +631,24 @@ def _loka(
     used["original_validation_retain"] = round(original_retain, 6)
     used["chosen"] = {**chosen.to_dict(), "size": chosen.mask.summary()["total"], "steps": int(last["step"])}
     return same_kind_as(edited, model), used, log, chosen.mask
+
+
+def _resolved(
+    config: LokaConfig, forget: KnowledgeSet, retain: KnowledgeSet, reference: KnowledgeSet | None
+) -> LokaConfig:
+    """The config with its automatic choices made: ``erase="auto"`` is ``"subject"`` for a
+    fine-tuning edit with ``reference`` people when forget, retain and reference people have names
+    of two or more words (else ``"answer"``); ``adversary_weight=None`` is 1.0 for a fine-tuning
+    edit (else 0)."""
+    finetune = config.edit == "finetune"
+    erase = config.erase
+    if erase == "auto":
+        named = reference is not None and all(name_facts(k) is not None for k in (forget, retain, reference))
+        erase = "subject" if finetune and named else "answer"
+    adversary = config.adversary_weight
+    if adversary is None:
+        adversary = 1.0 if finetune else 0.0
+    return replace(config, erase=erase, adversary_weight=adversary)
 
 
 def _with_names(

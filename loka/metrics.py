@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from loka.data import FactBatch, KnowledgeSet, encode_facts, token_log_probs
 from loka.distributed import agreed, is_main, merge_rows, shard
 from loka.errors import UsageError
+from loka.models import input_device
 from loka.models import logits as model_logits
 
 __all__ = ["FactScores", "score_facts", "lm_loss", "text_token_log_probs"]
@@ -87,7 +88,7 @@ def score_facts(
     :func:`loka.distributed.local` to score on one rank alone).
     """
     encoder = tokenizer if tokenizer is not None else model
-    device = next(model.parameters()).device
+    device = input_device(model)
     log_probs, n_tokens, first, exact, n_correct = [], [], [], [], []
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")
@@ -133,7 +134,7 @@ def text_token_log_probs(
     """log p(token | everything before it) for every token of each fact's text (prompt + target,
     after BOS): what membership-inference attacks score. One tensor per fact, in order."""
     encoder = tokenizer if tokenizer is not None else model
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: list[Tensor] = []
     for batch in knowledge.batches(encoder, batch_size):
         batch = batch.to(device)

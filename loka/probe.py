@@ -82,7 +82,7 @@ from torch import Tensor, nn
 
 from loka.data import Fact, KnowledgeSet
 from loka.errors import UsageError
-from loka.models import architecture, hf_model, hf_state_dict
+from loka.models import architecture, hf_model, hf_state_dict, input_device
 from loka.models import logits as model_logits
 
 __all__ = ["Probe", "fit_probe", "probe_gap", "probe_informative", "MIN_RETAIN_PEOPLE"]
@@ -228,7 +228,7 @@ def _mlp_inputs(model: Any) -> list[nn.Module]:
 def _states(model: Any, tokenizer: Any, facts: Sequence[Fact], batch_size: int) -> np.ndarray:
     """MLP inputs at each fact's last prompt token, ``[layer, fact, d_model]`` (float32)."""
     hf = hf_model(model)
-    device = next(hf.parameters()).device
+    device = input_device(hf)
     modules = _mlp_inputs(model)
     out: list[list[Tensor]] = [[] for _ in modules]
     rows: Tensor | None = None
@@ -236,7 +236,8 @@ def _states(model: Any, tokenizer: Any, facts: Sequence[Fact], batch_size: int) 
 
     def grab(layer: int) -> Any:
         def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            out[layer].append(args[0][rows, positions].float().cpu())
+            state = args[0]  # on this block's device, which a device_map may make another one
+            out[layer].append(state[rows.to(state.device), positions.to(state.device)].float().cpu())
 
         return hook
 

@@ -58,7 +58,7 @@ from torch import Tensor
 from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
 from loka.errors import UsageError
 from loka.metrics import lm_loss, score_facts
-from loka.models import plain_copy
+from loka.models import input_device, plain_copy
 
 __all__ = [
     "Relearning",
@@ -146,7 +146,7 @@ def relearn(
     """
     lrs, split_seeds = _check(forget, retain, steps, lrs, split_seeds, retain_ratio)
     encoder = tokenizer if tokenizer is not None else model
-    device = next(model.parameters()).device
+    device = input_device(model)
     best: dict[str, Any] | None = None
     grid: dict[tuple[float, int], RelearningPoint] = {}
     for split_seed in split_seeds:

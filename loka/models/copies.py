@@ -3,15 +3,34 @@
 Edits never touch the model they are given; they return a new one, built from the weights
 rather than by deep-copying the module tree: a bridge keeps private split copies of some
 weights (GPT-NeoX query/key/value), so weights changed by name inside a bridge may not be the
-ones its forward uses, and a deep copy would also carry over hooks. :func:`plain_copy` builds a
-plain HF model of the same class and loads ``hf_state_dict(model)`` (or changed weights) into
-it; the caller edits that copy; :func:`same_kind_as` wraps it in a new bridge when the input was one.
+ones its forward uses, and a deep copy would also carry over hooks. Every copy here builds a
+plain HF model of the same class with empty (``meta``) parameters, then puts the weights of
+``hf_state_dict(model)`` (or changed weights) in place: no random initialisation, no second
+allocation. The caller edits that copy; :func:`same_kind_as` wraps it in a new bridge when the
+input was one.
+
+Three copies:
+
+* :func:`plain_copy`: every weight cloned; the copy is fully independent of ``model``.
+* :func:`shared_copy`: only the ``changed`` weights cloned; every other parameter *is* the
+  original's tensor (same storage, ``requires_grad=False``). An edit of one layer then holds one
+  layer's worth of new tensors instead of a second model. The price: an in-place write into a
+  shared parameter of the copy (``w.of(copy).zero_()``, ``param.data.add_(...)``) also writes
+  into ``model``, and the other way round. Only the changed parameters are safe to write;
+  :func:`shares_storage` says which are shared, and :func:`materialize` turns such a copy into
+  an independent one before anything edits it further.
+* :func:`materialize`: ``plain_copy`` re-wrapped as the same kind of model.
+
+A model spread over devices by a ``device_map`` is copied parameter by parameter onto each
+parameter's own device, and the copy is dispatched with the same map. A model whose weights
+accelerate offloads (to disk, or to the CPU beside GPUs: ``meta`` weights between calls) cannot
+be copied: its weights are not in memory (:class:`~loka.errors.UsageError`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -19,16 +38,78 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from loka.errors import UsageError
 from loka.models.architectures import Model, hf_model
+from loka.models.forward import input_device
 from loka.models.loading import quiet_transformers
 from loka.models.weights import hf_state_dict
 
-__all__ = ["plain_copy", "same_kind_as"]
+__all__ = ["materialize", "plain_copy", "same_kind_as", "shared_copy", "shares_storage"]
 
 
 def _device_and_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
-    param = next(hf_model(model).parameters())
-    return param.device, param.dtype
+    """Where a model's inputs go (its input embedding's device) and the dtype it computes in."""
+    return input_device(model), hf_model(model).dtype
+
+
+def _weights_in_memory(model: Any, what: str) -> dict[str, Tensor]:
+    """``hf_state_dict(model)``, refusing a model with offloaded (``meta``) weights."""
+    weights = hf_state_dict(model)
+    offloaded = sorted(name for name, tensor in weights.items() if tensor.is_meta)
+    if offloaded:
+        raise UsageError(
+            f"{what} needs every weight in memory, but {len(offloaded)} weights of this model are offloaded "
+            f"(on 'meta' between calls, e.g. {offloaded[0]!r}); load it on one device or with a device_map "
+            "that keeps every module on a GPU or the CPU (no 'disk' or CPU offload: raise max_memory)"
+        )
+    return weights
+
+
+def _storage_key(tensor: Tensor) -> tuple[int, int]:
+    """Tensors with the same key are views of the same memory at the same place (tied weights)."""
+    return tensor.untyped_storage().data_ptr(), tensor.storage_offset()
+
+
+def _assemble(
+    model: Any, config: PretrainedConfig | None, weights: Mapping[str, Tensor], new_zero: Iterable[str]
+) -> PreTrainedModel:
+    """A plain HF model (eval mode) of ``model``'s class whose tensors *are* ``weights``.
+
+    Built with empty parameters, then each weight is put in place as it is (``assign``): moved
+    only when it is not already on the device of ``model``'s weight of the same name, cast only
+    when its dtype is not the copy's. ``new_zero`` names parameters that ``config`` adds (zero).
+    Tied weights (GPT-2's ``wte`` / ``lm_head``) are tied again; a model dispatched over devices
+    is dispatched again with its ``hf_device_map``.
+    """
+    from accelerate import dispatch_model, init_empty_weights
+
+    source = hf_model(model)
+    device, dtype = _device_and_dtype(model)
+    places = {name: tensor.device for name, tensor in hf_state_dict(model).items()}
+    config = copy.deepcopy(config if config is not None else source.config)
+    with quiet_transformers(), torch.device(device), init_empty_weights(include_buffers=False):
+        new = AutoModelForCausalLM.from_config(config, torch_dtype=dtype, attn_implementation="eager")
+    empty = new.state_dict(keep_vars=True)
+    new_zero = set(new_zero)
+    missing, unexpected = set(empty) - set(weights), set(weights) - set(empty)
+    if unexpected or missing != new_zero:
+        raise RuntimeError(  # a bug in loka, not a user error: the copy would not be faithful
+            f"copying {type(source).__name__}: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
+    state: dict[str, Tensor] = {}
+    for name, slot in empty.items():
+        if name in new_zero:
+            sibling = places.get(name.removesuffix(".bias") + ".weight", device)
+            state[name] = torch.zeros(slot.shape, dtype=slot.dtype, device=sibling)
+        else:
+            state[name] = weights[name].detach().to(device=places.get(name, device), dtype=slot.dtype)
+    new.load_state_dict(state, strict=True, assign=True)
+    new.tie_weights()
+    device_map = getattr(source, "hf_device_map", None)
+    if device_map:
+        dispatch_model(new, device_map=dict(device_map))
+    new.eval()
+    return new
 
 
 def plain_copy(
@@ -38,43 +119,98 @@ def plain_copy(
     state: Mapping[str, Tensor] | None = None,
     new_zero: tuple[str, ...] = (),
 ) -> PreTrainedModel:
-    """A plain HF model (eval mode) with ``model``'s weights (or ``state``) and config (or ``config``).
+    """A plain HF model (eval mode) with copies of ``model``'s weights (or of ``state``) and its
+    config (or ``config``); nothing in it shares memory with ``model`` or ``state``.
 
     ``new_zero`` names parameters that ``config`` adds (e.g. biases switched on) and that are
-    absent from the weights: they are set to zero. Any other missing or unexpected name is an error.
+    absent from the weights: they are set to zero. Any other missing or unexpected name is an
+    error. Each weight lands on the device of ``model``'s weight of the same name.
     """
-    source = hf_model(model)
-    device, dtype = _device_and_dtype(model)
-    config = copy.deepcopy(config if config is not None else source.config)
-    weights = dict(hf_state_dict(model) if state is None else state)
-    with quiet_transformers(), torch.device(device):
-        new = AutoModelForCausalLM.from_config(config, torch_dtype=dtype, attn_implementation="eager")
-    missing, unexpected = new.load_state_dict(weights, strict=False)
-    if unexpected or set(missing) != set(new_zero):
-        raise RuntimeError(  # a bug in loka, not a user error: the copy would not be faithful
-            f"copying {type(source).__name__}: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
-        )
-    with torch.no_grad():
-        params = dict(new.named_parameters())
-        for name in new_zero:
-            params[name].zero_()
-    new.eval()
+    weights = _weights_in_memory(model, "copying a model") if state is None else dict(state)
+    clones: dict[tuple[int, int], Tensor] = {}
+    copied = {}
+    for name, tensor in weights.items():  # one clone per storage: tied weights stay tied
+        key = _storage_key(tensor)
+        if key not in clones:
+            clones[key] = tensor.detach().clone()
+        copied[name] = clones[key] if clones[key].shape == tensor.shape else tensor.detach().clone()
+    return _assemble(model, config, copied, new_zero)
+
+
+def shared_copy(
+    model: Any,
+    changed: Collection[str],
+    *,
+    config: PretrainedConfig | None = None,
+    new_zero: tuple[str, ...] = (),
+) -> PreTrainedModel:
+    """A plain HF model (eval mode) that clones only the weights named in ``changed`` and shares
+    every other one with ``model`` (same storage, frozen: ``requires_grad=False``).
+
+    ``changed`` are plain HF names (``hf_state_dict``); a name tied to another (GPT-2's
+    ``lm_head.weight`` and ``transformer.wte.weight``) clones both. The changed weights are the
+    only ones the caller may write in place: a write into a shared one changes ``model`` too
+    (see the module docstring; :func:`materialize` makes an independent copy). ``config`` and
+    ``new_zero`` are as in :func:`plain_copy` (the new parameters are new tensors).
+    """
+    weights = _weights_in_memory(model, "copying a model")
+    unknown = sorted(set(changed) - set(weights))
+    if unknown:
+        raise UsageError(f"shared_copy: {len(unknown)} changed names are not weights of the model, e.g. {unknown[0]!r}")
+    fresh = {_storage_key(weights[name]) for name in changed}
+    clones: dict[tuple[int, int], Tensor] = {}
+    tensors: dict[str, Tensor] = {}
+    for name, tensor in weights.items():
+        key = _storage_key(tensor)
+        if key in fresh:
+            if key not in clones:
+                clones[key] = tensor.detach().clone()
+            tensors[name] = clones[key]
+        else:
+            tensors[name] = tensor.detach()
+    new = _assemble(model, config, tensors, new_zero)
+    shared = shares_storage(new, model)
+    for name, param in new.named_parameters():
+        param.requires_grad_(name not in shared)
     return new
+
+
+def shares_storage(copy_: Model, original: Model) -> set[str]:
+    """The HF weight names of ``copy_`` whose memory overlaps a weight of ``original`` (writing one
+    writes the other). Empty for a :func:`plain_copy`; everything but the changed weights for a
+    :func:`shared_copy`."""
+    theirs = {_storage_key(t)[0] for t in hf_state_dict(original).values() if not t.is_meta}
+    return {
+        name
+        for name, tensor in hf_state_dict(copy_).items()
+        if not tensor.is_meta and _storage_key(tensor)[0] in theirs
+    }
+
+
+def materialize(model: Any) -> Any:
+    """An independent copy of ``model`` (every weight cloned), the same kind of model: what to
+    call on a :func:`shared_copy` (or an edit made with ``share=True``) before editing it in place."""
+    return same_kind_as(plain_copy(model), model)
 
 
 def same_kind_as(new: Model, original: Any) -> Any:
     """``new`` as the kind of model ``original`` is: a ``TransformerBridge`` (eval mode, a copy of
     the original's tokenizer) for a bridge, a plain HF model otherwise. A bridge is never wrapped
-    in another bridge."""
+    in another bridge. The bridge's own views of a weight (GPT-2's split query/key/value) follow
+    that weight's ``requires_grad``: a frozen (e.g. shared) weight stays frozen through them."""
     if isinstance(new, TransformerBridge):
         return new if isinstance(original, TransformerBridge) else hf_model(new)
     if not isinstance(original, TransformerBridge):
         return new
+    frozen = {p.untyped_storage().data_ptr() for p in new.parameters() if not p.requires_grad}
     device, dtype = _device_and_dtype(new)
     name = getattr(new.config, "_name_or_path", "") or new.config.model_type
     with quiet_transformers():
         bridge = TransformerBridge.boot_transformers(
             name, hf_model=new, tokenizer=copy.deepcopy(original.tokenizer), device=device, dtype=dtype
         )
+    for param in bridge.parameters():
+        if param.untyped_storage().data_ptr() in frozen:
+            param.requires_grad_(False)
     bridge.eval()
     return bridge

@@ -21,7 +21,7 @@ from loka.data import Fact, KnowledgeSet, token_log_probs
 from loka.errors import UsageError
 from loka.files import json_default
 from loka.membership import DEFAULT_MIN_K
-from loka.models import hf_model, plain_copy
+from loka.models import hf_model, input_device, plain_copy
 from loka.models import logits as model_logits
 
 __all__ = ["TofuScores", "evaluate_model", "jsonable"]
@@ -96,7 +96,7 @@ def _answer_log_probs(
         raise UsageError("the tokenizer has no EOS token; TOFU scores the EOS after each answer")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(answers[i]))  # less padding
     facts = KnowledgeSet(tuple(Fact(f"q{i}", prompts[i], answers[i]) for i in order))
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: list[torch.Tensor] = [torch.empty(0)] * len(order)
     done = 0
     for batch in facts.batches(tokenizer, batch_size):
@@ -149,7 +149,7 @@ def _greedy(
     model: Any, tokenizer: Any, prompts: Sequence[str], references: Sequence[str], batch_size: int
 ) -> list[str]:
     """Greedy answers (stopping at EOS), each up to its reference's length + 16 tokens."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     n_ctx = hf_model(model).config.n_positions
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
