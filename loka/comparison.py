@@ -20,13 +20,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 import attribution
@@ -379,6 +382,36 @@ def _control(model: Any, result: UnlearningResult, seed: int) -> Any:
     return random_edit_like(model, result.model, seed=seed)
 
 
+_Job = tuple[str, str, dict[str, Any], int, bool]  # row name, method, options, seed, with a control
+
+
+def _run(
+    model: Any,
+    job: _Job,
+    protocol: Protocol,
+    budget: Budget,
+    common: Mapping[str, Any],
+    oracle: UnlearningEvaluation | None,
+    progress: bool,
+) -> tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]:
+    """One method run and its evaluation (and its random control's); the result without its model."""
+    name, method, method_options, run_seed, with_control = job
+    if isinstance(model, str | Path):  # in a worker process
+        torch.set_num_threads(1)
+        model = load_model(model)
+    logger.info("running %s (seed %d)", name, run_seed)
+    result = unlearn(
+        model, protocol.forget, protocol.retain_train, method=method, validation=protocol.retain_validation,
+        reference=protocol.reference, augment=protocol.augment, budget=budget, seed=run_seed,
+        progress=progress, **method_options,
+    )  # fmt: skip
+    evaluation = evaluate(result.model, **common, oracle=oracle, seen=result.seen, label=name)
+    controlled = (
+        evaluate(_control(model, result, run_seed), **common, label=f"{name} control") if with_control else None
+    )
+    return dataclasses.replace(result, model=None), evaluation, controlled
+
+
 def compare(
     model: Any,
     *,
@@ -404,6 +437,7 @@ def compare(
     attribute: bool = True,
     seed: int = 0,
     progress: bool = True,
+    workers: int = 1,
     title: str = "loka comparison",
 ) -> Comparison:
     """Run ``methods`` on ``model`` (a TransformerBridge or a directory) under one protocol and
@@ -430,6 +464,10 @@ def compare(
     fractions of the components) adds LOKA's budget curve, located vs random, for the same seeds
     (:func:`loka.curve.budget_curve`; the report plots it).
     ``attribute`` attaches forget-set attribution scores for the report's heatmaps.
+    ``workers`` > 1 runs the method runs (and their evaluations) in that many worker processes of
+    one torch thread each (``model`` must then be a directory; a script that calls it needs an
+    ``if __name__ == "__main__":`` guard); every run is seeded on its own, so the numbers are the
+    same as with one process on one thread.
     """
     unknown = [m for m in methods if m not in METHODS or m == "retrain"]
     if unknown:
@@ -476,6 +514,11 @@ def compare(
         protocol = Protocol.from_sets(forget=forget, retain=retain, holdout=holdout, passages=passages, seed=seed)
     elif any(v is not None for v in (forget, retain, holdout, passages)):
         raise UsageError("give either protocol= or forget=/retain=/holdout=/passages=, not both")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers must be a positive integer, got {workers!r}")
+    source = model if isinstance(model, str | Path) else None
+    if workers > 1 and source is None:
+        raise UsageError("workers > 1 needs the model as a directory (each worker process loads it)")
     if isinstance(model, str | Path):
         model = load_model(model)
     budget = budget or Budget()
@@ -504,25 +547,18 @@ def compare(
     if location_seeds is not None and (isinstance(location_seeds, bool) or not isinstance(location_seeds, int)
                                        or location_seeds < 1):  # fmt: skip
         raise UsageError(f"location_seeds must be a positive integer or None, got {location_seeds!r}")
-    jobs = [(row, s) for row in rows for s in (run_seeds[:location_seeds] if " @" in row[0] else run_seeds)]
+    jobs: list[_Job] = []
+    for name, method, method_options in rows:
+        for i, run_seed in enumerate(run_seeds[:location_seeds] if " @" in name else run_seeds):
+            if "location" in method_options:  # each seed draws its own control components
+                method_options = {**method_options, "location_seed": run_seed}
+            # LOKA's own controls are the location rows; the direction control is for whole-model edits
+            jobs.append((name, method, method_options, run_seed, control and method != "loka" and i < control_seeds))
     runs: dict[str, list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]] = {}
-    for (name, method, method_options), run_seed in tqdm(
-        jobs, desc="compare: method runs", disable=not progress, leave=False
-    ):
-        logger.info("running %s (seed %d)", name, run_seed)
-        if "location" in method_options:  # each seed draws its own control components
-            method_options = {**method_options, "location_seed": run_seed}
-        result = unlearn(
-            model, protocol.forget, protocol.retain_train, method=method, validation=protocol.retain_validation,
-            reference=protocol.reference, augment=protocol.augment, budget=budget, seed=run_seed,
-            progress=progress, **method_options,
-        )  # fmt: skip
-        evaluation = evaluate(result.model, **common, oracle=oracle_evaluation, seen=result.seen, label=name)
-        controlled = None
-        # LOKA's own controls are the location rows; the direction control is for whole-model edits
-        if control and method != "loka" and len(runs.get(name, [])) < control_seeds:
-            controlled = evaluate(_control(model, result, run_seed), **common, label=f"{name} control")
-        runs.setdefault(name, []).append((result, evaluation, controlled))
+    done = _run_jobs(source if workers > 1 else model, jobs, protocol, budget, common, oracle_evaluation, progress,
+                     workers)  # fmt: skip
+    for job, outcome in zip(jobs, done, strict=True):
+        runs.setdefault(job[0], []).append(outcome)
     for name, _, _ in rows:
         done = runs[name]
         outcomes.append(
@@ -544,6 +580,34 @@ def compare(
     return Comparison(tuple(outcomes), scores, title, protocol.sizes(), protocol.describe(), budget_curve_)
 
 
+def _run_jobs(
+    model: Any,
+    jobs: Sequence[_Job],
+    protocol: Protocol,
+    budget: Budget,
+    common: Mapping[str, Any],
+    oracle: UnlearningEvaluation | None,
+    progress: bool,
+    workers: int,
+) -> list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]:
+    """Every job's outcome, in job order: here, or in ``workers`` processes (``model`` a directory)."""
+    bar = tqdm(total=len(jobs), desc="compare: method runs", disable=not progress, leave=False)
+    if workers == 1:
+        out = []
+        for job in jobs:
+            out.append(_run(model, job, protocol, budget, common, oracle, progress))
+            bar.update()
+        bar.close()
+        return out
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_run, str(model), job, protocol, budget, dict(common), oracle, False) for job in jobs]
+        for _ in as_completed(futures):
+            bar.update()
+    bar.close()
+    return [future.result() for future in futures]
+
+
 def compare_testbed(testbed: Any, **kwargs: Any) -> Comparison:
     """:func:`compare` on a :class:`loka.testbed.Testbed` under its protocol
     (:meth:`loka.protocol.Protocol.from_testbed`): its original model, its oracle, the forget
@@ -558,7 +622,7 @@ def compare_testbed(testbed: Any, **kwargs: Any) -> Comparison:
         f"{len(protocol.forget)} forget facts / {len(protocol.retain_eval)} retain-eval facts",
     )
     return compare(
-        load_model(testbed.model_dir),
+        testbed.model_dir if kwargs.get("workers", 1) > 1 else load_model(testbed.model_dir),
         protocol=protocol,
         oracle=testbed.oracle_dir,
         oracle_seconds=testbed.info["training"]["oracle"]["seconds"],

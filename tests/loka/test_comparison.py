@@ -193,3 +193,17 @@ def test_bad_inputs(tiny_testbed, kwargs, message):
     sets = dict(forget=tiny_testbed.forget, retain=tiny_testbed.retain, holdout=tiny_testbed.holdout)
     with pytest.raises(ValueError, match=message):
         compare(model, **sets, **kwargs)
+
+
+def test_worker_processes_give_the_same_numbers(tiny_testbed):
+    """Two worker processes (one thread each) reproduce the one-process comparison exactly."""
+    kwargs = dict(methods=("gradient_ascent",), budget=FAST, seeds=2, relearn=False, probe=False, progress=False,
+                  attribute=False)  # fmt: skip
+    one = compare_testbed(tiny_testbed, **kwargs)
+    two = compare_testbed(tiny_testbed, workers=2, **kwargs)
+    assert [(label, numbers) for label, numbers, *_ in one.rows()] == [
+        (label, numbers) for label, numbers, *_ in two.rows()
+    ]
+    assert one["gradient_ascent"].configs == two["gradient_ascent"].configs
+    with pytest.raises(ValueError, match="workers > 1 needs the model as a directory"):
+        compare(load_model(tiny_testbed.model_dir), protocol=Protocol.from_testbed(tiny_testbed), workers=2)
