@@ -32,6 +32,7 @@ edited further in place (or call :func:`loka.models.copies.materialize` on it fi
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
@@ -42,6 +43,7 @@ from tqdm.auto import tqdm
 from ablation.mask import AblationMask
 from ablation.params import parameter_masks
 from loka.checks import check_number
+from loka.distributed import active, all_reduce_gradients, all_reduce_sum
 from loka.errors import UsageError
 from loka.models import hf_state_dict, plain_copy, same_kind_as
 from loka.models.copies import shared_copy, shares_storage
@@ -129,10 +131,13 @@ def edit(
                 raise UsageError(
                     f"objective must return a scalar loss tensor that depends on the model's weights, got {got}"
                 )
-            value = float(loss.detach())
-            if not torch.isfinite(loss.detach()):
+            # under a process group each rank's loss is its share of the batch (loka.distributed):
+            # the value reported is their sum, and the gradients are added before the step
+            value = float(loss.detach()) if not active() else float(all_reduce_sum(loss.detach().double().reshape(1)))
+            if not math.isfinite(value):
                 raise UsageError(f"objective returned a non-finite loss ({value}) at step {step}")
             loss.reshape(()).backward()
+            all_reduce_gradients(chosen)
             opt.step()
             with torch.no_grad():
                 for name, keep in allowed.items():

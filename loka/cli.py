@@ -5,13 +5,20 @@ unknown method or option, a mask for another model, bad JSON in an input; or a f
 missing file, an output that exists) prints one line ``error: ...`` and exits with status 2, having
 written nothing; ``--debug`` shows the traceback instead. Any other exception is a bug and shows
 its traceback. ``--quiet`` turns the progress bars off.
+
+``locate``, ``unlearn`` and ``evaluate`` run data parallel under torchrun (``torchrun
+--nproc_per_node N -m loka.cli unlearn ...``; :mod:`loka.distributed`): gloo on the CPU, NCCL with
+one GPU per rank for ``--device cuda``; only rank 0 prints and writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +35,7 @@ DEMO_OUT = "loka-demo"
 # so that --help needs no torch import; tests/loka/test_cli.py checks that the two agree)
 UNLEARNING_METHODS = ("loka", "gradient_ascent", "npo", "rmu", "task_vector")
 DEFAULT_METHODS = UNLEARNING_METHODS
+WORKERS = min(2, os.cpu_count() or 1)  # compare / demo: method runs in parallel processes
 
 
 # --- shared argument helpers ---------------------------------------------------------------------
@@ -44,6 +52,42 @@ def _knowledge(path: str | None) -> Any:
     from loka.data import KnowledgeSet
 
     return None if path is None else KnowledgeSet.from_jsonl(path)
+
+
+def _is_main() -> bool:
+    """Whether this process writes files: always, except on ranks other than 0 under torchrun."""
+    from loka.distributed import is_main
+
+    return is_main()
+
+
+def _run_data_parallel(args: argparse.Namespace) -> int:
+    """``args.run`` under torchrun (``WORLD_SIZE`` set): every rank joins one process group (NCCL
+    with one GPU per rank, ``--device cuda`` becoming ``cuda:LOCAL_RANK``; else gloo on the CPU),
+    runs the command (the sharded work: :mod:`loka.distributed`), and only rank 0 writes files
+    and prints; all ranks wait for its writes before they leave."""
+    import torch
+    import torch.distributed as dist
+
+    if args.device_map is not None:
+        raise UsageError("--device-map does not work under torchrun; give --device cuda (one GPU per rank)")
+    cuda = (args.device or "cpu").startswith("cuda")
+    if cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        args.device = f"cuda:{local_rank}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        quiet = io.StringIO() if dist.get_rank() != 0 else None
+        with contextlib.redirect_stdout(quiet) if quiet is not None else contextlib.nullcontext():
+            code = args.run(args)
+        dist.barrier()  # rank 0's files are written before any rank returns
+        return code
+    finally:
+        dist.destroy_process_group()
+
+
+_DATA_PARALLEL = ("locate", "unlearn", "evaluate")  # the commands that shard their work under torchrun
 
 
 def _model(name: str, args: argparse.Namespace) -> Any:
@@ -147,12 +191,13 @@ def _locate(args: argparse.Namespace) -> int:
         retain_scores = attribution.attribute(model, retain, **options)
         chosen = scores.contrast(retain_scores, kind=args.contrast)
         figures.update({f"contrast: {name}": fig for name, fig in chosen.plot().items()})
-    out.mkdir(parents=True, exist_ok=True)
-    scores.save(out / "forget")
-    if retain is not None:
-        retain_scores.save(out / "retain")
-    chosen.save(out)
-    (out / "plots.html").write_text(figures_html(f"loka locate: {args.model}", figures), encoding="utf-8")
+    if _is_main():  # under torchrun, rank 0 writes
+        out.mkdir(parents=True, exist_ok=True)
+        scores.save(out / "forget")
+        if retain is not None:
+            retain_scores.save(out / "retain")
+        chosen.save(out)
+        (out / "plots.html").write_text(figures_html(f"loka locate: {args.model}", figures), encoding="utf-8")
     what = "forget-vs-retain contrast" if retain is not None else "forget"
     print(f"{what} scores ({args.method}, {args.baseline}, {direction}) written to {out}")
     print("top components: " + ", ".join(c.label for c in chosen.top(10)))
@@ -231,10 +276,11 @@ def _unlearn(args: argparse.Namespace) -> int:
         model, forget, retain, method=args.method, seed=args.seed, progress=_progress(args), budget=_budget(args),
         **{k: v for k, v in extra.items() if v is not None}, **options,
     )  # fmt: skip
-    export_checkpoint(
-        result.model, out, mask=result.mask, source=model, method=args.method, settings=result.config,
-        overwrite=args.overwrite,
-    )  # fmt: skip
+    if _is_main():  # under torchrun, rank 0 writes
+        export_checkpoint(
+            result.model, out, mask=result.mask, source=model, method=args.method, settings=result.config,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     compute = (
         f"; {result.compute.steps} steps, {result.compute.forward_tokens / 1e6:.2f}M tokens" if result.compute else ""
     )
@@ -255,7 +301,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(evaluation.table())
     print(evaluation.verdict())
-    if out is not None:
+    if out is not None and _is_main():  # under torchrun, rank 0 writes
         out.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
         print(f"written to {out}")
     return 0
@@ -273,6 +319,9 @@ def _compare(args: argparse.Namespace) -> int:
     common.update(progress=_progress(args), seeds=args.seeds, control_seeds=args.control_seeds, budget=_budget(args))
     common["locations"] = args.locations if "loka" in methods else ()
     common["location_seeds"] = max(1, args.control_seeds)
+    if args.model is not None and (args.workers or 1) > 1:
+        raise UsageError("--workers > 1 runs on the testbed; with --model, leave it out")
+    common["workers"] = args.workers if args.workers is not None else (WORKERS if args.model is None else 1)
     if args.model is not None:
         missing = [f"--{n}" for n in ("forget", "retain", "holdout") if getattr(args, n) is None]
         if missing:
@@ -531,6 +580,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=out, help=f"directory for report.html and comparison.json (default {out})")
         p.add_argument("--seeds", type=int, default=3, help="method seeds per method (default 3)")
         p.add_argument(
+            "--workers", type=int, default=None,
+            help=f"method runs in this many processes of one thread each, on the testbed (default {WORKERS})",
+        )  # fmt: skip
+        p.add_argument(
             "--control-seeds", type=int, default=1,
             help="seeds that get a random control: a random-direction edit per method, LOKA's location rows (1)",
         )  # fmt: skip
@@ -623,6 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        if "WORLD_SIZE" in os.environ and args.command in _DATA_PARALLEL:
+            return _run_data_parallel(args)
         return args.run(args)
     except (UsageError, OSError) as err:
         if args.debug:

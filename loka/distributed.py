@@ -19,6 +19,12 @@ Without a process group, or with a world size of 1, every helper is the identity
 are the same, with nothing to exchange. The same code runs on NCCL (GPU) and gloo (CPU):
 collectives use tensors on the backend's device (:func:`device`).
 
+Training is data parallel the way DDP is: every rank draws the same global batch (the same
+generator, the same seed), computes the loss on its contiguous share of the rows (:func:`shard`)
+as its local *sum* divided by the *global* count (rows or tokens of the whole batch), so that the
+ranks' gradients add up to the full batch's; :func:`all_reduce_gradients` adds them after
+``backward``, and every rank then takes the same optimizer step.
+
 Every rank must call a sharded function, with the same arguments: it is a collective. To run one
 on a single rank (e.g. an evaluation on rank 0 only), wrap the call in :func:`local`. A rank that
 raises inside a sharded loop would leave the others waiting in the next collective; loops are
@@ -48,6 +54,8 @@ __all__ = [
     "all_reduce_sum",
     "all_gather_object",
     "merge_rows",
+    "gather_rows",
+    "all_reduce_gradients",
     "agreed",
     "local",
     "RankFailed",
@@ -159,6 +167,57 @@ def merge_rows(local_rows: Tensor, rows: Sequence[int] | range, total: int, *, d
     full.index_copy_(dim, rows.to(values.device), values)
     full = all_reduce_sum(full)
     return full.bool() if flag else full
+
+
+def gather_rows(local_rows: list[Any]) -> list[Any]:
+    """Every rank's list of per-item results (picklable, e.g. tensors of different lengths),
+    joined in rank order: the full list when each rank took a contiguous block (:func:`shard`).
+    ``local_rows`` itself without sharding."""
+    if not active():
+        return local_rows
+    return [row for part in all_gather_object(local_rows) for row in part]
+
+
+_BUCKET = 1 << 24  # elements per gradient all-reduce
+
+
+def all_reduce_gradients(params: Sequence[Tensor] | Any) -> None:
+    """Sum the gradients of ``params`` over the ranks, in place (a no-op without sharding).
+
+    Called after ``backward`` and before the optimizer's step: with every rank's loss its local
+    sum divided by the global count, the sum is the full batch's gradient, the same bit for bit
+    on every rank (parts added in rank order, :func:`all_reduce_sum`). A parameter with no
+    gradient on some rank counts zero there; one with no gradient on any rank keeps ``None`` (as
+    in one process, the optimizer skips it)."""
+    if not active():
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.float64)
+    present = all_reduce_sum(present)
+    chosen = [p for p, n in zip(params, present.tolist(), strict=True) if n > 0]
+
+    def key(p: Tensor) -> tuple[torch.dtype, torch.device]:  # the same on every rank
+        return p.dtype, p.device
+
+    buckets: list[list[Tensor]] = []
+    for p in chosen:
+        last = buckets[-1] if buckets else None
+        if last is None or key(last[0]) != key(p) or sum(q.numel() for q in last) + p.numel() > _BUCKET:
+            buckets.append([p])
+        else:
+            last.append(p)
+    for bucket in buckets:
+        dtype = key(bucket[0])[0]
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).to(dtype) for p in bucket]
+        )
+        flat = all_reduce_sum(flat)
+        offset = 0
+        for p in bucket:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
 
 
 @contextlib.contextmanager

@@ -91,10 +91,11 @@ from loka.configs import (
     method_config,
 )
 from loka.data import FactBatch, KnowledgeSet
-from loka.erasure import AttackedModel, SubjectTerm, name_facts, shrink_perturb
+from loka.distributed import active, all_reduce_gradients, all_reduce_sum, shard
+from loka.erasure import AttackedModel, SubjectTerm, name_facts, shrink_perturb, text_nll
 from loka.errors import UsageError
 from loka.localization import Localization, control_mask, locate, owned_parameters
-from loka.metrics import lm_loss, score_facts
+from loka.metrics import score_facts, sharded_lm_loss, zero_loss
 from loka.models import hf_model, hf_state_dict, input_device, load_model, plain_copy, same_kind_as
 from loka.objectives import (
     answer_log_probs,
@@ -212,6 +213,24 @@ def _batches(knowledge: KnowledgeSet, tokenizer: Any, batch_size: int, generator
         yield from shuffled.batches(tokenizer, batch_size)
 
 
+def _mine(rows: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous share of a global batch's rows (all of them without a process group)."""
+    part = shard(len(rows))
+    return rows[part.start : part.stop]
+
+
+def _value(loss: torch.Tensor) -> float:
+    """A logged loss: the global batch's (the ranks' parts added) under a process group."""
+    if not active():
+        return loss.item()
+    return all_reduce_sum(loss.detach().double().reshape(1)).item()
+
+
+def _npo_sum(log_prob: torch.Tensor, reference_log_prob: torch.Tensor, beta: float) -> torch.Tensor:
+    """The sum over rows of NPO's per-row terms (:func:`loka.objectives.npo_loss` is their mean)."""
+    return -(2.0 / beta) * torch.nn.functional.logsigmoid(-beta * (log_prob - reference_log_prob)).sum()
+
+
 def _accuracy(model: Any, forget: KnowledgeSet, tokenizer: Any) -> float:
     was_training = model.training
     model.eval()
@@ -241,15 +260,16 @@ def _gradient_ascent(
     retain_batches = _batches(retain, tokenizer, batch_size, generator)
     log: list[dict[str, float]] = []
     for step in tqdm(range(1, budget.max_steps + 1), disable=not progress, desc="gradient ascent", leave=False):
-        forget_loss = lm_loss(student, next(forget_batches).to(device))
-        retain_loss = lm_loss(student, next(retain_batches).to(device))
+        forget_loss = sharded_lm_loss(student, next(forget_batches).to(device))
+        retain_loss = sharded_lm_loss(student, next(retain_batches).to(device))
         loss = alpha * -forget_loss + (1 - alpha) * retain_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        all_reduce_gradients(student.parameters())
         optimizer.step()
         if budget.due(step):
             accuracy = _accuracy(student, forget, tokenizer)
-            log.append({"step": step, "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item(),
+            log.append({"step": step, "forget_loss": _value(forget_loss), "retain_loss": _value(retain_loss),
                         "forget_accuracy": accuracy})  # fmt: skip
             if budget.reached(accuracy):
                 break
@@ -261,6 +281,21 @@ def _answer_nll(log_probs: torch.Tensor, batch: FactBatch) -> torch.Tensor:
     picked = log_probs.gather(-1, batch.target_ids[..., None]).squeeze(-1)
     mask = batch.target_mask.to(picked.dtype)
     return -(picked * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _sharded_answer_nll(student: Any, batch: FactBatch, rows: torch.Tensor) -> torch.Tensor:
+    """:func:`_answer_nll` of ``batch.rows(rows)``, data parallel under a process group (this
+    rank's rows, its sum over the global batch's answer-token count)."""
+    if not active():
+        kept = batch.rows(rows)
+        return _answer_nll(answer_log_probs(student, kept), kept)
+    mine = _mine(rows)
+    if len(mine) == 0:
+        return zero_loss(student)
+    count = batch.target_mask[rows].sum().clamp(min=1).to(torch.float32)
+    local = batch.rows(mine)
+    picked = answer_log_probs(student, local).gather(-1, local.target_ids[..., None]).squeeze(-1)
+    return -(picked * local.target_mask.to(picked.dtype)).sum() / count
 
 
 def _npo(
@@ -288,15 +323,15 @@ def _npo(
         rows = torch.randperm(len(forget_loss), generator=generator)[: config.batch_size].to(device)
         kept = torch.randperm(len(retain_batch), generator=generator)[: config.batch_size].to(device)
         f = forget_loss(student, rows)
-        kept_batch = retain_batch.rows(kept)
-        r = _answer_nll(answer_log_probs(student, kept_batch), kept_batch)
+        r = _sharded_answer_nll(student, retain_batch, kept)
         loss = config.gamma * f + config.alpha * r
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        all_reduce_gradients(student.parameters())
         optimizer.step()
         if budget.due(step):
             accuracy = _accuracy(student, forget, tokenizer)
-            log.append({"step": step, "forget_loss": f.item(), "retain_loss": r.item(), "forget_accuracy": accuracy,
+            log.append({"step": step, "forget_loss": _value(f), "retain_loss": _value(r), "forget_accuracy": accuracy,
                         "retain_accuracy": _accuracy(student, validation_retain, tokenizer)})  # fmt: skip
             if budget.reached(accuracy):
                 break
@@ -327,12 +362,13 @@ def _task_vector(
     batches = _batches(forget, tokenizer, batch_size, generator)
     log: list[dict[str, float]] = []
     for step in tqdm(range(1, finetune_steps + 1), disable=not progress, desc="task vector: fine-tune", leave=False):
-        loss = lm_loss(tuned, next(batches).to(device))
+        loss = sharded_lm_loss(tuned, next(batches).to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        all_reduce_gradients(tuned.parameters())
         optimizer.step()
         if budget.due(step):
-            log.append({"step": step, "forget_loss": loss.item()})
+            log.append({"step": step, "forget_loss": _value(loss)})
     base = {k: v.detach().clone() for k, v in hf_state_dict(model).items()}
     tuned_state = tuned.state_dict()
     vector = {k: tuned_state[k] - v for k, v in base.items()}
@@ -374,6 +410,8 @@ class _Forget:
         return len(self.batch)
 
     def __call__(self, student: Any, rows: torch.Tensor, attacked: AttackedModel | None = None) -> torch.Tensor:
+        if active():
+            return self._sharded(student, rows, attacked)
         batch = self.batch.rows(rows)
         if attacked is None:
             log_probs = answer_log_probs(student, batch)
@@ -386,6 +424,27 @@ class _Forget:
         if multi.any():  # the rest of a multi-token answer: NPO on the tokens after the first
             rest = sequence_log_probs(log_probs, batch, skip_first=True)
             loss = loss + npo_loss(rest[multi], self.original[rows][multi], beta=self.beta) * multi.float().mean()
+        return loss
+
+    def _sharded(self, student: Any, rows: torch.Tensor, attacked: AttackedModel | None) -> torch.Tensor:
+        """The same loss, data parallel: this rank's rows, sums over the global batch's counts."""
+        mine, n = _mine(rows), len(rows)
+        if len(mine) == 0:
+            return zero_loss(student)
+        batch = self.batch.rows(mine)
+        if attacked is None:
+            log_probs = answer_log_probs(student, batch)
+        else:
+            log_probs = batch.target_log_softmax(attacked.logits(batch.input_ids, batch.attention_mask))
+        if self.objective == "npo":
+            return _npo_sum(sequence_log_probs(log_probs, batch), self.original[mine], self.beta) / n
+        loss = torch.nn.functional.kl_div(log_probs[:, 0], self.unknown[mine], reduction="sum") / n
+        n_multi = int(self.multi[rows].sum())
+        multi = self.multi[mine]
+        if multi.any():
+            rest = sequence_log_probs(log_probs, batch, skip_first=True)
+            term = _npo_sum(rest[multi], self.original[mine][multi], self.beta) / n_multi
+            loss = loss + term * (n_multi / n)
         return loss
 
 
@@ -411,8 +470,17 @@ class _Retain:
         return len(self.batch)
 
     def __call__(self, student: Any, rows: torch.Tensor) -> torch.Tensor:
+        if active():  # data parallel: this rank's rows, its sum over the global answer-token count
+            count = self.batch.target_mask[rows].sum().clamp(min=1).to(torch.float32)
+            rows = _mine(rows)
+            if len(rows) == 0:
+                return zero_loss(student)
         batch = self.batch.rows(rows)
         original = self.cached[rows.to(self.cached.device)] if self.cached is not None else self._original(batch)
+        if active():
+            log_probs = answer_log_probs(student, batch)
+            per_position = (original.exp() * (original - log_probs)).sum(-1)
+            return (per_position * batch.target_mask.to(per_position.dtype)).sum() / count
         return retain_kl(answer_log_probs(student, batch), original, batch.target_mask)
 
 
@@ -456,17 +524,19 @@ def _masked_finetune(
         kept = torch.randperm(len(retain_loss), generator=generator)[:batch_size].to(device)
         f, r = forget_loss(student, rows), retain_loss(student, kept)
         total = f + config.retain_weight * r
-        losses = {"forget_loss": f.item(), "retain_loss": r.item()}
+        losses = {"forget_loss": _value(f), "retain_loss": _value(r)}
         if subject is not None:
-            s = subject(student, rows, kept)
+            s = subject(student, rows, kept) if not active() else _sharded_subject(subject, student, rows, kept)
             total = total + config.subject_weight * s
-            losses["subject_loss"] = s.item()
+            losses["subject_loss"] = _value(s)
         if attack_batch is not None and len(rows) > 1:
             half = len(rows) // 2  # the adversary fine-tunes on one fold, the loss reads the other
+            # (the adversary's step is computed on every rank on its whole fold: it takes the
+            # sign of that fold's gradient; the loss at the attacked weights is data parallel)
             attacked = AttackedModel(student, attack_batch.rows(rows[:half]), config.adversary_lr)
             a = forget_loss(student, rows[half:], attacked=attacked)
             total = total + config.adversary_weight * a
-            losses["attacked_forget_loss"] = a.item()
+            losses["attacked_forget_loss"] = _value(a)
         state["losses"] = losses
         return total
 
@@ -492,6 +562,20 @@ def _masked_finetune(
         )  # fmt: skip
         log += repair_log
     return edited, log
+
+
+def _sharded_subject(subject: SubjectTerm, student: Any, rows: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """:class:`loka.erasure.SubjectTerm` on a global batch, data parallel: this rank's rows of
+    each side, each side's sum over its global row count."""
+    mine, mine_kept = _mine(rows), _mine(kept)
+    parts = []
+    if len(mine):
+        forget = text_nll(student, subject.batch.rows(mine))
+        parts.append(((forget - subject.target[mine]) ** 2).sum() / len(rows))
+    if len(mine_kept):
+        retain = text_nll(student, subject.retain_batch.rows(mine_kept))
+        parts.append(((retain - subject.retain_original[mine_kept]) ** 2).sum() / len(kept))
+    return sum(parts[1:], parts[0]) if parts else zero_loss(student)
 
 
 def _reinit_repair(
@@ -804,6 +888,11 @@ def unlearn(
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise UsageError("this model has no tokenizer attached; pass tokenizer=...")
+    if any(p.device.type == "meta" for p in hf_model(model).parameters()):
+        raise UsageError(
+            "this model has weights offloaded by its device_map (on 'meta'); unlearning edits weights, "
+            "so load it where every weight is held (device=, or a device_map without 'disk')"
+        )
     if validation is None:
         train_retain, validation = retain.split(0.2, seed=seed, by="subject" if retain.subjects else "fact")
     else:
@@ -832,7 +921,10 @@ def unlearn(
                 model, given, train_retain, config=config, validation_retain=validation, reference=reference, **common
             )
     seconds = time.perf_counter() - start
-    compute = Compute(_steps(log), meter.forward, meter.backward, round(seconds, 3))
+    forward, backward = meter.forward, meter.backward
+    if active():  # every rank's tokens (data parallel: each ran its share)
+        forward, backward = (int(v) for v in all_reduce_sum(torch.tensor([forward, backward], dtype=torch.float64)))
+    compute = Compute(_steps(log), forward, backward, round(seconds, 3))
     recorded = {**config.to_dict(), **used, "budget": asdict(budget), "seed": seed}
     return UnlearningResult(
         same_kind_as(edited, model), method, recorded, seconds, tuple(log), mask=mask, compute=compute,

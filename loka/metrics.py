@@ -24,12 +24,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from loka.data import FactBatch, KnowledgeSet, encode_facts, token_log_probs
-from loka.distributed import agreed, is_main, merge_rows, shard
+from loka.distributed import active, agreed, gather_rows, is_main, merge_rows, shard
 from loka.errors import UsageError
 from loka.models import input_device
 from loka.models import logits as model_logits
 
-__all__ = ["FactScores", "score_facts", "lm_loss", "text_token_log_probs"]
+__all__ = ["FactScores", "score_facts", "lm_loss", "sharded_lm_loss", "text_token_log_probs", "zero_loss"]
 
 
 @dataclass(frozen=True)
@@ -132,17 +132,25 @@ def text_token_log_probs(
     batch_size: int = 64,
 ) -> list[Float[Tensor, " tokens"]]:
     """log p(token | everything before it) for every token of each fact's text (prompt + target,
-    after BOS): what membership-inference attacks score. One tensor per fact, in order."""
+    after BOS): what membership-inference attacks score. One tensor per fact, in order.
+
+    A collective under a process group, like :func:`score_facts`: each rank runs a contiguous
+    block of the batches, and every rank returns every fact's tensor (gathered in rank order)."""
     encoder = tokenizer if tokenizer is not None else model
     device = input_device(model)
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+    starts = range(0, len(knowledge), batch_size)  # the batches of KnowledgeSet.batches
+    mine = [starts[i] for i in shard(starts)]
     out: list[Tensor] = []
-    for batch in knowledge.batches(encoder, batch_size):
-        batch = batch.to(device)
-        logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)
-        picked = token_log_probs(logits[:, :-1], batch.input_ids[:, 1:])
-        keep = batch.attention_mask[:, 1:].bool()
-        out += [row[mask].float().cpu() for row, mask in zip(picked, keep, strict=True)]
-    return out
+    with agreed():
+        for start in mine:
+            batch = encode_facts(knowledge.facts[start : start + batch_size], encoder).to(device)
+            logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)
+            picked = token_log_probs(logits[:, :-1], batch.input_ids[:, 1:])
+            keep = batch.attention_mask[:, 1:].bool()
+            out += [row[mask].float().cpu() for row, mask in zip(picked, keep, strict=True)]
+    return gather_rows(out)
 
 
 def lm_loss(model: Any, batch: FactBatch) -> Tensor:
@@ -150,3 +158,31 @@ def lm_loss(model: Any, batch: FactBatch) -> Tensor:
     ignored): what the baselines train and the relearning attack fine-tunes on."""
     labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
     return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+
+
+def zero_loss(model: Any) -> Tensor:
+    """A zero loss that depends on every trainable weight of ``model`` (gradients of zero): what a
+    rank whose share of a data-parallel batch is empty contributes."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return sum((p.sum() * 0.0 for p in trainable), torch.zeros((), device=trainable[0].device))
+
+
+def sharded_lm_loss(model: Any, batch: FactBatch) -> Tensor:
+    """:func:`lm_loss` of a global batch, data parallel: without a process group exactly
+    :func:`lm_loss`; under one, this rank's contiguous share of the rows, its token losses'
+    *sum* divided by the whole batch's token count, so that the ranks' gradients add up
+    (:func:`loka.distributed.all_reduce_gradients`) to the full batch's."""
+    if not active():
+        return lm_loss(model, batch)
+    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)[:, 1:]
+    count = (labels != -100).sum().clamp(min=1)
+    part = shard(len(batch))
+    if len(part) == 0:
+        return zero_loss(model)
+    ids, mask = batch.input_ids[part.start : part.stop], batch.attention_mask[part.start : part.stop]
+    logits = model_logits(model, ids, attention_mask=mask)[:, :-1].float()
+    total = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[part.start : part.stop].reshape(-1), ignore_index=-100,
+        reduction="sum",
+    )  # fmt: skip
+    return total / count

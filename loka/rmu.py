@@ -57,8 +57,9 @@ from tqdm.auto import tqdm
 
 from loka.configs import RMUConfig
 from loka.data import FactBatch, KnowledgeSet
+from loka.distributed import active, all_reduce_gradients, all_reduce_sum, shard
 from loka.errors import UsageError
-from loka.metrics import score_facts
+from loka.metrics import score_facts, zero_loss
 from loka.models import architecture, hf_model, plain_copy
 
 __all__ = ["RETAIN_FLOOR", "RMULoss", "control_vector", "layer_grid", "rmu", "rmu_loss", "updated_parameters"]
@@ -275,23 +276,65 @@ def _run(
         r_rows = torch.randperm(len(retain_batch), generator=generator)[: config.batch_size]
         f_ids, f_mask = _take(forget_batch, f_rows)
         r_ids, r_mask = _take(retain_batch, r_rows)
-        forget_states = _states(student, block, f_ids, f_mask)
-        retain_states = _states(student, block, r_ids, r_mask)
-        original_states = original(r_rows, r_ids, r_mask)
-        terms = rmu_loss(forget_states, retain_states, original_states, control, coeff, config.alpha,
-                         (f_mask, r_mask))  # fmt: skip
+        if active():
+            terms = _sharded_loss(student, block, original, control, coeff, config.alpha,
+                                  (f_rows, f_ids, f_mask), (r_rows, r_ids, r_mask))  # fmt: skip
+        else:
+            forget_states = _states(student, block, f_ids, f_mask)
+            retain_states = _states(student, block, r_ids, r_mask)
+            original_states = original(r_rows, r_ids, r_mask)
+            terms = rmu_loss(forget_states, retain_states, original_states, control, coeff, config.alpha,
+                             (f_mask, r_mask))  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
+        all_reduce_gradients(trained)
         optimizer.step()
         if budget.due(step):
             accuracy = _accuracy(student, forget, tokenizer)
-            log.append({"step": step, "forget_loss": terms.forget.item(), "retain_loss": terms.retain.item(),
+            log.append({"step": step, "forget_loss": _value(terms.forget), "retain_loss": _value(terms.retain),
                         "forget_accuracy": accuracy,
                         "retain_accuracy": _accuracy(student, validation_retain, tokenizer)})  # fmt: skip
             if budget.reached(accuracy):
                 break
     student.requires_grad_(True)
     return student.eval(), names, log, norm, coeff
+
+
+def _value(term: Tensor) -> float:
+    """A logged loss term: the global batch's (the ranks' parts added) under a process group."""
+    if not active():
+        return term.item()
+    return all_reduce_sum(term.detach().double().reshape(1)).item()
+
+
+def _sharded_loss(
+    student: nn.Module,
+    block: nn.Module,
+    original: _Original,
+    control: Tensor,
+    coeff: float,
+    alpha: float,
+    forget: tuple[Tensor, Tensor, Tensor],
+    retain: tuple[Tensor, Tensor, Tensor],
+) -> RMULoss:
+    """:func:`rmu_loss` of a global batch, data parallel: this rank's contiguous share of each
+    side's rows (same padding as the whole batch), each term its squared errors' sum over the
+    global batch's real-token count, so that the ranks' terms and gradients add up to the batch's."""
+    control = coeff * control.to(dtype=torch.float32)
+    terms = []
+    for (rows, ids, mask), is_retain in ((forget, False), (retain, True)):
+        count = mask.to(torch.float32).sum().clamp(min=1.0)
+        part = shard(len(rows))
+        if len(part) == 0:
+            terms.append(zero_loss(student))
+            continue
+        ids, mask = ids[part.start : part.stop], mask[part.start : part.stop]
+        states = _states(student, block, ids, mask)
+        target = original(rows[part.start : part.stop], ids, mask) if is_retain else control.to(states.device)
+        per_token = (states.float() - target.to(states.device).float()).pow(2).mean(-1)
+        terms.append((per_token * mask.to(device=per_token.device, dtype=torch.float32)).sum() / count)
+    forget_term, retain_term = terms
+    return RMULoss(forget_term + alpha * retain_term.to(forget_term.device), forget_term, retain_term)
 
 
 def _candidates(n_layers: int, config: RMUConfig) -> list[tuple[int, float]]:

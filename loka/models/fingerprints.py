@@ -143,11 +143,24 @@ def _hash_tensor(digest: Any, name: str, tensor: Tensor) -> None:
         digest.update(chunk.to("cpu").numpy())
 
 
+def _offloaded(hf: Any, name: str) -> Tensor:
+    """The value of weight ``name`` that accelerate offloaded (the module holds a ``meta`` tensor
+    and its hook's ``weights_map`` the real one, on the CPU or memory-mapped from disk)."""
+    module_name, _, leaf = name.rpartition(".")
+    hook = getattr(hf.get_submodule(module_name), "_hf_hook", None)
+    for candidate in (hook, *getattr(hook, "hooks", ())):
+        weights = getattr(candidate, "weights_map", None)
+        if weights is not None and leaf in weights:
+            return weights[leaf]
+    raise UsageError(f"weight {name} is on the meta device and no offload hook holds its value")
+
+
 def _compute(model: Model, tensors: Mapping[str, Tensor]) -> ModelFingerprint:
     sizes = model_dims(model)
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        _hash_tensor(digest, name, tensors[name])
+        tensor = tensors[name]
+        _hash_tensor(digest, name, _offloaded(hf_model(model), name) if tensor.device.type == "meta" else tensor)
     return ModelFingerprint(
         architecture=architecture(model).model_type,
         n_layers=sizes.n_layers,

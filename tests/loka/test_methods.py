@@ -44,7 +44,9 @@ def test_every_method_follows_the_shared_budget(protocol, model, method):
     checks = [e for e in result.log if "forget_accuracy" in e]
     assert checks and all(e["step"] % BUDGET.check_every == 0 or e["step"] == BUDGET.max_steps for e in checks)
     if method != "task_vector":  # task vector checks one scale at a time after its fine-tune
-        reached = [e["forget_accuracy"] <= BUDGET.target_forget_accuracy for e in checks]
+        # LOKA's subject erasure also waits for the names to reach the strangers' level (within its tolerance)
+        tolerance = result.config.get("subject_tolerance", 0.0)
+        reached = [BUDGET.reached(e["forget_accuracy"]) and abs(e.get("subject_gap", 0.0)) <= tolerance for e in checks]
         assert not any(reached[:-1])  # it stops at the first check that reaches the target
         assert reached[-1] or checks[-1]["step"] == BUDGET.max_steps
         assert checks[-1]["forget_accuracy"] == pytest.approx(forget)
@@ -81,7 +83,9 @@ def test_loka_edits_only_the_parameters_its_components_own(protocol, model):
         model, protocol.forget, protocol.retain_train, method="loka", reference=protocol.reference,
         validation=protocol.retain_validation, max_steps=10, check_every=5, size=0.02, progress=False,
     )  # fmt: skip
-    assert result.mask is not None and len(result.mask) == math.ceil(0.02 * model.cfg.n_layers * model.cfg.d_mlp)
+    count = math.ceil(0.02 * model.cfg.n_layers * model.cfg.d_mlp)
+    assert result.config["erase"] == "subject"  # the default with reference people: the names' neurons too
+    assert result.mask is not None and count < len(result.mask) <= 2 * count
     owned = parameter_masks(model, result.mask.neurons, result.mask.heads)
     before, after = hf_state_dict(model), hf_state_dict(result.model)
     changed = 0
