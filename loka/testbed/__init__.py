@@ -38,7 +38,9 @@ __all__ = ["SIZES", "TestbedConfig", "Testbed", "AccuracyTable", "load", "defaul
 
 logger = logging.getLogger(__name__)
 Size = Literal["default", "tiny"]
-RECIPE_VERSION = 2  # bump when the recipe changes in a way the config does not capture (2: the tokenizer adds BOS)
+# bump when the recipe changes in a way the config does not capture (2: the tokenizer adds BOS; 3: targets are
+# split from the joint encoding of prompt and answer, which is how the stored accuracy table is scored)
+RECIPE_VERSION = 3
 
 
 @dataclass(frozen=True)

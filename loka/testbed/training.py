@@ -138,7 +138,9 @@ def train_model(
 ) -> tuple[GPT2LMHeadModel, TrainLog]:
     """Train a GPT-2 from scratch on ``facts`` ((prompt, answer) pairs, read as BOS + prompt +
     answer + EOS) and ``passages`` (BOS + text + EOS, loss on every token). Prompt and answer are
-    tokenized separately, exactly as :meth:`loka.KnowledgeSet.encode` does at evaluation time.
+    tokenized separately; with this byte-level tokenizer that is the token sequence of the joined
+    text, which :meth:`loka.KnowledgeSet.encode` reads at evaluation time (it only moves a lone
+    leading space token of an answer to the prompt's side of the split).
     Short facts and long passages are batched separately. Runs on one CPU thread, so that the
     weights depend on the seed alone and not on the machine's core count.
 

@@ -260,3 +260,12 @@ def test_tofu_prints_the_table_and_writes_the_report(tmp_path, capsys):
     assert (tmp_path / "tofu" / "tofu.html").is_file()
     code, _, err = run(capsys, "tofu", "--size", "tiny", "--data-dir", TOFU_DIR, "--out", tmp_path / "tofu")
     assert code == 2 and "pass --overwrite" in err
+
+
+def test_the_cli_names_every_unlearning_method():
+    """cli.py names the methods so that --help needs no torch import; they must be loka.methods'."""
+    from loka import cli
+    from loka.comparison import DEFAULT_METHODS
+    from loka.methods import METHODS
+
+    assert cli.UNLEARNING_METHODS == tuple(m for m in METHODS if m != "retrain") == DEFAULT_METHODS

@@ -270,7 +270,7 @@ def test_auto_size_searches_upward_and_stops_at_the_first_that_reaches_the_targe
     result = unlearn(
         model, protocol.forget, protocol.retain_train, method="loka", validation=protocol.retain_validation,
         reference=protocol.reference, size="auto", sizes=(0.005, 0.01, 0.05), max_steps=4, check_every=2,
-        target_forget_accuracy=1.0, retain_floor=0.0, progress=False,
+        target_forget_accuracy=1.0, retain_floor=0.0, erase="answer", progress=False,
     )  # fmt: skip
     # every check reaches a target of 1.0, so the smallest size is the answer and no other is tried
     assert {entry["size"] for entry in result.log} == {0.005}
@@ -279,7 +279,7 @@ def test_auto_size_searches_upward_and_stops_at_the_first_that_reaches_the_targe
     hard = unlearn(
         model, protocol.forget, protocol.retain_train, method="loka", validation=protocol.retain_validation,
         reference=protocol.reference, size="auto", sizes=(0.005, 0.01), max_steps=2, check_every=2,
-        target_forget_accuracy=0.0, progress=False,
+        target_forget_accuracy=0.0, erase="answer", progress=False,
     )  # fmt: skip
     assert [entry["size"] for entry in hard.log] == [0.005, 0.01]  # upward, one budget each
     assert [entry["step"] for entry in hard.log] == [2, 4] and hard.compute.steps == 4
