@@ -23,7 +23,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from loka.intervals import Interval, auc_interval, compare_intervals, mean_inter
 from loka.localization import LOCATIONS
 from loka.methods import METHODS, Budget, Compute, UnlearningResult, unlearn
 from loka.models import load_model
+from loka.probe import fit_probe
 from loka.protocol import Protocol
 from loka.report import comparison_figures, write_report
 
@@ -523,25 +524,6 @@ def compare(
         model = load_model(model)
     budget = budget or Budget()
     common: dict[str, Any] = dict(protocol=protocol, probe=probe, relearn=relearn)
-    outcomes = []
-    original = evaluate(model, **common, label="original")
-    # the probe reads every model at the block where it reads the original best (chosen on held-out
-    # retain people of the original): one readout location for all, fixed like the relearning grid
-    common["probe_layer"] = original.probe.layer if original.probe is not None else None
-    oracle_evaluation = None
-    if oracle is not None:
-        oracle_evaluation = evaluate(oracle, **common, label="oracle")
-        original = dataclasses.replace(original, oracle=oracle_evaluation)
-    outcomes.append(MethodOutcome("original", (original,)))
-    if oracle_evaluation is not None:
-        outcomes.append(MethodOutcome("oracle", (oracle_evaluation,), configs=({"oracle": str(oracle)},),
-                                      seconds=oracle_seconds))  # fmt: skip
-    scores = None
-    if attribute:
-        scores = attribution.attribute(
-            model, protocol.forget, method="grad_x_act", baseline="corrupt", direction="denoise", positions="last",
-            seed=seed, progress=progress,
-        )  # fmt: skip
     rows = [(name, name, dict(options.get(name, {}))) for name in methods] + extra
     rows += [(f"{LOCATION_PREFIX}{x}", "loka", {**options.get("loka", {}), "location": x}) for x in locations]
     if location_seeds is not None and (isinstance(location_seeds, bool) or not isinstance(location_seeds, int)
@@ -554,9 +536,43 @@ def compare(
                 method_options = {**method_options, "location_seed": run_seed}
             # LOKA's own controls are the location rows; the direction control is for whole-model edits
             jobs.append((name, method, method_options, run_seed, control and method != "loka" and i < control_seeds))
+    # the probe reads every model at the block where it reads the original best (chosen on held-out
+    # retain people of the original): one readout location for all, fixed like the relearning grid
+    pool = None
+    if workers > 1:  # the method runs start now, beside the original's and the oracle's evaluations
+        if probe:
+            retain = protocol.retain_train + protocol.retain_validation + protocol.retain_eval
+            common["probe_layer"] = fit_probe(model, model.tokenizer, protocol.forget, retain).layer
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = [] if pool is None else [
+            pool.submit(_run, str(source), job, protocol, budget, dict(common), None, False) for job in jobs
+        ]  # fmt: skip
+        outcomes = []
+        original = evaluate(model, **common, label="original")
+        common["probe_layer"] = original.probe.layer if original.probe is not None else None
+        oracle_evaluation = None
+        if oracle is not None:
+            oracle_evaluation = evaluate(oracle, **common, label="oracle")
+            original = dataclasses.replace(original, oracle=oracle_evaluation)
+        outcomes.append(MethodOutcome("original", (original,)))
+        if oracle_evaluation is not None:
+            outcomes.append(MethodOutcome("oracle", (oracle_evaluation,), configs=({"oracle": str(oracle)},),
+                                          seconds=oracle_seconds))  # fmt: skip
+        scores = None
+        if attribute:
+            scores = attribution.attribute(
+                model, protocol.forget, method="grad_x_act", baseline="corrupt", direction="denoise",
+                positions="last", seed=seed, progress=progress,
+            )  # fmt: skip
+        if pool is None:
+            done = _run_jobs(model, jobs, protocol, budget, common, oracle_evaluation, progress)
+        else:
+            done = _collect(futures, oracle_evaluation, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     runs: dict[str, list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]] = {}
-    done = _run_jobs(source if workers > 1 else model, jobs, protocol, budget, common, oracle_evaluation, progress,
-                     workers)  # fmt: skip
     for job, outcome in zip(jobs, done, strict=True):
         runs.setdefault(job[0], []).append(outcome)
     for name, _, _ in rows:
@@ -588,24 +604,28 @@ def _run_jobs(
     common: Mapping[str, Any],
     oracle: UnlearningEvaluation | None,
     progress: bool,
-    workers: int,
 ) -> list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]:
-    """Every job's outcome, in job order: here, or in ``workers`` processes (``model`` a directory)."""
-    bar = tqdm(total=len(jobs), desc="compare: method runs", disable=not progress, leave=False)
-    if workers == 1:
-        out = []
-        for job in jobs:
-            out.append(_run(model, job, protocol, budget, common, oracle, progress))
-            bar.update()
-        bar.close()
-        return out
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_run, str(model), job, protocol, budget, dict(common), oracle, False) for job in jobs]
-        for _ in as_completed(futures):
-            bar.update()
+    """Every job's outcome, in job order, in this process."""
+    return [
+        _run(model, job, protocol, budget, common, oracle, progress)
+        for job in tqdm(jobs, desc="compare: method runs", disable=not progress, leave=False)
+    ]
+
+
+def _collect(
+    futures: Sequence[Future], oracle: UnlearningEvaluation | None, progress: bool
+) -> list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]:
+    """The worker processes' outcomes in job order, each evaluation with the oracle's attached (the
+    workers ran before it was known; ``evaluate(oracle=an evaluation)`` only stores it)."""
+    bar = tqdm(total=len(futures), desc="compare: method runs", disable=not progress, leave=False)
+    for _ in as_completed(futures):
+        bar.update()
     bar.close()
-    return [future.result() for future in futures]
+    out = []
+    for future in futures:
+        result, evaluation, controlled = future.result()
+        out.append((result, dataclasses.replace(evaluation, oracle=oracle), controlled))
+    return out
 
 
 def compare_testbed(testbed: Any, **kwargs: Any) -> Comparison:

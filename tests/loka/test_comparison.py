@@ -197,7 +197,7 @@ def test_bad_inputs(tiny_testbed, kwargs, message):
 
 def test_worker_processes_give_the_same_numbers(tiny_testbed):
     """Two worker processes (one thread each) reproduce the one-process comparison exactly."""
-    kwargs = dict(methods=("gradient_ascent",), budget=FAST, seeds=2, relearn=False, probe=False, progress=False,
+    kwargs = dict(methods=("gradient_ascent",), budget=FAST, seeds=2, relearn=False, progress=False,
                   attribute=False)  # fmt: skip
     one = compare_testbed(tiny_testbed, **kwargs)
     two = compare_testbed(tiny_testbed, workers=2, **kwargs)
@@ -205,5 +205,6 @@ def test_worker_processes_give_the_same_numbers(tiny_testbed):
         (label, numbers) for label, numbers, *_ in two.rows()
     ]
     assert one["gradient_ascent"].configs == two["gradient_ascent"].configs
+    assert one.to_dict()["outcomes"][2]["runs"] == two.to_dict()["outcomes"][2]["runs"]  # the oracle attached too
     with pytest.raises(ValueError, match="workers > 1 needs the model as a directory"):
         compare(load_model(tiny_testbed.model_dir), protocol=Protocol.from_testbed(tiny_testbed), workers=2)
