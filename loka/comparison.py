@@ -544,6 +544,9 @@ def compare(
             retain = protocol.retain_train + protocol.retain_validation + protocol.retain_eval
             common["probe_layer"] = fit_probe(model, model.tokenizer, protocol.forget, retain).layer
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    threads = torch.get_num_threads()
+    if pool is not None:  # this process works beside the workers: one thread, or the pools spin against each other
+        torch.set_num_threads(1)
     try:
         futures = [] if pool is None else [
             pool.submit(_run, str(source), job, protocol, budget, dict(common), None, False) for job in jobs
@@ -572,6 +575,7 @@ def compare(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+            torch.set_num_threads(threads)
     runs: dict[str, list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]] = {}
     for job, outcome in zip(jobs, done, strict=True):
         runs.setdefault(job[0], []).append(outcome)
