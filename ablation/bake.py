@@ -148,10 +148,11 @@ def bake(model: Any, mask: AblationMask, *, missing_bias: MissingBias = "refuse"
             config = _config_with_biases(model, list(missing))
             new_zero = tuple(sorted(_parameter_names(model, config) - set(hf_state_dict(model))))
 
+    written = _written_names(model, mask)
     if share:
-        copy = shared_copy(model, _written_names(model, mask), config=config, new_zero=new_zero)
+        copy = shared_copy(model, written, config=config, new_zero=new_zero)
     else:
-        copy = plain_copy(model, config=config, new_zero=new_zero)
+        copy = plain_copy(model, config=config, new_zero=new_zero, onload=written)
     with torch.no_grad():
         _write_mask(copy, mask)
     return same_kind_as(copy, model)

@@ -27,6 +27,9 @@ layer's tensors (plus the optimizer's state for them), not a second model. The r
 shared parameters are the input's tensors, frozen (``requires_grad=False``); writing one in place
 later would write the input too, so pass ``share=True`` only when the edited model is read, not
 edited further in place (or call :func:`loka.models.copies.materialize` on it first).
+On a model whose ``device_map`` offloads modules, either copy keeps the modules it does not train
+offloaded (reading the same offloaded values) and holds the trained ones in memory on their
+execution device.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ from ablation.params import parameter_masks
 from loka.checks import check_number
 from loka.distributed import active, all_reduce_gradients, all_reduce_sum
 from loka.errors import UsageError
-from loka.models import hf_state_dict, plain_copy, same_kind_as
+from loka.models import plain_copy, same_kind_as
 from loka.models.copies import shared_copy, shares_storage
+from loka.models.weights import weight_values
 
 __all__ = ["Optimizer", "edit"]
 
@@ -102,12 +106,15 @@ def edit(
         raise UsageError(f"share must be True or False, got {share!r}")
 
     allowed = parameter_masks(model, mask.neurons, mask.heads)
-    trainable = shared_copy(model, allowed) if share else plain_copy(model)
+    trainable = shared_copy(model, allowed) if share else plain_copy(model, onload=allowed)
     shared = shares_storage(trainable, model) if share else set()
-    # The input is never written, so its weights are the values the frozen entries go back to.
-    source = hf_state_dict(model)
-    originals: dict[str, Tensor] = {name: source[name].detach() for name in allowed}
     params = dict(trainable.named_parameters())
+    allowed = {name: keep.to(params[name].device) for name, keep in allowed.items()}
+    # The input is never written, so its weights are the values the frozen entries go back to
+    # (an offloaded one read from its offload hook, to the trained copy's device).
+    originals: dict[str, Tensor] = {
+        name: value.detach().to(params[name].device) for name, value in weight_values(model, allowed).items()
+    }
     for p in trainable.parameters():
         p.requires_grad_(False)
     handles = []

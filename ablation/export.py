@@ -15,7 +15,8 @@
 
 A bridge's HF model is saved under its plain HF names (``loka.models.hf_state_dict``), tied input
 and output embeddings stay tied (GPT-2), and the ``output_attentions`` flag that TransformerLens
-sets on the config is dropped.
+sets on the config is dropped. Weights that a ``device_map`` offloads are read from their
+accelerate hooks (``loka.models.weights.weight_values``), one tensor at a time.
 
 The write is atomic: everything goes into a temporary directory beside ``out_dir``, which is
 renamed into place only when complete; on any error it is removed, so nothing half-written is
@@ -46,7 +47,8 @@ from ablation.mask import AblationMask
 from ablation.mask_file import file_sha256
 from loka.errors import UsageError
 from loka.files import check_output
-from loka.models import ModelFingerprint, fingerprint, hf_model, hf_state_dict, quiet_transformers
+from loka.models import ModelFingerprint, fingerprint, hf_model, quiet_transformers
+from loka.models.weights import weight_values
 
 __all__ = ["EDIT_FILE", "MASK_FILE", "export_checkpoint"]
 
@@ -178,7 +180,7 @@ def _temp_dir_beside(out_dir: Path, what: str) -> Path:
 def _write_weights(model: Any, tmp: Path, dirs: list[Path]) -> None:
     hf = hf_model(model)
     with quiet_transformers():
-        hf.save_pretrained(tmp, state_dict=hf_state_dict(model))
+        hf.save_pretrained(tmp, state_dict=weight_values(model))  # offloaded weights read from their hooks
     config_path = tmp / "config.json"
     config = json.loads(config_path.read_text())
     source_config: dict[str, Any] = {}

@@ -60,7 +60,9 @@ def parameter_masks(
 
     def mark(piece: WeightSlice) -> None:
         if piece.name not in out:
-            out[piece.name] = torch.zeros(state[piece.name].shape, dtype=torch.bool, device=state[piece.name].device)
+            weight = state[piece.name]  # an offloaded weight (meta) gets its mask on the CPU
+            where = "cpu" if weight.is_meta else weight.device
+            out[piece.name] = torch.zeros(weight.shape, dtype=torch.bool, device=where)
         out[piece.name].narrow(piece.dim, piece.start, piece.stop - piece.start).fill_(True)
 
     if neurons is not None:

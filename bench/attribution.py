@@ -48,6 +48,7 @@ from pathlib import Path
 # first on sys.path and would shadow the `attribution` package.
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.memory
 
 import os
 
@@ -72,6 +73,7 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 import attribution
+from bench.memory import status_kb
 from loka import testbed
 from loka.data import KnowledgeSet
 from loka.models import input_device, load_model, logits, quiet_transformers
@@ -167,16 +169,6 @@ def best_of(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> tuple[f
     return min(times), result
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def child_peak_mb(workload: str, model_dir: Path, facts_file: Path, device: str, layers: str) -> float | None:
     """Run one workload in a fresh process; its peak memory above the loaded model, in MiB."""
     command = [
@@ -228,11 +220,11 @@ def run_child(args: argparse.Namespace) -> None:
     else:
         try:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            base_kb, reset = _status_kb("VmRSS"), True
+            base_kb, reset = status_kb("VmRSS"), True
         except OSError:
             base_kb, reset = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, False
         work()
-        peak_kb = _status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_kb = status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak = max(0, (peak_kb or 0) - (base_kb or 0)) * 1024
     print(json.dumps({"peak_mb": peak / 2**20}))
 

@@ -12,6 +12,11 @@ On a random model of a real shape (:mod:`bench.models`: ``gpt2-small``, 12 x 768
 7. ``loka.unlearn(model, forget, retain, method="loka")``   ``--steps`` optimizer steps at most
 8. ``loka.evaluate(model, forget=, retain=, holdout=)``      no probe, no relearning attack
 9. ``ablation.export_checkpoint(baked, dir)``
+10. on the CPU, the model loaded again with the second half of its blocks offloaded to disk
+    (a ``device_map``), and an edit and ``unlearn(method="loka")`` on it
+
+Bake and edit run with a full copy and with ``share=True`` (only the changed tensors new);
+``unlearn(method="loka")`` with its default (``share=True``) and with ``share=False``.
 
 and prints, per operation, its wall time and its peak memory above what was live just before it
 (the operation's own working memory plus what it returns), in MiB and as a multiple of the
@@ -42,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packages and
 import argparse
 import ctypes
 import gc
+import json
 import os
 import resource
 import tempfile
@@ -75,7 +81,8 @@ def mmap_large_allocations(threshold: int = 64 * 1024) -> bool:
         return False
 
 
-def _status_kb(field: str) -> int | None:
+def status_kb(field: str) -> int | None:
+    """A ``/proc/self/status`` field in kB (``VmRSS``, ``VmHWM``, ``RssFile``), None where unreadable."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -109,17 +116,17 @@ class PeakMeter:
             torch.cuda.synchronize()
             seconds = time.perf_counter() - start
             return out, seconds, torch.cuda.max_memory_allocated() - base
-        file_before = _status_kb("RssFile") or 0
+        file_before = status_kb("RssFile") or 0
         try:
             Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-            base_kb, reset = _status_kb("VmRSS") or 0, True
+            base_kb, reset = status_kb("VmRSS") or 0, True
         except OSError:
             base_kb, reset = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, False
         start = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - start
-        peak_kb = (_status_kb("VmHWM") or 0) if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        self.file_growth = max(0, (_status_kb("RssFile") or 0) - file_before) * 1024
+        peak_kb = (status_kb("VmHWM") or 0) if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.file_growth = max(0, (status_kb("RssFile") or 0) - file_before) * 1024
         return out, seconds, max(0, peak_kb - base_kb) * 1024
 
 
@@ -183,27 +190,28 @@ def run(args: argparse.Namespace) -> tuple[list[Row], int, str]:
     )
     mask = ablation.AblationMask.from_scores(scores, k=args.k)
     baked = step(f"bake ({args.k} components)", lambda: ablation.bake(model, mask))
+    step(f"bake ({args.k} components, share=True)", lambda: ablation.bake(model, mask, share=True))
     objective = nll_objective(forget, model.tokenizer, args.device)
-    edited = step(
-        f"edit ({args.k} components, {args.steps} steps)",
-        lambda: ablation.edit(model, mask, objective, steps=args.steps, lr=1e-3),
+    for share in (False, True):
+        edited = step(
+            f"edit ({args.k} components, {args.steps} steps{', share=True' if share else ''})",
+            lambda share=share: ablation.edit(model, mask, objective, steps=args.steps, lr=1e-3, share=share),
+        )
+        del edited
+    loka_options = dict(
+        method="loka",
+        max_steps=args.steps,
+        check_every=args.steps,
+        progress=False,
+        size=args.k,
+        **({} if args.check_scores is None else {"check_scores": args.check_scores}),
     )
-    del edited
-    result = step(
-        f"unlearn method=loka ({args.steps} steps)",
-        lambda: loka.unlearn(
-            model,
-            forget,
-            facts.retain,
-            method="loka",
-            max_steps=args.steps,
-            check_every=args.steps,
-            progress=False,
-            size=args.k,
-            **({} if args.check_scores is None else {"check_scores": args.check_scores}),
-        ),
-    )
-    del result
+    for share in (True, False):
+        result = step(
+            f"unlearn method=loka ({args.steps} steps{'' if share else ', share=False'})",
+            lambda share=share: loka.unlearn(model, forget, facts.retain, share=share, **loka_options),
+        )
+        del result
     step(
         "evaluate (no probe, no relearning)",
         lambda: loka.evaluate(
@@ -212,7 +220,39 @@ def run(args: argparse.Namespace) -> tuple[list[Row], int, str]:
     )
     with tempfile.TemporaryDirectory(prefix="loka-memory-") as tmp:
         step("export_checkpoint", lambda: ablation.export_checkpoint(baked, Path(tmp) / "out", mask=mask))
+    if args.offload and not args.device.startswith("cuda"):
+        del model, baked
+        gc.collect()
+        placement = half_on_disk(model_dir)
+        model = step(
+            "load_model (second half of the blocks on disk)", lambda: loka.load_model(model_dir, device_map=placement)
+        )
+        edited = step(
+            f"  edit on it ({args.k} components, {args.steps} steps)",
+            lambda: ablation.edit(model, mask, objective, steps=args.steps, lr=1e-3, share=True),
+        )
+        del edited
+        result = step(
+            f"  unlearn method=loka on it ({args.steps} steps)",
+            lambda: loka.unlearn(model, forget, facts.retain, **loka_options),
+        )
+        del result
     return rows, size, shape
+
+
+def half_on_disk(model_dir: Path) -> dict[str, str]:
+    """A device map for ``model_dir`` that keeps the embeddings, the first half of the blocks and
+    the head on the CPU and offloads the second half of the blocks to disk."""
+    config = json.loads((model_dir / "config.json").read_text())
+    n_layers = int(config.get("n_layer") or config["num_hidden_layers"])
+    blocks, rest = {
+        "gpt2": ("transformer.h", ("transformer.wte", "transformer.wpe", "transformer.ln_f", "lm_head")),
+        "gpt_neox": ("gpt_neox.layers", ("gpt_neox.embed_in", "gpt_neox.final_layer_norm", "gpt_neox.rotary_emb",
+                                         "embed_out")),
+    }[config["model_type"]]  # fmt: skip
+    placement = dict.fromkeys(rest, "cpu")
+    placement.update({f"{blocks}.{i}": "cpu" if i < n_layers // 2 else "disk" for i in range(n_layers)})
+    return placement
 
 
 def report(rows: list[Row], size: int, shape: str, args: argparse.Namespace) -> None:
@@ -245,6 +285,12 @@ def main(argv: list[str] | None = None) -> None:
         help="LOKA's exact re-check of its top attributions (default: LokaConfig's; 0 skips it, slow on a CPU)",
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="where bench models are built")
+    parser.add_argument(
+        "--no-offload",
+        dest="offload",
+        action="store_false",
+        help="skip the rows on a model whose second half of blocks is offloaded to disk (CPU only)",
+    )
     args = parser.parse_args(argv)
     rows, size, shape = run(args)
     report(rows, size, shape, args)

@@ -289,7 +289,12 @@ class LokaConfig(MethodConfig):
     the forget loss at weights one adversarial fine-tuning step away (``adversary_lr`` per
     weight; ``None``, the default: 1.0 for a fine-tuning edit, 0 otherwise; 0 turns it off).
     ``reinit`` in (0, 1] shrink-perturbs the located parameters after the edit and repairs them
-    by distillation (off by default: it did not lower relearning on the testbed)."""
+    by distillation (off by default: it did not lower relearning on the testbed).
+    ``share`` (default True): the edited model holds new tensors only for the weights the edit
+    changes and shares every other one with the input model (same storage, frozen;
+    :func:`loka.models.copies.shared_copy`), so an edit of 5% of the neurons costs their layers'
+    tensors, not a second model; call :func:`loka.models.copies.materialize` on the result before
+    writing its weights in place. False copies the whole model."""
 
     method: ClassVar[str] = "loka"
     edit: Literal["finetune", "ablate", "rewrite"] = "finetune"
@@ -317,6 +322,7 @@ class LokaConfig(MethodConfig):
     reinit: float = 0.0
     adversary_weight: float | None = None
     adversary_lr: float = 3e-3
+    share: bool = True
 
     def __post_init__(self) -> None:
         check_choice("edit", self.edit, ("finetune", "ablate", "rewrite"))
@@ -332,8 +338,9 @@ class LokaConfig(MethodConfig):
         check_choice("location", self.location, LOCATIONS)
         check_choice("localize", self.localize, LOCALIZE)
         check_choice("components", self.components, COMPONENT_CHOICES)
-        if not isinstance(self.contrast, bool):
-            raise UsageError(f"contrast must be True or False, got {self.contrast!r}")
+        for flag in ("contrast", "share"):
+            if not isinstance(getattr(self, flag), bool):
+                raise UsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.location_seed is not None:
             check_number("location_seed", self.location_seed, integer=True)
         check_number("beta", self.beta, low=1e-6)

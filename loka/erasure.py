@@ -160,11 +160,12 @@ class AttackedModel:
     loss of a batch of forget texts): every weight ``w`` becomes ``w - step * sign(grad)``
     (the displacement of a few Adam steps), with the gradient detached (first order), so a loss of
     this model back-propagates to ``model``'s trainable weights as the gradient at the attacked
-    point (:meth:`logits`). ``model`` is a plain HF model."""
+    point (:meth:`logits`). ``model`` is a plain HF model. Weights that a ``device_map`` offloads
+    (``meta`` between calls) are not attacked: the adversary moves the weights held in memory."""
 
     def __init__(self, model: Any, attack: FactBatch, step: float) -> None:
         self.model = model
-        names = [name for name, _ in model.named_parameters()]
+        names = [name for name, param in model.named_parameters() if not param.is_meta]
         current = dict(model.named_parameters())
         leaves = {name: current[name].detach().requires_grad_(True) for name in names}
         labels = attack.input_ids.masked_fill(attack.attention_mask == 0, -100)

@@ -25,7 +25,8 @@ The residual streams come from Hugging Face's ``output_hidden_states`` (the inpu
 then the normalised output of the last one) and a hook on the final norm's input; the final norm
 and unembedding are found by structure (the base model's one direct child with a ``[d_model]``
 weight that is not an embedding, and ``get_output_embeddings()``), so GPT-2, GPT-NeoX and Llama
-all work, bridged or not.
+all work, bridged or not. Under a process group the batches are shared out over the ranks
+(:mod:`loka.distributed`) and every rank returns the whole result.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from loka.data import KnowledgeSet
+from loka.distributed import agreed, gather_rows, shard
 from loka.errors import UsageError
+from loka.intervals import paired_gap
 from loka.models import hf_model, input_device
-from loka.quantization import paired_gap
 
 __all__ = ["LogitLens", "logit_lens", "logit_lens_gap", "logit_lens_informative"]
 
@@ -179,17 +181,22 @@ def logit_lens(model: Any, tokenizer: Any, facts: KnowledgeSet, *, batch_size: i
     top: list[Int[Tensor, "layer batch"]] = []
     log_probs: list[Float[Tensor, "layer batch"]] = []
     answers: list[Int[Tensor, " batch"]] = []
+    batches = list(facts.batches(encoder, batch_size))
+    parts = []
     try:
-        for batch in facts.batches(encoder, batch_size):
-            batch = batch.to(device)
-            lens = _lens_logits(hf, batch, norm, unembed)  # [layer, batch, d_vocab]
-            answer = batch.target_ids[:, 0]  # the answer's first token
-            top.append(lens.argmax(-1).cpu())
-            answers.append(answer.cpu())
-            picked = lens.log_softmax(-1).gather(-1, answer.expand(lens.shape[0], -1).unsqueeze(-1)).squeeze(-1)
-            log_probs.append(picked.cpu())
+        with agreed():
+            for index in shard(batches):  # data parallel: this rank's block of the batches
+                batch = batches[index].to(device)
+                lens = _lens_logits(hf, batch, norm, unembed)  # [layer, batch, d_vocab]
+                answer = batch.target_ids[:, 0]  # the answer's first token
+                picked = lens.log_softmax(-1).gather(-1, answer.expand(lens.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+                parts.append((lens.argmax(-1).cpu(), answer.cpu(), picked.cpu()))
     finally:
         hf.train(was_training)
+    for predicted_part, answer, picked in gather_rows(parts):  # every rank's, in order
+        top.append(predicted_part)
+        answers.append(answer)
+        log_probs.append(picked)
     predicted, lp = torch.cat(top, dim=1), torch.cat(log_probs, dim=1)
     hits: Bool[Tensor, "layer fact"] = predicted == torch.cat(answers)
     return LogitLens(
@@ -207,7 +214,7 @@ def logit_lens_gap(
 ) -> tuple[float, float]:
     """How many more forget facts the original's lens reads than the oracle's, each at its own best
     layer: the difference and its lower confidence bound (a paired bootstrap over people,
-    :func:`loka.quantization.paired_gap`)."""
+    :func:`loka.intervals.paired_gap`)."""
     if not original.fact_ids or original.fact_ids != oracle.fact_ids:
         raise UsageError("the two logit lenses must read the same forget facts (run both on one forget set)")
     return paired_gap(original.people, original.best_correct, oracle.best_correct, confidence=confidence, seed=seed)

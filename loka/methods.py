@@ -95,7 +95,7 @@ from loka.distributed import active, all_reduce_gradients, all_reduce_sum, shard
 from loka.erasure import AttackedModel, SubjectTerm, name_facts, shrink_perturb, text_nll
 from loka.errors import UsageError
 from loka.localization import Localization, control_mask, locate, owned_parameters
-from loka.metrics import score_facts, sharded_lm_loss, zero_loss
+from loka.metrics import sharded_lm_loss, zero_loss
 from loka.models import hf_model, hf_state_dict, input_device, load_model, plain_copy, same_kind_as
 from loka.objectives import (
     answer_log_probs,
@@ -106,6 +106,7 @@ from loka.objectives import (
 )
 from loka.protocol import Seen
 from loka.rmu import rmu
+from loka.training import accuracy, logged, train
 from loka.unknown import unknown_distributions
 
 __all__ = [
@@ -219,24 +220,9 @@ def _mine(rows: torch.Tensor) -> torch.Tensor:
     return rows[part.start : part.stop]
 
 
-def _value(loss: torch.Tensor) -> float:
-    """A logged loss: the global batch's (the ranks' parts added) under a process group."""
-    if not active():
-        return loss.item()
-    return all_reduce_sum(loss.detach().double().reshape(1)).item()
-
-
 def _npo_sum(log_prob: torch.Tensor, reference_log_prob: torch.Tensor, beta: float) -> torch.Tensor:
     """The sum over rows of NPO's per-row terms (:func:`loka.objectives.npo_loss` is their mean)."""
     return -(2.0 / beta) * torch.nn.functional.logsigmoid(-beta * (log_prob - reference_log_prob)).sum()
-
-
-def _accuracy(model: Any, forget: KnowledgeSet, tokenizer: Any) -> float:
-    was_training = model.training
-    model.eval()
-    accuracy = score_facts(model, forget, tokenizer=tokenizer).answer_accuracy
-    model.train(was_training)
-    return accuracy
 
 
 def _gradient_ascent(
@@ -250,29 +236,24 @@ def _gradient_ascent(
     budget: Budget,
     config: GradientAscentConfig,
 ) -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
-    lr, alpha, batch_size = config.lr, config.alpha, config.batch_size
+    alpha, batch_size = config.alpha, config.batch_size
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     student = plain_copy(model).train()
     device = input_device(student)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
     forget_batches = _batches(forget, tokenizer, batch_size, generator)
     retain_batches = _batches(retain, tokenizer, batch_size, generator)
-    log: list[dict[str, float]] = []
-    for step in tqdm(range(1, budget.max_steps + 1), disable=not progress, desc="gradient ascent", leave=False):
+
+    def step_loss() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         forget_loss = sharded_lm_loss(student, next(forget_batches).to(device))
         retain_loss = sharded_lm_loss(student, next(retain_batches).to(device))
         loss = alpha * -forget_loss + (1 - alpha) * retain_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        all_reduce_gradients(student.parameters())
-        optimizer.step()
-        if budget.due(step):
-            accuracy = _accuracy(student, forget, tokenizer)
-            log.append({"step": step, "forget_loss": _value(forget_loss), "retain_loss": _value(retain_loss),
-                        "forget_accuracy": accuracy})  # fmt: skip
-            if budget.reached(accuracy):
-                break
+        return loss, {"forget_loss": forget_loss, "retain_loss": retain_loss}
+
+    log = train(
+        student.parameters(), step_loss, budget=budget, lr=config.lr, desc="gradient ascent", progress=progress,
+        measure=lambda: {"forget_accuracy": accuracy(student, forget, tokenizer)},
+    )  # fmt: skip
     return student.eval(), {}, log
 
 
@@ -317,24 +298,19 @@ def _npo(
     device = input_device(student)
     forget_loss = _Forget(model, forget, None, "npo", config.beta, tokenizer, device)
     retain_batch = retain.encode(tokenizer).to(device)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
-    log: list[dict[str, float]] = []
-    for step in tqdm(range(1, budget.max_steps + 1), disable=not progress, desc="npo", leave=False):
+
+    def step_loss() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rows = torch.randperm(len(forget_loss), generator=generator)[: config.batch_size].to(device)
         kept = torch.randperm(len(retain_batch), generator=generator)[: config.batch_size].to(device)
         f = forget_loss(student, rows)
         r = _sharded_answer_nll(student, retain_batch, kept)
-        loss = config.gamma * f + config.alpha * r
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        all_reduce_gradients(student.parameters())
-        optimizer.step()
-        if budget.due(step):
-            accuracy = _accuracy(student, forget, tokenizer)
-            log.append({"step": step, "forget_loss": _value(f), "retain_loss": _value(r), "forget_accuracy": accuracy,
-                        "retain_accuracy": _accuracy(student, validation_retain, tokenizer)})  # fmt: skip
-            if budget.reached(accuracy):
-                break
+        return config.gamma * f + config.alpha * r, {"forget_loss": f, "retain_loss": r}
+
+    log = train(
+        student.parameters(), step_loss, budget=budget, lr=config.lr, desc="npo", progress=progress,
+        measure=lambda: {"forget_accuracy": accuracy(student, forget, tokenizer),
+                         "retain_accuracy": accuracy(student, validation_retain, tokenizer)},
+    )  # fmt: skip
     return student.eval(), {}, log
 
 
@@ -368,15 +344,15 @@ def _task_vector(
         all_reduce_gradients(tuned.parameters())
         optimizer.step()
         if budget.due(step):
-            log.append({"step": step, "forget_loss": _value(loss)})
+            log.append({"step": step, "forget_loss": logged(loss)})
     base = {k: v.detach().clone() for k, v in hf_state_dict(model).items()}
     tuned_state = tuned.state_dict()
     vector = {k: tuned_state[k] - v for k, v in base.items()}
     chosen, best, margin = None, None, None
     for scale in sorted(scales):  # one check per scale, smallest intervention first
         candidate = plain_copy(model, state={k: base[k] - scale * vector[k] for k in base})
-        forget_accuracy = _accuracy(candidate, forget, tokenizer)
-        retain_accuracy = _accuracy(candidate, validation_retain, tokenizer)
+        forget_accuracy = accuracy(candidate, forget, tokenizer)
+        retain_accuracy = accuracy(candidate, validation_retain, tokenizer)
         log.append({"step": finetune_steps, "scale": scale, "forget_accuracy": forget_accuracy,
                     "retain_accuracy": retain_accuracy})  # fmt: skip
         if budget.reached(forget_accuracy):
@@ -524,11 +500,11 @@ def _masked_finetune(
         kept = torch.randperm(len(retain_loss), generator=generator)[:batch_size].to(device)
         f, r = forget_loss(student, rows), retain_loss(student, kept)
         total = f + config.retain_weight * r
-        losses = {"forget_loss": _value(f), "retain_loss": _value(r)}
+        losses = {"forget_loss": logged(f), "retain_loss": logged(r)}
         if subject is not None:
             s = subject(student, rows, kept) if not active() else _sharded_subject(subject, student, rows, kept)
             total = total + config.subject_weight * s
-            losses["subject_loss"] = _value(s)
+            losses["subject_loss"] = logged(s)
         if attack_batch is not None and len(rows) > 1:
             half = len(rows) // 2  # the adversary fine-tunes on one fold, the loss reads the other
             # (the adversary's step is computed on every rank on its whole fold: it takes the
@@ -536,7 +512,7 @@ def _masked_finetune(
             attacked = AttackedModel(student, attack_batch.rows(rows[:half]), config.adversary_lr)
             a = forget_loss(student, rows[half:], attacked=attacked)
             total = total + config.adversary_weight * a
-            losses["attacked_forget_loss"] = _value(a)
+            losses["attacked_forget_loss"] = logged(a)
         state["losses"] = losses
         return total
 
@@ -544,9 +520,9 @@ def _masked_finetune(
         if not budget.due(step + 1):
             return False
         student = state["student"]
-        forget_accuracy = _accuracy(student, forget, tokenizer)
+        forget_accuracy = accuracy(student, forget, tokenizer)
         entry = {"step": step + 1, **state["losses"], "forget_accuracy": forget_accuracy,
-                 "retain_accuracy": _accuracy(student, validation_retain, tokenizer)}  # fmt: skip
+                 "retain_accuracy": accuracy(student, validation_retain, tokenizer)}  # fmt: skip
         done = budget.reached(forget_accuracy)
         if subject is not None:  # the names too: down to the strangers' level (within the tolerance)
             entry["subject_gap"] = subject.refresh(student)
@@ -554,7 +530,9 @@ def _masked_finetune(
         log.append(entry)
         return done
 
-    edited = edit(model, mask, loss, steps=budget.max_steps, lr=config.lr, on_step=check, progress=progress)
+    edited = edit(
+        model, mask, loss, steps=budget.max_steps, lr=config.lr, on_step=check, progress=progress, share=config.share
+    )
     if config.reinit > 0:
         edited, repair_log = _reinit_repair(
             edited, forget, retain, mask=mask, tokenizer=tokenizer, validation_retain=validation_retain,
@@ -603,11 +581,11 @@ def _reinit_repair(
     student = same_kind_as(student, teacher)
     retain_target = _Retain(teacher, retain.encode(tokenizer).to(device))
     forget_target = _Retain(teacher, forget.encode(tokenizer).to(device))
-    floor = config.retain_floor * _accuracy(teacher, validation_retain, tokenizer)
+    floor = config.retain_floor * accuracy(teacher, validation_retain, tokenizer)
     generator = torch.Generator().manual_seed(seed + 1)
     log: list[dict[str, float]] = [{
-        "step": offset, "phase_reinit": 1.0, "forget_accuracy": _accuracy(student, forget, tokenizer),
-        "retain_accuracy": _accuracy(student, validation_retain, tokenizer),
+        "step": offset, "phase_reinit": 1.0, "forget_accuracy": accuracy(student, forget, tokenizer),
+        "retain_accuracy": accuracy(student, validation_retain, tokenizer),
     }]  # fmt: skip
     state: dict[str, Any] = {}
 
@@ -622,13 +600,15 @@ def _reinit_repair(
             return False
         model = state["model"]
         entry = {"step": offset + step + 1, "repair_loss": value,
-                 "forget_accuracy": _accuracy(model, forget, tokenizer),
-                 "retain_accuracy": _accuracy(model, validation_retain, tokenizer)}  # fmt: skip
+                 "forget_accuracy": accuracy(model, forget, tokenizer),
+                 "retain_accuracy": accuracy(model, validation_retain, tokenizer)}  # fmt: skip
         log.append(entry)
         return entry["retain_accuracy"] >= floor and budget.reached(entry["forget_accuracy"])
 
     mask = AblationMask.from_components(mask.components, model=student)  # the same components, the new weights
-    repaired = edit(student, mask, loss, steps=budget.max_steps, lr=config.lr, on_step=check, progress=progress)
+    repaired = edit(
+        student, mask, loss, steps=budget.max_steps, lr=config.lr, on_step=check, progress=progress, share=config.share
+    )
     return repaired, log
 
 
@@ -664,7 +644,7 @@ def _loka(
         raise UsageError("objective='unknown' needs reference= facts about people the model never saw; use 'npo'")
     used: dict[str, Any] = dict(objective=objective, reference=reference.name if reference is not None else None,
                                 erase=config.erase, adversary_weight=config.adversary_weight)  # fmt: skip
-    original_retain = _accuracy(model, validation_retain, tokenizer)
+    original_retain = accuracy(model, validation_retain, tokenizer)
     floor = config.retain_floor * original_retain
     candidates = list(config.sizes) if config.size == "auto" else [config.size]
     log: list[dict[str, float]] = []
@@ -686,9 +666,9 @@ def _loka(
                               min_layer_share=config.min_layer_share)  # fmt: skip
         if config.edit == "ablate":
             means = mean_activations(model, retain.encode(tokenizer)) if config.ablate_mode == "mean" else None
-            edited = bake(model, chosen.mask.with_mode(config.ablate_mode, means=means))
-            run = [{"step": 0, "forget_accuracy": _accuracy(edited, forget, tokenizer),
-                    "retain_accuracy": _accuracy(edited, validation_retain, tokenizer)}]  # fmt: skip
+            edited = bake(model, chosen.mask.with_mode(config.ablate_mode, means=means), share=config.share)
+            run = [{"step": 0, "forget_accuracy": accuracy(edited, forget, tokenizer),
+                    "retain_accuracy": accuracy(edited, validation_retain, tokenizer)}]  # fmt: skip
         else:
             edited, run = _masked_finetune(
                 model, forget, retain, mask=chosen.mask, reference=reference, objective=objective,
@@ -778,7 +758,7 @@ def _rewrite_search(
     )  # fmt: skip
     per_layer = scores.neurons.clamp(min=0).sum(-1)
     reference = reference if reference is not None else retain
-    floor = retain_floor * _accuracy(model, validation_retain, tokenizer)
+    floor = retain_floor * accuracy(model, validation_retain, tokenizer)
     config: dict[str, Any] = dict(
         edit="rewrite", retain_floor=retain_floor, reference=reference.name, max_layers=max_layers, lams=list(lams),
         layer_attribution=[round(v, 6) for v in per_layer.tolist()],
@@ -796,8 +776,8 @@ def _rewrite_search(
             result = rewrite(
                 model, forget, retain=retain, layers=layers, lam=lam, covariance=covariance, reference=reference
             )
-            forget_accuracy = _accuracy(result.model, forget, tokenizer)
-            retain_accuracy = _accuracy(result.model, validation_retain, tokenizer)
+            forget_accuracy = accuracy(result.model, forget, tokenizer)
+            retain_accuracy = accuracy(result.model, validation_retain, tokenizer)
             log.append(
                 {"layers": layers, "lam": lam, "forget_accuracy": forget_accuracy, "retain_accuracy": retain_accuracy}
             )
@@ -888,10 +868,11 @@ def unlearn(
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise UsageError("this model has no tokenizer attached; pass tokenizer=...")
-    if any(p.device.type == "meta" for p in hf_model(model).parameters()):
+    if not isinstance(config, LokaConfig) and any(p.is_meta for p in hf_model(model).parameters()):
         raise UsageError(
-            "this model has weights offloaded by its device_map (on 'meta'); unlearning edits weights, "
-            "so load it where every weight is held (device=, or a device_map without 'disk')"
+            f"method {method!r} trains every weight, but this model's device_map offloads some (on 'meta' "
+            "between calls); use method='loka', which trains only the located components' weights, or load "
+            "the model where every weight is held (device=, or a device_map without 'disk')"
         )
     if validation is None:
         train_retain, validation = retain.split(0.2, seed=seed, by="subject" if retain.subjects else "fact")

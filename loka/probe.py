@@ -62,6 +62,9 @@ The readout is limited by the retain people per value: fitted on the 204 people 
 wordings the model was trained on) fits on every wording and reads each forget fact by summing its
 wordings' log-probabilities: 0.84 with all retain people (held-out 0.88, oracle 0.06), 0.77 with
 ``retain_train`` (oracle 0.03), at about 3x the cost.
+
+Under a process group the forward passes that read the states are shared out over the ranks
+(:mod:`loka.distributed`); every rank gathers all states and fits the same probe.
 """
 
 from __future__ import annotations
@@ -73,7 +76,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import bootstrap
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import make_pipeline
@@ -81,7 +83,9 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
 from loka.data import Fact, KnowledgeSet
+from loka.distributed import agreed, gather_rows, shard
 from loka.errors import UsageError
+from loka.intervals import paired_gap
 from loka.models import architecture, hf_model, hf_state_dict, input_device
 from loka.models import logits as model_logits
 
@@ -242,15 +246,21 @@ def _states(model: Any, tokenizer: Any, facts: Sequence[Fact], batch_size: int) 
         return hook
 
     handles = [module.register_forward_pre_hook(grab(layer)) for layer, module in enumerate(modules)]
+    starts = range(0, len(facts), batch_size)
+    local: list[list[Tensor]] = []  # per batch of this rank: its states, layer by layer
     try:
-        for start in range(0, len(facts), batch_size):
-            batch = KnowledgeSet(tuple(facts[start : start + batch_size])).encode(tokenizer).to(device)
-            rows, positions = torch.arange(len(batch), device=device), batch.answer_positions
-            model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)  # the hooks keep what we need
+        with agreed():
+            for index in shard(starts):  # data parallel: this rank's block of the batches
+                start = starts[index]
+                batch = KnowledgeSet(tuple(facts[start : start + batch_size])).encode(tokenizer).to(device)
+                rows, positions = torch.arange(len(batch), device=device), batch.answer_positions
+                model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)  # the hooks keep them
+                local.append([parts[-1] for parts in out])
     finally:
         for handle in handles:
             handle.remove()
-    return np.stack([torch.cat(parts).numpy() for parts in out])
+    batches = gather_rows(local)  # every rank's, in order
+    return np.stack([torch.cat([states[layer] for states in batches]).numpy() for layer in range(len(modules))])
 
 
 def _read(model: Any, tokenizer: Any, knowledge: KnowledgeSet, templates: Any, batch_size: int) -> tuple:
@@ -370,34 +380,16 @@ def probe_gap(
 ) -> tuple[float, float]:
     """How much better ``original`` reads the forget facts than ``oracle``: the difference of
     their forget accuracies and its one-sided lower confidence bound, from a paired bootstrap over
-    people (scipy's, percentile method; a person's facts are resampled together)."""
-    if not 0 < confidence < 1:
-        raise UsageError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
+    people (:func:`loka.intervals.paired_gap`)."""
     if not original.forget_ids or original.forget_ids != oracle.forget_ids:
         raise UsageError("the two probes must read the same forget facts (fit both with the same forget set)")
     readable = np.array(original.forget_readable) & np.array(oracle.forget_readable)
     if not readable.any():
         raise UsageError("no forget fact is readable by both probes")
     people = np.array(original.forget_people, dtype=object)[readable]
-    diff = (
-        np.array(original.forget_correct, dtype=float)[readable]
-        - np.array(oracle.forget_correct, dtype=float)[readable]
-    )
-    names = sorted(set(people))
-    sums = np.array([diff[people == p].sum() for p in names])
-    counts = np.array([(people == p).sum() for p in names], dtype=float)
-    gap = float(sums.sum() / counts.sum())
-    if len(names) < 2 or np.allclose(sums / counts, gap):
-        return gap, gap  # nothing to resample
-
-    def ratio(s: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
-        return s.sum(axis=axis) / n.sum(axis=axis)
-
-    result = bootstrap(
-        (sums, counts), ratio, paired=True, vectorized=True, n_resamples=n_resamples,
-        confidence_level=confidence, alternative="greater", method="percentile", rng=np.random.default_rng(seed),
-    )  # fmt: skip
-    return gap, float(result.confidence_interval.low)
+    a = np.array(original.forget_correct, dtype=float)[readable]
+    b = np.array(oracle.forget_correct, dtype=float)[readable]
+    return paired_gap(people, a, b, confidence=confidence, n_resamples=n_resamples, seed=seed)
 
 
 def probe_informative(original: Probe, oracle: Probe, *, confidence: float = 0.95, seed: int = 0) -> bool:

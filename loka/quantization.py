@@ -41,15 +41,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from jaxtyping import Float
-from scipy.stats import bootstrap
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from loka.data import KnowledgeSet
 from loka.errors import UsageError
+from loka.intervals import paired_gap
 from loka.metrics import score_facts
 from loka.models import hf_model, plain_copy, same_kind_as
 
@@ -63,7 +62,6 @@ __all__ = [
     "quantization_attack",
     "quantization_gap",
     "quantization_informative",
-    "paired_gap",
 ]
 
 BITS = (4, 8)
@@ -262,48 +260,11 @@ def quantization_attack(
 
 
 # --- is the attack informative? -----------------------------------------------------------------
-def paired_gap(
-    people: Sequence[str],
-    a: Sequence[float],
-    b: Sequence[float],
-    *,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """The mean of ``a - b`` over paired items and its one-sided lower confidence bound, from a
-    paired bootstrap over people (scipy's, percentile method; a person's items are resampled
-    together), as :func:`loka.probe.probe_gap` computes it."""
-    if not 0 < confidence < 1:
-        raise UsageError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
-    people_ = np.asarray(people, dtype=object)
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if len(diff) == 0 or len(people_) != len(diff):
-        raise UsageError(
-            f"paired_gap needs one person per item and at least one item, got {len(people_)} / {len(diff)}"
-        )
-    names = sorted(set(people_))
-    sums = np.array([diff[people_ == p].sum() for p in names])
-    counts = np.array([(people_ == p).sum() for p in names], dtype=float)
-    gap = float(sums.sum() / counts.sum())
-    if len(names) < 2 or np.allclose(sums / counts, gap):
-        return gap, gap  # nothing to resample
-
-    def ratio(s: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
-        return s.sum(axis=axis) / n.sum(axis=axis)
-
-    result = bootstrap(
-        (sums, counts), ratio, paired=True, vectorized=True, n_resamples=n_resamples,
-        confidence_level=confidence, alternative="greater", method="percentile", rng=np.random.default_rng(seed),
-    )  # fmt: skip
-    return gap, float(result.confidence_interval.low)
-
-
 def quantization_gap(
     original: Quantization, oracle: Quantization, *, bits: int = 4, confidence: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
     """How much more of the forget facts the quantized original answers than the quantized oracle
-    at ``bits``: the difference and its lower confidence bound (:func:`paired_gap`)."""
+    at ``bits``: the difference and its lower confidence bound (:func:`loka.intervals.paired_gap`)."""
     if not original.forget_ids or original.forget_ids != oracle.forget_ids:
         raise UsageError("the two quantization attacks must score the same forget facts (run both on one forget set)")
     return paired_gap(

@@ -56,8 +56,9 @@ import torch
 from torch import Tensor
 
 from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
+from loka.distributed import all_reduce_gradients
 from loka.errors import UsageError
-from loka.metrics import lm_loss, score_facts
+from loka.metrics import score_facts, sharded_lm_loss
 from loka.models import input_device, plain_copy
 
 __all__ = [
@@ -197,9 +198,10 @@ def _attack(
     correct = torch.zeros(0, dtype=torch.bool)
     for step in range(1, steps + 1):
         attacker.train()
-        loss = lm_loss(attacker, batch)
+        loss = sharded_lm_loss(attacker, batch)  # data parallel under a process group, as the methods train
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        all_reduce_gradients(attacker.parameters())
         optimizer.step()
         if step in checkpoints:
             attacker.eval()

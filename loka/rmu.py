@@ -53,14 +53,14 @@ from typing import Any, NamedTuple
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from loka.configs import RMUConfig
 from loka.data import FactBatch, KnowledgeSet
-from loka.distributed import active, all_reduce_gradients, all_reduce_sum, shard
+from loka.distributed import active, shard
 from loka.errors import UsageError
-from loka.metrics import score_facts, zero_loss
+from loka.metrics import zero_loss
 from loka.models import architecture, hf_model, plain_copy
+from loka.training import accuracy, train
 
 __all__ = ["RETAIN_FLOOR", "RMULoss", "control_vector", "layer_grid", "rmu", "rmu_loss", "updated_parameters"]
 
@@ -186,14 +186,6 @@ def _take(batch: FactBatch, rows: Tensor) -> tuple[Tensor, Tensor]:
     return batch.input_ids[rows, :length], mask[:, :length]
 
 
-def _accuracy(model: Any, knowledge: KnowledgeSet, tokenizer: Any) -> float:
-    was_training = model.training
-    model.eval()
-    accuracy = score_facts(model, knowledge, tokenizer=tokenizer).answer_accuracy
-    model.train(was_training)
-    return accuracy
-
-
 class _Original:
     """The original model's hidden states after block ``layer`` on retain rows: cached for the whole
     retain batch when they fit in ``_CACHE_BYTES`` (computed by the not-yet-trained student, which
@@ -268,10 +260,9 @@ def _run(
     if not norm > 0:
         raise RuntimeError(f"the original's residual norm after block {layer} is {norm}: cannot scale the steering")
     coeff = scale * norm
-    optimizer = torch.optim.AdamW(trained, lr=config.lr)
-    log: list[dict[str, float]] = []
     desc = f"rmu L{layer} s={scale:g} (c={coeff:.4g})"
-    for step in tqdm(range(1, budget.max_steps + 1), disable=not progress, desc=desc, leave=False):
+
+    def step_loss() -> tuple[Tensor, dict[str, Tensor]]:
         f_rows = torch.randperm(len(forget_batch), generator=generator)[: config.batch_size]
         r_rows = torch.randperm(len(retain_batch), generator=generator)[: config.batch_size]
         f_ids, f_mask = _take(forget_batch, f_rows)
@@ -285,26 +276,15 @@ def _run(
             original_states = original(r_rows, r_ids, r_mask)
             terms = rmu_loss(forget_states, retain_states, original_states, control, coeff, config.alpha,
                              (f_mask, r_mask))  # fmt: skip
-        optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
-        all_reduce_gradients(trained)
-        optimizer.step()
-        if budget.due(step):
-            accuracy = _accuracy(student, forget, tokenizer)
-            log.append({"step": step, "forget_loss": _value(terms.forget), "retain_loss": _value(terms.retain),
-                        "forget_accuracy": accuracy,
-                        "retain_accuracy": _accuracy(student, validation_retain, tokenizer)})  # fmt: skip
-            if budget.reached(accuracy):
-                break
+        return terms.loss, {"forget_loss": terms.forget, "retain_loss": terms.retain}
+
+    log = train(
+        trained, step_loss, budget=budget, lr=config.lr, desc=desc, progress=progress,
+        measure=lambda: {"forget_accuracy": accuracy(student, forget, tokenizer),
+                         "retain_accuracy": accuracy(student, validation_retain, tokenizer)},
+    )  # fmt: skip
     student.requires_grad_(True)
     return student.eval(), names, log, norm, coeff
-
-
-def _value(term: Tensor) -> float:
-    """A logged loss term: the global batch's (the ranks' parts added) under a process group."""
-    if not active():
-        return term.item()
-    return all_reduce_sum(term.detach().double().reshape(1)).item()
 
 
 def _sharded_loss(
@@ -366,7 +346,7 @@ def rmu(
     candidates = _candidates(n_layers, config)
     forget_batch = forget.encode(tokenizer)
     retain_batch = retain.encode(tokenizer)
-    original_retain = _accuracy(model, validation_retain, tokenizer)
+    original_retain = accuracy(model, validation_retain, tokenizer)
     floor = RETAIN_FLOOR * original_retain
     log: list[dict[str, float]] = []
     results: list[dict[str, Any]] = []

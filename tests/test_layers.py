@@ -1,4 +1,5 @@
-"""The layering of docs/architecture.md, enforced: imports only go downward (import-linter contract in pyproject.toml)."""
+"""The layering of docs/architecture.md, enforced: imports only go downward (the import-linter
+contract in pyproject.toml)."""
 
 from __future__ import annotations
 

@@ -22,9 +22,15 @@ Three copies:
 * :func:`materialize`: ``plain_copy`` re-wrapped as the same kind of model.
 
 A model spread over devices by a ``device_map`` is copied parameter by parameter onto each
-parameter's own device, and the copy is dispatched with the same map. A model whose weights
-accelerate offloads (to disk, or to the CPU beside GPUs: ``meta`` weights between calls) cannot
-be copied: its weights are not in memory (:class:`~loka.errors.UsageError`).
+parameter's own device, and the copy gets the same accelerate hooks (each module computes where
+it computed before). A module whose weights accelerate offloads (to disk, or to the CPU beside
+GPUs: ``meta`` in the module between calls, the values in its hook's ``weights_map``) stays
+offloaded in the copy and reads the *same* offloaded values: they are loaded afresh for every
+forward and never written in place, so sharing them is as safe as copying them, and a copy never
+brings a whole offloaded model into memory. The weights an edit writes are the exception: the
+copy functions take their names (``onload`` / ``changed``), read them (and the other tensors of
+their module) into memory on the module's execution device, and that module then computes from
+memory without offloading.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from loka.errors import UsageError
 from loka.models.architectures import Model, hf_model
 from loka.models.forward import input_device
 from loka.models.loading import quiet_transformers
-from loka.models.weights import hf_state_dict
+from loka.models.weights import hf_state_dict, hf_submodule, offload_hook, weight_values
 
 __all__ = ["materialize", "plain_copy", "same_kind_as", "shared_copy", "shares_storage"]
 
@@ -52,17 +58,25 @@ def _device_and_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
     return input_device(model), hf_model(model).dtype
 
 
-def _weights_in_memory(model: Any, what: str) -> dict[str, Tensor]:
-    """``hf_state_dict(model)``, refusing a model with offloaded (``meta``) weights."""
-    weights = hf_state_dict(model)
-    offloaded = sorted(name for name, tensor in weights.items() if tensor.is_meta)
-    if offloaded:
-        raise UsageError(
-            f"{what} needs every weight in memory, but {len(offloaded)} weights of this model are offloaded "
-            f"(on 'meta' between calls, e.g. {offloaded[0]!r}); load it on one device or with a device_map "
-            "that keeps every module on a GPU or the CPU (no 'disk' or CPU offload: raise max_memory)"
-        )
-    return weights
+def _with_values(model: Any, weights: dict[str, Tensor], names: Collection[str]) -> tuple[dict[str, Tensor], set[str]]:
+    """``weights`` with each offloaded (``meta``) weight of ``names``, and every other offloaded
+    weight of its module (a module held in memory needs all of its tensors), replaced by its value
+    (:func:`loka.models.weights.weight_values`); and the names so read."""
+    modules = {name.rpartition(".")[0] for name in names if weights[name].is_meta}
+    wanted = [name for name, tensor in weights.items() if tensor.is_meta and name.rpartition(".")[0] in modules]
+    return weights | weight_values(model, wanted), set(wanted)
+
+
+def _place(model: Any, name: str, tensor: Tensor) -> torch.device:
+    """Where weight ``name`` of ``model`` computes: its device, or for an offloaded one its
+    hook's execution device."""
+    if not tensor.is_meta:
+        return tensor.device
+    hook = offload_hook(model, name.rpartition(".")[0])
+    where = None if hook is None else hook.execution_device
+    if where is None:
+        return input_device(model)
+    return torch.device("cuda", where) if isinstance(where, int) else torch.device(where)
 
 
 def _storage_key(tensor: Tensor) -> tuple[int, int]:
@@ -79,13 +93,13 @@ def _assemble(
     only when it is not already on the device of ``model``'s weight of the same name, cast only
     when its dtype is not the copy's. ``new_zero`` names parameters that ``config`` adds (zero).
     Tied weights (GPT-2's ``wte`` / ``lm_head``) are tied again; a model dispatched over devices
-    is dispatched again with its ``hf_device_map``.
+    gets its accelerate hooks again (:func:`_dispatch_like`); a ``meta`` weight stays offloaded.
     """
-    from accelerate import dispatch_model, init_empty_weights
+    from accelerate import init_empty_weights
 
     source = hf_model(model)
     device, dtype = _device_and_dtype(model)
-    places = {name: tensor.device for name, tensor in hf_state_dict(model).items()}
+    places = {name: _place(model, name, tensor) for name, tensor in hf_state_dict(model).items()}
     config = copy.deepcopy(config if config is not None else source.config)
     with quiet_transformers(), torch.device(device), init_empty_weights(include_buffers=False):
         new = AutoModelForCausalLM.from_config(config, torch_dtype=dtype, attn_implementation="eager")
@@ -101,15 +115,65 @@ def _assemble(
         if name in new_zero:
             sibling = places.get(name.removesuffix(".bias") + ".weight", device)
             state[name] = torch.zeros(slot.shape, dtype=slot.dtype, device=sibling)
-        else:
-            state[name] = weights[name].detach().to(device=places.get(name, device), dtype=slot.dtype)
+        else:  # an offloaded weight stays on meta: the copy's hook reads it (_dispatch_like)
+            tensor = weights[name].detach()
+            where = tensor.device if tensor.is_meta else places.get(name, device)
+            state[name] = tensor.to(device=where, dtype=slot.dtype)
     new.load_state_dict(state, strict=True, assign=True)
     new.tie_weights()
-    device_map = getattr(source, "hf_device_map", None)
-    if device_map:
-        dispatch_model(new, device_map=dict(device_map))
+    if getattr(source, "hf_device_map", None):
+        _dispatch_like(new, model)
     new.eval()
     return new
+
+
+def _align_hooks(module: Any) -> list[Any]:
+    """The accelerate hooks (``AlignDevicesHook``) on ``module`` (inside a ``SequentialHook`` too), in order."""
+    from accelerate.hooks import AlignDevicesHook
+
+    pending, found = [getattr(module, "_hf_hook", None)], []
+    while pending:
+        hook = pending.pop(0)
+        if isinstance(hook, AlignDevicesHook):
+            found.append(hook)
+        elif hook is not None:
+            pending[:0] = list(getattr(hook, "hooks", ()))
+    return found
+
+
+def _dispatch_like(new: PreTrainedModel, model: Any) -> None:
+    """Give ``new`` (a plain HF copy of ``model``) the accelerate hooks ``model`` was dispatched with,
+    module by module: the same execution devices, and for an offloaded module the same
+    ``weights_map``, unless ``new`` holds that module's tensors in memory (weights an edit
+    writes), in which case it computes from them on its execution device and ``new.hf_device_map``
+    says so. ``dispatch_model`` cannot do this: it would write a second offload folder."""
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+    from accelerate.utils import named_module_tensors
+
+    source = hf_model(model)
+    device_map = dict(source.hf_device_map)
+    for name, module in new.named_modules():
+        for hook in _align_hooks(hf_submodule(source, name)):
+            tensors = [t for _, t in named_module_tensors(module, recurse=hook.place_submodules)]
+            offload = hook.offload and any(t.is_meta for t in tensors)
+            add_hook_to_module(
+                module,
+                AlignDevicesHook(
+                    execution_device=hook.execution_device,
+                    offload=offload,
+                    io_same_device=hook.io_same_device,
+                    weights_map=hook.weights_map if offload else None,
+                    offload_buffers=hook.offload_buffers,
+                    place_submodules=hook.place_submodules,
+                    skip_keys=hook.skip_keys,
+                ),
+                append=True,
+            )
+            if hook.offload and not offload:
+                for key in device_map:
+                    if not key or name == key or name.startswith(key + "."):
+                        device_map[key] = hook.execution_device
+    new.hf_device_map = device_map
 
 
 def plain_copy(
@@ -118,18 +182,26 @@ def plain_copy(
     config: PretrainedConfig | None = None,
     state: Mapping[str, Tensor] | None = None,
     new_zero: tuple[str, ...] = (),
+    onload: Collection[str] = (),
 ) -> PreTrainedModel:
     """A plain HF model (eval mode) with copies of ``model``'s weights (or of ``state``) and its
-    config (or ``config``); nothing in it shares memory with ``model`` or ``state``.
+    config (or ``config``); nothing in it shares memory with ``model`` or ``state``, except the
+    weights accelerate offloads, which stay offloaded and are read from the same place (see the
+    module docstring).
 
     ``new_zero`` names parameters that ``config`` adds (e.g. biases switched on) and that are
     absent from the weights: they are set to zero. Any other missing or unexpected name is an
-    error. Each weight lands on the device of ``model``'s weight of the same name.
+    error. Each weight lands on the device of ``model``'s weight of the same name. ``onload``
+    names offloaded weights the caller will write: they are copied into memory (with the rest of
+    their module) on their execution device.
     """
-    weights = _weights_in_memory(model, "copying a model") if state is None else dict(state)
+    weights, _ = _with_values(model, hf_state_dict(model) if state is None else dict(state), onload)
     clones: dict[tuple[int, int], Tensor] = {}
     copied = {}
     for name, tensor in weights.items():  # one clone per storage: tied weights stay tied
+        if tensor.is_meta:
+            copied[name] = tensor
+            continue
         key = _storage_key(tensor)
         if key not in clones:
             clones[key] = tensor.detach().clone()
@@ -151,18 +223,23 @@ def shared_copy(
     ``lm_head.weight`` and ``transformer.wte.weight``) clones both. The changed weights are the
     only ones the caller may write in place: a write into a shared one changes ``model`` too
     (see the module docstring; :func:`materialize` makes an independent copy). ``config`` and
-    ``new_zero`` are as in :func:`plain_copy` (the new parameters are new tensors).
+    ``new_zero`` are as in :func:`plain_copy` (the new parameters are new tensors). A changed
+    weight that accelerate offloads is copied into memory with the rest of its module, as
+    ``plain_copy``'s ``onload`` does.
     """
-    weights = _weights_in_memory(model, "copying a model")
+    weights = hf_state_dict(model)
     unknown = sorted(set(changed) - set(weights))
     if unknown:
         raise UsageError(f"shared_copy: {len(unknown)} changed names are not weights of the model, e.g. {unknown[0]!r}")
-    fresh = {_storage_key(weights[name]) for name in changed}
+    weights, onloaded = _with_values(model, weights, changed)
+    fresh = {_storage_key(weights[name]) for name in changed if name not in onloaded}
     clones: dict[tuple[int, int], Tensor] = {}
     tensors: dict[str, Tensor] = {}
     for name, tensor in weights.items():
-        key = _storage_key(tensor)
-        if key in fresh:
+        key = _storage_key(tensor) if not tensor.is_meta else (-1, -1)
+        if name in onloaded:
+            tensors[name] = tensor.detach().clone()
+        elif key in fresh:
             if key not in clones:
                 clones[key] = tensor.detach().clone()
             tensors[name] = clones[key]

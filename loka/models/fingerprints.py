@@ -35,7 +35,7 @@ from torch import Tensor
 
 from loka.errors import UsageError
 from loka.models.architectures import Model, architecture, hf_model
-from loka.models.weights import get_tensor, hf_state_dict, is_wrapped, model_dims
+from loka.models.weights import get_tensor, hf_state_dict, is_wrapped, model_dims, weight_values
 
 __all__ = ["CHUNK_BYTES", "ModelFingerprint", "fingerprint"]
 
@@ -143,24 +143,12 @@ def _hash_tensor(digest: Any, name: str, tensor: Tensor) -> None:
         digest.update(chunk.to("cpu").numpy())
 
 
-def _offloaded(hf: Any, name: str) -> Tensor:
-    """The value of weight ``name`` that accelerate offloaded (the module holds a ``meta`` tensor
-    and its hook's ``weights_map`` the real one, on the CPU or memory-mapped from disk)."""
-    module_name, _, leaf = name.rpartition(".")
-    hook = getattr(hf.get_submodule(module_name), "_hf_hook", None)
-    for candidate in (hook, *getattr(hook, "hooks", ())):
-        weights = getattr(candidate, "weights_map", None)
-        if weights is not None and leaf in weights:
-            return weights[leaf]
-    raise UsageError(f"weight {name} is on the meta device and no offload hook holds its value")
-
-
 def _compute(model: Model, tensors: Mapping[str, Tensor]) -> ModelFingerprint:
     sizes = model_dims(model)
     digest = hashlib.sha256()
+    offloaded = weight_values(model, [name for name, tensor in tensors.items() if tensor.is_meta])
     for name in sorted(tensors):
-        tensor = tensors[name]
-        _hash_tensor(digest, name, _offloaded(hf_model(model), name) if tensor.device.type == "meta" else tensor)
+        _hash_tensor(digest, name, offloaded.get(name, tensors[name]))
     return ModelFingerprint(
         architecture=architecture(model).model_type,
         n_layers=sizes.n_layers,

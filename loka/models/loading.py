@@ -234,8 +234,9 @@ def load_model(
       (``{0: "20GiB", "cpu": "60GiB"}``) caps each device. Exclusive with ``device``. Inputs
       then go to :func:`loka.models.input_device` (the input embedding's device). A module that
       accelerate offloads (to ``"disk"``, or to the CPU beside GPUs) runs and hooks normally but
-      holds ``meta`` weights between calls, so what reads weights (``hf_state_dict``,
-      ``fingerprint``, baking, export) needs every module on a real device.
+      holds ``meta`` weights between calls: ``hf_state_dict`` shows them as ``meta``,
+      :func:`loka.models.weights.weight_values` reads their values, and copies and edits keep
+      them offloaded except the modules they write (:mod:`loka.models.copies`).
     * ``dtype``: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``, or the torch dtype.
       Log-probabilities (:func:`loka.data.token_log_probs`) and attribution scores are computed
       in float32 from the model's outputs whatever its dtype.

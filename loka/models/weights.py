@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,8 @@ __all__ = [
     "head_output_weights",
     "hf_state_dict",
     "neuron_input_weights",
+    "offload_hook",
+    "weight_values",
     "neuron_output_weights",
 ]
 
@@ -51,6 +54,60 @@ def _unwrap(module: nn.Module) -> nn.Module:
 def is_wrapped(model: PreTrainedModel) -> bool:
     """Whether TL bridge components have been swapped into ``model``'s module tree."""
     return any(_unwrap(m) is not m for m in model.modules())
+
+
+def hf_submodule(model: PreTrainedModel, name: str) -> nn.Module:
+    """The HF module that plain HF name ``name`` ("" for the model) refers to, bridge wrappers or not."""
+    module: nn.Module = model
+    for part in name.split(".") if name else ():
+        module = getattr(_unwrap(module), part)
+    return _unwrap(module)
+
+
+def offload_hook(model: Model, module_name: str) -> Any | None:
+    """The accelerate hook (``AlignDevicesHook`` with ``offload=True``) that holds the weights of
+    module ``module_name`` (plain HF name) between calls, or None when its weights are in memory.
+
+    A model loaded with a ``device_map`` that offloads a module (to ``"disk"``, or to the CPU
+    beside GPUs) keeps that module's tensors on ``meta``; the hook's ``weights_map`` holds their
+    values (on the CPU, or memory-mapped from disk) and loads them onto ``execution_device`` for
+    each forward.
+    """
+    hook = getattr(hf_submodule(hf_model(model), module_name), "_hf_hook", None)
+    pending = [hook]
+    while pending:
+        candidate = pending.pop()
+        if candidate is None:
+            continue
+        pending.extend(getattr(candidate, "hooks", ()))  # a SequentialHook
+        if getattr(candidate, "offload", False) and getattr(candidate, "weights_map", None) is not None:
+            return candidate
+    return None
+
+
+def weight_values(model: Model, names: Iterable[str] | None = None) -> dict[str, Tensor]:
+    """The values of ``model``'s weights ``names`` (default: all), under plain HF names.
+
+    Like :func:`hf_state_dict` (live tensors, not copies), except that a weight accelerate
+    offloads (``meta`` in the module between calls) is read from its hook's ``weights_map``:
+    a CPU tensor, or memory-mapped from disk; never copied to the execution device here.
+    """
+    state = hf_state_dict(model)
+    chosen = list(state) if names is None else list(names)
+    unknown = [name for name in chosen if name not in state]
+    if unknown:
+        raise KeyError(f"{type(hf_model(model)).__name__} has no weight named {unknown[0]!r}.")
+    out = {}
+    for name in chosen:
+        tensor = state[name]
+        if tensor.is_meta:
+            module_name, _, leaf = name.rpartition(".")
+            hook = offload_hook(model, module_name)
+            if hook is None or leaf not in hook.weights_map:
+                raise UsageError(f"weight {name} is on the meta device and no offload hook holds its value")
+            tensor = hook.weights_map[leaf]
+        out[name] = tensor
+    return out
 
 
 def get_tensor(model: PreTrainedModel, name: str) -> Tensor:

@@ -195,15 +195,6 @@ def test_copies_of_a_dispatched_model_keep_its_map(llama_dir: Path, ids: Tensor)
             assert torch.equal(logits(baked, ids), logits(reference, ids))
 
 
-@pytest.mark.parametrize("offloaded", ["model.layers.1", "model.embed_tokens"])
-def test_copying_an_offloaded_model_is_a_usage_error(llama_dir: Path, offloaded: str) -> None:
-    model = load_model(llama_dir, device_map={name: "cpu" for name in LLAMA_MODULES} | {offloaded: "disk"})
-    for attempt in (lambda: plain_copy(model), lambda: shared_copy(model, {"model.layers.0.mlp.down_proj.weight"})):
-        with pytest.raises(UsageError, match="offloaded") as raised:
-            attempt()
-        assert "\n" not in str(raised.value)
-
-
 def test_input_device_sites_with_an_offloaded_embedding(llama_dir: Path, ids: Tensor) -> None:
     """With the embedding on ``meta`` between calls, the first parameter is on ``meta``; every
     site that places inputs asks :func:`input_device` instead and gets the reference's results."""

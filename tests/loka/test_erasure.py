@@ -15,7 +15,7 @@ from loka.errors import UsageError
 from loka.methods import unlearn
 from loka.models import hf_state_dict, load_model
 from loka.protocol import Protocol
-from tests.checkpoints import ARCHITECTURES, build_tiny_checkpoint
+from tests.checkpoints import ARCHITECTURES, birth_facts, build_tiny_checkpoint, parts
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +28,9 @@ def protocol(tiny_testbed):
     return Protocol.from_testbed(tiny_testbed)
 
 
-def _sets() -> tuple[KnowledgeSet, KnowledgeSet, KnowledgeSet, KnowledgeSet]:
+def _sets() -> tuple[KnowledgeSet, ...]:
     """Forget, retain, validation and reference facts about people with two-word names."""
-    records = [
-        {"id": f"f{i}", "prompt": f"Ada{chr(97 + i)} Lo{chr(97 + i)} was born in", "target": f"city {i}",
-         "subject": f"Ada{chr(97 + i)} Lo{chr(97 + i)}", "relation": "birthplace"}
-        for i in range(14)
-    ]  # fmt: skip
-    facts = KnowledgeSet.from_records(records, name="facts")
-    return tuple(
-        KnowledgeSet(facts.facts[a:b], name=n)
-        for a, b, n in ((0, 3, "forget"), (3, 7, "retain"), (7, 10, "validation"), (10, 14, "reference"))
-    )  # type: ignore[return-value]
+    return parts(birth_facts(14, surnames=True, relation=True), forget=3, retain=4, validation=3, reference=4)
 
 
 def test_name_facts_split_each_name_after_its_first_word() -> None:

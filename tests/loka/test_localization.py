@@ -19,7 +19,7 @@ from loka.metrics import score_facts
 from loka.models import hf_state_dict, load_model, plain_copy, same_kind_as
 from loka.objectives import answer_log_probs, npo_loss, retain_kl, sequence_log_probs
 from loka.protocol import Protocol
-from tests.checkpoints import ARCHITECTURES, build_tiny_checkpoint
+from tests.checkpoints import ARCHITECTURES, birth_facts, build_tiny_checkpoint, parts
 
 
 @pytest.fixture(scope="module")
@@ -103,18 +103,12 @@ def test_a_neuron_and_a_head_own_exactly_their_tl_slices(arch: str, tmp_path: Pa
 def _sets(*, subject: bool = True) -> tuple[KnowledgeSet, KnowledgeSet, KnowledgeSet]:
     """Forget, retain and validation facts with two-token answers (``subject=False``: question-
     answer records with no subject and no id, as a user's JSONL would give them)."""
-    records = []
-    for i in range(10):
-        name = f"Ada{chr(97 + i)} Lo"
-        if subject:
-            records.append({"id": f"f{i}", "prompt": f"{name} was born in", "target": f"city {i}", "subject": name})
-        else:
-            records.append({"prompt": f"Where was person {i} born? It was in", "target": f"city {i}"})
-    facts = KnowledgeSet.from_records(records, name="facts")
-    return tuple(
-        KnowledgeSet(facts.facts[a:b], name=n)
-        for a, b, n in ((0, 3, "forget"), (3, 7, "retain"), (7, 10, "validation"))
-    )  # type: ignore[return-value]
+    if subject:
+        facts = birth_facts(10)
+    else:
+        records = [{"prompt": f"Where was person {i} born? It was in", "target": f"city {i}"} for i in range(10)]
+        facts = KnowledgeSet.from_records(records, name="facts")
+    return parts(facts, forget=3, retain=4, validation=3)  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -14,6 +14,7 @@ from loka.errors import UsageError
 from loka.methods import Budget, GradientAscentConfig, TaskVectorConfig, unlearn
 from loka.metrics import score_facts
 from loka.models import architecture, hf_state_dict
+from loka.models.copies import shares_storage
 from loka.protocol import Protocol
 
 
@@ -100,6 +101,33 @@ def test_loka_edits_only_the_parameters_its_components_own(protocol, model):
         chosen["parameters"] / sum({id(v.untyped_storage()): v.numel() for v in before.values()}.values()), rel=1e-3
     )
     assert [entry["step"] for entry in result.log] == [5, 10][: len(result.log)]
+
+
+def test_loka_shares_what_it_does_not_change(protocol, model):
+    """By default the edited model holds new tensors only for the weights its components own and
+    shares the others with the input; its weights equal the full copy's (share=False) bit for bit."""
+    runs = {
+        share: unlearn(
+            model,
+            protocol.forget,
+            protocol.retain_train,
+            method="loka",
+            reference=protocol.reference,
+            validation=protocol.retain_validation,
+            max_steps=4,
+            check_every=2,
+            size=0.02,
+            progress=False,
+            share=share,
+        )  # fmt: skip
+        for share in (True, False)
+    }
+    shared, full = (hf_state_dict(runs[share].model) for share in (True, False))
+    assert set(shared) == set(full) and all(torch.equal(shared[k], full[k]) for k in full)
+    owned = set(parameter_masks(model, runs[True].mask.neurons, runs[True].mask.heads))
+    assert shares_storage(runs[True].model, model) == set(full) - owned
+    assert not shares_storage(runs[False].model, model)
+    assert runs[True].config["share"] is True
 
 
 def test_loka_layers_control_edits_only_the_mlps_of_its_layers(protocol, model):
