@@ -63,6 +63,7 @@ import torch
 import ablation
 import attribution
 import loka
+from ablation.params import parameter_masks
 from bench.models import NAMES, build_bench_model, synthetic_facts
 from loka.data import KnowledgeSet
 from loka.models import hf_state_dict
@@ -189,6 +190,10 @@ def run(args: argparse.Namespace) -> tuple[list[Row], int, str]:
         ),
     )
     mask = ablation.AblationMask.from_scores(scores, k=args.k)
+    weights = hf_state_dict(model)
+    trained = parameter_masks(model, mask.neurons, mask.heads)
+    owned = sum(weights[name].numel() * weights[name].element_size() for name in trained)
+    shape += f"; the {args.k} components' tensors (what an edit trains): {owned / MIB:.0f} MiB = {owned / size:.2f} x"
     baked = step(f"bake ({args.k} components)", lambda: ablation.bake(model, mask))
     step(f"bake ({args.k} components, share=True)", lambda: ablation.bake(model, mask, share=True))
     objective = nll_objective(forget, model.tokenizer, args.device)
