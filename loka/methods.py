@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -91,7 +91,7 @@ from loka.configs import (
     method_config,
 )
 from loka.data import FactBatch, KnowledgeSet
-from loka.distributed import active, all_reduce_gradients, all_reduce_sum, shard
+from loka.distributed import active, all_reduce_gradients, all_reduce_sum, gather_rows, shard
 from loka.erasure import AttackedModel, SubjectTerm, name_facts, shrink_perturb, text_nll
 from loka.errors import UsageError
 from loka.localization import Localization, control_mask, locate, owned_parameters
@@ -364,6 +364,18 @@ def _task_vector(
     return best, used, log
 
 
+def _by_chunks(batch: FactBatch, read: Callable[[FactBatch], torch.Tensor], rows: int = 256) -> torch.Tensor:
+    """``read`` (no gradients) of ``batch`` in chunks of ``rows`` rows, joined in order: never a
+    whole large batch's ``[rows, positions, d_vocab]`` at once. Data parallel under a process
+    group: each rank reads its block of the chunks and every rank gets all of them."""
+    chunks = torch.arange(len(batch)).split(rows)
+    with torch.no_grad():
+        parts = [read(batch.rows(chunks[i])) for i in shard(chunks)]
+    if not active():
+        return torch.cat(parts)
+    return torch.cat([part.to(batch.input_ids.device) for part in gather_rows([p.cpu() for p in parts])])
+
+
 class _Forget:
     """LOKA's forget loss on the forget prompts (:mod:`loka.objectives`), on a batch of rows."""
 
@@ -377,9 +389,12 @@ class _Forget:
         else:
             prompts = forget
         self.batch = prompts.encode(tokenizer).to(device)
-        with torch.no_grad():  # log p_ref(answer | prompt) before the edit, for the NPO term
-            original = answer_log_probs(hf_model(model), self.batch)
-            self.original = sequence_log_probs(original, self.batch, skip_first=objective == "unknown")
+        skip_first, reference_model = objective == "unknown", hf_model(model)
+
+        def read(part: FactBatch) -> torch.Tensor:  # log p_ref(answer | prompt) before the edit, for NPO
+            return sequence_log_probs(answer_log_probs(reference_model, part), part, skip_first=skip_first)
+
+        self.original = _by_chunks(self.batch, read)
         self.multi = self.batch.target_mask.sum(-1) > 1
 
     def __len__(self) -> int:
@@ -433,10 +448,7 @@ class _Retain:
         self.model, self.batch, self.cached = model, batch, None
         vocab = int(hf_model(model).get_input_embeddings().num_embeddings)
         if batch.target_ids.numel() * vocab * 4 <= cache_bytes:
-            with torch.no_grad():
-                self.cached = torch.cat(
-                    [self._original(batch.rows(rows)) for rows in torch.arange(len(batch)).split(256)]
-                )
+            self.cached = _by_chunks(batch, self._original)
 
     def _original(self, batch: FactBatch) -> torch.Tensor:
         with torch.no_grad():

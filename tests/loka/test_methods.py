@@ -225,3 +225,14 @@ def test_bad_inputs(tiny_testbed, model):
         unlearn(model, tb.forget, tb.retain, method="loka", retain_weight=-1.0)
     with pytest.raises(ValueError, match="method 'retrain' needs oracle="):
         unlearn(model, tb.forget, tb.retain, method="retrain")
+
+
+def test_setup_reads_come_in_chunks_and_in_order(tiny_testbed, model):
+    """The original's log-probs at setup are read chunk by chunk (never a whole large batch's
+    vocabulary rows at once) and joined back in the rows' order."""
+    from loka.methods import _by_chunks
+
+    batch = tiny_testbed.forget.encode(model.tokenizer)
+    whole = batch.input_ids.sum(-1)
+    for rows in (1, 3, len(batch), 10 * len(batch)):
+        assert torch.equal(_by_chunks(batch, lambda part: part.input_ids.sum(-1), rows=rows), whole)
