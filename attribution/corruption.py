@@ -57,6 +57,7 @@ from attribution.positions import position_mask, subject_tokens
 from attribution.runs import Run
 from loka.data import Fact, FactBatch, encode_facts
 from loka.errors import UsageError
+from loka.models import hf_model
 
 __all__ = [
     "CorruptionKind",
@@ -180,8 +181,20 @@ def embedding_std(model: Any, batches: FactBatch | Sequence[FactBatch], span: Co
     if isinstance(batches, FactBatch):
         batches = [batches]
     ids = torch.cat([batch.input_ids[noise_mask(batch, span).to(batch.input_ids.device)].cpu() for batch in batches])
-    with torch.no_grad():
-        return model.W_E[ids.to(model.W_E.device)].float().std().item()
+    return _embedding_rows(model, ids).float().std().item()
+
+
+def _embedding_rows(model: Any, ids: Tensor) -> Tensor:
+    """Rows ``ids`` of the input embedding, read through accelerate's hook when a ``device_map``
+    offloads it (its weight is then on ``meta`` between calls)."""
+    from accelerate.utils import align_module_device
+
+    embedding = hf_model(model).get_input_embeddings()
+    while isinstance(getattr(embedding, "original_component", None), torch.nn.Module):
+        embedding = embedding.original_component  # TransformerLens's wrapper -> the HF module
+    with torch.no_grad(), align_module_device(embedding):
+        weight = embedding.weight
+        return weight[ids.to(weight.device)]
 
 
 def noise_run(

@@ -97,7 +97,8 @@ def _model(name: str, args: argparse.Namespace) -> Any:
     """Load ``name`` where ``--device`` / ``--device-map`` say, in ``--dtype``."""
     from loka.models import load_model
 
-    return load_model(name, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    max_memory = dict(args.max_memory) if args.max_memory else None
+    return load_model(name, device=args.device, dtype=args.dtype, device_map=args.device_map, max_memory=max_memory)
 
 
 def _placement(p: argparse.ArgumentParser) -> None:
@@ -109,6 +110,19 @@ def _placement(p: argparse.ArgumentParser) -> None:
         "--device-map", choices=("auto", "balanced", "balanced_low_0", "sequential"),
         help="spread the model's blocks over the visible GPUs with accelerate (instead of --device)",
     )  # fmt: skip
+    g.add_argument(
+        "--max-memory", type=_memory_cap, action="append", metavar="DEVICE=SIZE",
+        help="with --device-map, cap a device (repeatable): 0=20GiB caps GPU 0, cpu=60GiB the CPU; what does "
+        "not fit is offloaded (to the CPU, then to disk)",
+    )  # fmt: skip
+
+
+def _memory_cap(text: str) -> tuple[int | str, str]:
+    """``DEVICE=SIZE`` as accelerate's ``max_memory`` entry: a GPU index or ``cpu``, and a size."""
+    key, sep, size = text.partition("=")
+    if not sep or not key or not size:
+        raise argparse.ArgumentTypeError(f"expected DEVICE=SIZE (e.g. 0=20GiB or cpu=60GiB), got {text!r}")
+    return (int(key) if key.isdigit() else key), size
 
 
 def _option(text: str) -> tuple[str, str]:

@@ -165,6 +165,26 @@ def test_unlearn_exports_the_edited_model(tiny_testbed, files, tmp_path, capsys)
     assert record["settings"]["chosen"]["scale"] > 0 and record["settings"]["budget"]["max_steps"] == 5
 
 
+def test_unlearn_with_loka_on_a_model_offloaded_to_disk(tiny_testbed, files, tmp_path, capsys):
+    """``--device-map auto --max-memory cpu=...`` smaller than the model: accelerate offloads
+    modules to disk (their weights on ``meta`` between calls); LOKA still edits and exports it."""
+    cap = ["--device-map", "auto", "--max-memory", "cpu=200KB"]
+    offloaded = load_model(tiny_testbed.model_dir, device_map="auto", max_memory={"cpu": "200KB"})
+    assert any(p.is_meta for p in offloaded.parameters())  # the cap really offloads
+    code, out, _ = run(
+        capsys, "unlearn", tiny_testbed.model_dir, "--forget", files / "forget.jsonl", "--retain",
+        files / "retain.jsonl", "--method", "loka", "--max-steps", "2", *cap, "--out", tmp_path / "off",
+    )  # fmt: skip
+    assert code == 0 and "written to" in out
+    record = json.loads((tmp_path / "off" / "loka_edit.json").read_text())
+    assert record["method"] == "loka" and record["settings"]["share"] is True
+    assert not any(p.is_meta for p in load_model(tmp_path / "off").parameters())
+    code, _, err = run(capsys, "evaluate", tiny_testbed.model_dir, "--forget", files / "forget.jsonl",
+                       "--retain", files / "retain.jsonl", "--holdout", files / "holdout.jsonl",
+                       "--max-memory", "cpu=1GiB")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "max_memory caps the devices of a device_map" in err
+
+
 def test_update_replaces_facts_and_keeps_neighbours(tiny_testbed, files, tmp_path, capsys):
     code, out, _ = run(
         capsys, "update", tiny_testbed.model_dir, "--updates", files / "updates.jsonl", "--retain",
