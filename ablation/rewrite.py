@@ -85,6 +85,7 @@ from loka.checks import check_knowledge
 from loka.data import FactBatch, KnowledgeSet, Prompts
 from loka.errors import UsageError
 from loka.models import architecture, fingerprint, hf_state_dict, plain_copy, same_kind_as
+from loka.models.weights import weight_values
 from loka.objectives import unknown_loss
 from loka.recording import record
 from loka.unknown import prompt_distributions
@@ -304,7 +305,7 @@ def _bake(model: Any, deltas: Mapping[int, Tensor]) -> Any:
     state = dict(hf_state_dict(model))
     for layer, delta in deltas.items():
         name = spec.name(spec.mlp_out_weight, layer)
-        weight = state[name]
+        weight = weight_values(model, [name])[name]  # a weight a device_map offloads: its value
         change = delta if spec.mlp_out_neuron_dim == 0 else delta.T
         state[name] = weight + change.to(weight.device, weight.dtype)
     return same_kind_as(plain_copy(model, state=state), model)

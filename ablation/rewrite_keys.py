@@ -23,7 +23,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from loka.data import FactBatch, Prompts
 from loka.errors import UsageError
-from loka.models import architecture, hf_model, hf_state_dict, input_device, logits
+from loka.models import architecture, hf_model, input_device, logits
+from loka.models.weights import weight_values
 from loka.recording import record
 
 __all__ = [
@@ -135,7 +136,8 @@ def check_layers(model: Any, layers: Sequence[int] | int | None) -> tuple[int, .
 def w_out(model: Any, layer: int, state: Mapping[str, Tensor] | None = None) -> Float[Tensor, "d_mlp d_model"]:
     """``W_out`` of ``layer`` in TL orientation (a view of the HF weight)."""
     spec = architecture(model)
-    weight = (state or hf_state_dict(model))[spec.name(spec.mlp_out_weight, layer)]
+    name = spec.name(spec.mlp_out_weight, layer)
+    weight = state[name] if state is not None else weight_values(model, [name])[name]  # offloaded: its value
     return weight if spec.mlp_out_neuron_dim == 0 else weight.T
 
 

@@ -86,8 +86,9 @@ from loka.data import Fact, KnowledgeSet
 from loka.distributed import agreed, gather_rows, shard
 from loka.errors import UsageError
 from loka.intervals import paired_gap
-from loka.models import architecture, hf_model, hf_state_dict, input_device
+from loka.models import architecture, hf_model, input_device
 from loka.models import logits as model_logits
+from loka.models.weights import hf_submodule
 
 __all__ = ["Probe", "fit_probe", "probe_gap", "probe_informative", "MIN_RETAIN_PEOPLE"]
 
@@ -217,15 +218,9 @@ def _mlp_inputs(model: Any) -> list[nn.Module]:
     block's MLP reads. Found through loka.models' weight names, so a bridge works too."""
     hf = hf_model(model)
     spec = architecture(model)
-    weights = hf_state_dict(model)
-    owners = {
-        param.data_ptr(): module
-        for module in hf.modules()
-        for param in module._parameters.values()  # parameters the module owns, not its wrappers'
-        if param is not None
-    }
     n_layers = int(hf.config.num_hidden_layers)
-    return [owners[weights[spec.name(spec.mlp_in_weights[0], layer)].data_ptr()] for layer in range(n_layers)]
+    names = [spec.name(spec.mlp_in_weights[0], layer).rpartition(".")[0] for layer in range(n_layers)]
+    return [hf_submodule(hf, name) for name in names]
 
 
 @torch.no_grad()

@@ -25,8 +25,9 @@ The scheme is the standard round-to-nearest (RTN) baseline of GPTQ (Frantar et a
   group; the evaluation uses that at 8 bits and groups of 128 (the whole channel when it is shorter)
   at 4 bits, the usual 4-bit setting of GPTQ/AWQ's RTN baselines.
 - **Where.** On the weights' own device and in their own dtype, in place on one copy of the
-  model (:func:`loka.models.plain_copy`); each weight is rounded through a float32 temporary of its
-  own size, never a second copy of the whole model.
+  model (:func:`loka.models.plain_copy`, with the weights a ``device_map`` offloads brought into
+  memory: all of them are rounded); each weight is rounded through a float32 temporary of its own
+  size, never a second copy of the whole model.
 
 :func:`quantization_attack` quantizes a model at each scheme and re-scores forget accuracy (did
 the answers come back?) and retain accuracy (does the quantized model still work?), per fact, so
@@ -50,7 +51,7 @@ from loka.data import KnowledgeSet
 from loka.errors import UsageError
 from loka.intervals import paired_gap
 from loka.metrics import score_facts
-from loka.models import hf_model, plain_copy, same_kind_as
+from loka.models import hf_model, hf_state_dict, plain_copy, same_kind_as
 
 __all__ = [
     "BITS",
@@ -119,7 +120,7 @@ def _quantized_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
 def _quantized_copy(model: Any, bits: int, group_size: int | None) -> nn.Module:
     """A plain HF copy of ``model`` with its Linear / Conv1D weights rounded (eval mode)."""
     _check_scheme(bits, group_size)
-    copy = plain_copy(model)
+    copy = plain_copy(model, onload=hf_state_dict(model))  # every weight in memory: offloaded ones too
     for _, W in _quantized_weights(copy):
         quantize_weight(W, bits, group_size=group_size)
     return copy

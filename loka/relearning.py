@@ -59,7 +59,7 @@ from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
 from loka.distributed import all_reduce_gradients
 from loka.errors import UsageError
 from loka.metrics import score_facts, sharded_lm_loss
-from loka.models import input_device, plain_copy
+from loka.models import hf_state_dict, input_device, plain_copy
 
 __all__ = [
     "Relearning",
@@ -142,7 +142,8 @@ def relearn(
     For each split seed the forget facts are split in half by fact; for each learning rate a
     fresh copy of the model takes ``steps`` full-batch AdamW steps on the train half plus
     ``retain_ratio`` x as many facts sampled from ``retain`` (seeded by ``seed`` and the split
-    seed; the same sample for every learning rate). ``tokenizer`` may be None for a bridge.
+    seed; the same sample for every learning rate). ``tokenizer`` may be None for a bridge. The copy
+    holds every weight in memory (the attack trains them all), those a ``device_map`` offloads too.
     ``retain`` must share no fact id and no subject with ``forget``.
     """
     lrs, split_seeds = _check(forget, retain, steps, lrs, split_seeds, retain_ratio)
@@ -191,7 +192,7 @@ def _attack(
 ) -> tuple[tuple[tuple[int, float], ...], Tensor]:
     """One grid point: fine-tune a fresh copy on ``batch``; the held-out curve and the final
     per-fact first-token correctness on ``test``."""
-    attacker = plain_copy(model)
+    attacker = plain_copy(model, onload=hf_state_dict(model))  # it trains every weight: offloaded ones too
     optimizer = torch.optim.AdamW(attacker.parameters(), lr=lr)
     checkpoints = {round(steps * i / _CURVE_POINTS) for i in range(1, _CURVE_POINTS + 1)}
     curve = [(0, before)]

@@ -59,10 +59,11 @@ def _device_and_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
 
 
 def _with_values(model: Any, weights: dict[str, Tensor], names: Collection[str]) -> tuple[dict[str, Tensor], set[str]]:
-    """``weights`` with each offloaded (``meta``) weight of ``names``, and every other offloaded
-    weight of its module (a module held in memory needs all of its tensors), replaced by its value
-    (:func:`loka.models.weights.weight_values`); and the names so read."""
-    modules = {name.rpartition(".")[0] for name in names if weights[name].is_meta}
+    """``weights`` where, for each weight of ``names`` that ``model`` offloads, every weight of its
+    module still on ``meta`` (a module held in memory needs all of its tensors) is replaced by its
+    value (:func:`loka.models.weights.weight_values`); and the names so read."""
+    source = hf_state_dict(model)
+    modules = {name.rpartition(".")[0] for name in names if name in source and source[name].is_meta}
     wanted = [name for name, tensor in weights.items() if tensor.is_meta and name.rpartition(".")[0] in modules]
     return weights | weight_values(model, wanted), set(wanted)
 
@@ -193,9 +194,12 @@ def plain_copy(
     absent from the weights: they are set to zero. Any other missing or unexpected name is an
     error. Each weight lands on the device of ``model``'s weight of the same name. ``onload``
     names offloaded weights the caller will write: they are copied into memory (with the rest of
-    their module) on their execution device.
+    their module) on their execution device, as is the module of every weight ``state`` gives a
+    value for where ``model`` offloads it.
     """
-    weights, _ = _with_values(model, hf_state_dict(model) if state is None else dict(state), onload)
+    weights = hf_state_dict(model) if state is None else dict(state)
+    given = {name for name, tensor in weights.items() if not tensor.is_meta}  # a given value is held in memory
+    weights, _ = _with_values(model, weights, set(onload) | (given if state is not None else set()))
     clones: dict[tuple[int, int], Tensor] = {}
     copied = {}
     for name, tensor in weights.items():  # one clone per storage: tied weights stay tied

@@ -17,13 +17,16 @@ import torch
 from torch import Tensor
 
 import attribution
-from ablation import AblationMask, bake, edit, export_checkpoint
+from ablation import AblationMask, bake, edit, export_checkpoint, rewrite
 from ablation.params import parameter_masks
 from loka.errors import UsageError
+from loka.evaluation import evaluate
 from loka.methods import unlearn
 from loka.models import fingerprint, hf_model, hf_state_dict, load_model, logits, plain_copy
 from loka.models.copies import shared_copy
 from loka.models.weights import weight_values
+from loka.protocol import Protocol
+from loka.quantization import quantize
 from tests.checkpoints import VOCAB_SIZE, birth_facts, build_tiny_checkpoint, parts
 
 MODULES = ("model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "model.rotary_emb", "lm_head")
@@ -114,6 +117,19 @@ def test_edit_and_bake_of_a_dispatched_model_equal_the_plain_model(llama_dir: Pa
     assert fingerprint(dispatched, refresh=True) == before  # the input is untouched
 
 
+def test_rewrite_of_a_dispatched_model_equals_the_plain_model(llama_dir: Path, ids: Tensor) -> None:
+    """The closed-form rewrite reads the offloaded MLP output weight from its hook and writes the
+    edited one into memory; the rest stays offloaded."""
+    forget, retain, reference = parts(birth_facts(9), forget=3, retain=3, reference=3)
+    options = dict(retain=retain, reference=reference, layers=[1], steps=3)
+    expected = rewrite(load_model(llama_dir), forget, **options)
+    got = rewrite(load_model(llama_dir, device_map=OFFLOADED), forget, **options)
+    assert "model.layers.1.mlp.down_proj.weight" not in _offloaded(got.model) and _offloaded(got.model)
+    mine, theirs = weight_values(got.model), weight_values(expected.model)
+    for name in theirs:
+        torch.testing.assert_close(mine[name], theirs[name], atol=1e-6, rtol=0, msg=name)
+
+
 def test_loka_and_export_on_a_dispatched_model(llama_dir: Path, tmp_path: Path, ids: Tensor) -> None:
     forget, retain, validation = parts(birth_facts(9), forget=3, retain=3, validation=3)
     options = dict(method="loka", max_steps=2, progress=False, check_scores=0, validation=validation, seed=0)
@@ -139,3 +155,19 @@ def test_loka_and_export_on_a_dispatched_model(llama_dir: Path, tmp_path: Path, 
     with pytest.raises(UsageError, match="trains every weight") as raised:
         unlearn(dispatched, forget, retain, method="gradient_ascent", max_steps=1, progress=False)
     assert "\n" not in str(raised.value)
+
+
+def test_evaluation_of_an_offloaded_model_equals_the_plain_model(tiny_testbed) -> None:
+    """Every number of the evaluation, the attacks that need every weight in memory (relearning
+    fine-tunes them all, quantization rounds them all) and the probe's hooks included."""
+    protocol = Protocol.from_testbed(tiny_testbed)
+    for directory in (tiny_testbed.model_dir, tiny_testbed.oracle_dir):
+        plain = load_model(directory)
+        offloaded = load_model(directory, device_map="auto", max_memory={"cpu": "200KB"})
+        assert any(p.is_meta for p in offloaded.parameters())
+        expected, got = evaluate(plain, protocol=protocol), evaluate(offloaded, protocol=protocol)
+        assert dict(got.rows()) == dict(expected.rows())
+        assert got.relearning is not None and got.relearning.grid == expected.relearning.grid
+        rounded = weight_values(quantize(offloaded, 4, group_size=128))
+        for name, value in weight_values(quantize(plain, 4, group_size=128)).items():
+            assert torch.equal(rounded[name], value), name
