@@ -257,11 +257,12 @@ def _gradient_ascent(
     return student.eval(), {}, log
 
 
-def _answer_nll(log_probs: torch.Tensor, batch: FactBatch) -> torch.Tensor:
-    """Mean negative log-likelihood of the answer tokens (padding excluded)."""
+def _answer_nll(log_probs: torch.Tensor, batch: FactBatch, count: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean negative log-likelihood of the answer tokens (padding excluded); summed and divided by
+    ``count`` instead when given (a rank's share of a global batch)."""
     picked = log_probs.gather(-1, batch.target_ids[..., None]).squeeze(-1)
     mask = batch.target_mask.to(picked.dtype)
-    return -(picked * mask).sum() / mask.sum().clamp(min=1.0)
+    return -(picked * mask).sum() / (mask.sum().clamp(min=1.0) if count is None else count)
 
 
 def _sharded_answer_nll(student: Any, batch: FactBatch, rows: torch.Tensor) -> torch.Tensor:
@@ -275,8 +276,7 @@ def _sharded_answer_nll(student: Any, batch: FactBatch, rows: torch.Tensor) -> t
         return zero_loss(student)
     count = batch.target_mask[rows].sum().clamp(min=1).to(torch.float32)
     local = batch.rows(mine)
-    picked = answer_log_probs(student, local).gather(-1, local.target_ids[..., None]).squeeze(-1)
-    return -(picked * local.target_mask.to(picked.dtype)).sum() / count
+    return _answer_nll(answer_log_probs(student, local), local, count)
 
 
 def _npo(
@@ -376,6 +376,13 @@ def _by_chunks(batch: FactBatch, read: Callable[[FactBatch], torch.Tensor], rows
     return torch.cat([part.to(batch.input_ids.device) for part in gather_rows([p.cpu() for p in parts])])
 
 
+def _answer_log_probs(student: Any, batch: FactBatch, attacked: AttackedModel | None) -> torch.Tensor:
+    """``student``'s answer log-probs on ``batch``, or those at its adversarially attacked weights."""
+    if attacked is None:
+        return answer_log_probs(student, batch)
+    return batch.target_log_softmax(attacked.logits(batch.input_ids, batch.attention_mask))
+
+
 class _Forget:
     """LOKA's forget loss on the forget prompts (:mod:`loka.objectives`), on a batch of rows."""
 
@@ -404,10 +411,7 @@ class _Forget:
         if active():
             return self._sharded(student, rows, attacked)
         batch = self.batch.rows(rows)
-        if attacked is None:
-            log_probs = answer_log_probs(student, batch)
-        else:
-            log_probs = batch.target_log_softmax(attacked.logits(batch.input_ids, batch.attention_mask))
+        log_probs = _answer_log_probs(student, batch, attacked)
         if self.objective == "npo":
             return npo_loss(sequence_log_probs(log_probs, batch), self.original[rows], beta=self.beta)
         loss = unknown_loss(log_probs[:, 0], self.unknown[rows])
@@ -423,10 +427,7 @@ class _Forget:
         if len(mine) == 0:
             return zero_loss(student)
         batch = self.batch.rows(mine)
-        if attacked is None:
-            log_probs = answer_log_probs(student, batch)
-        else:
-            log_probs = batch.target_log_softmax(attacked.logits(batch.input_ids, batch.attention_mask))
+        log_probs = _answer_log_probs(student, batch, attacked)
         if self.objective == "npo":
             return _npo_sum(sequence_log_probs(log_probs, batch), self.original[mine], self.beta) / n
         loss = torch.nn.functional.kl_div(log_probs[:, 0], self.unknown[mine], reduction="sum") / n
@@ -458,6 +459,7 @@ class _Retain:
         return len(self.batch)
 
     def __call__(self, student: Any, rows: torch.Tensor) -> torch.Tensor:
+        count = None
         if active():  # data parallel: this rank's rows, its sum over the global answer-token count
             count = self.batch.target_mask[rows].sum().clamp(min=1).to(torch.float32)
             rows = _mine(rows)
@@ -465,11 +467,7 @@ class _Retain:
                 return zero_loss(student)
         batch = self.batch.rows(rows)
         original = self.cached[rows.to(self.cached.device)] if self.cached is not None else self._original(batch)
-        if active():
-            log_probs = answer_log_probs(student, batch)
-            per_position = (original.exp() * (original - log_probs)).sum(-1)
-            return (per_position * batch.target_mask.to(per_position.dtype)).sum() / count
-        return retain_kl(answer_log_probs(student, batch), original, batch.target_mask)
+        return retain_kl(answer_log_probs(student, batch), original, batch.target_mask, count)
 
 
 def _masked_finetune(

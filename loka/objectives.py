@@ -83,8 +83,10 @@ def retain_kl(
     log_probs: Float[Tensor, "batch target d_vocab"],
     original: Float[Tensor, "batch target d_vocab"],
     target_mask: Tensor,
+    count: Tensor | None = None,
 ) -> Float[Tensor, ""]:
-    """``KL(p_original || p)`` summed over the vocabulary, averaged over every real answer position."""
+    """``KL(p_original || p)`` summed over the vocabulary, averaged over every real answer position
+    (summed and divided by ``count`` instead when given: a rank's share of a global batch)."""
     per_position = (original.exp() * (original - log_probs)).sum(-1)
     mask = target_mask.to(per_position.dtype)
-    return (per_position * mask).sum() / mask.sum().clamp(min=1.0)
+    return (per_position * mask).sum() / (mask.sum().clamp(min=1.0) if count is None else count)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,8 @@ from loka.data import KnowledgeSet
 from loka.errors import UsageError
 from loka.metrics import score_facts
 from loka.testbed import Testbed
+from tests.ranks import run_all, torchrun
 
-ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-6
 COMPONENTS = ("L0H1", "L1H3", ("neuron", 0, 5), ("neuron", 1, 200))
 
@@ -109,32 +107,11 @@ def _worker(out_dir: Path, cache_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory, testbed_cache: Path, tiny_testbed: Testbed) -> Path:
     """Run this file under torchrun with two gloo ranks; the directory they wrote to."""
     out = tmp_path_factory.mktemp("distributed")
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "LOKA_DISTRIBUTED_CACHE": str(testbed_cache)}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        __file__,
-        str(out),
-    ]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_all([torchrun(__file__, str(out))], testbed_cache, timeout=300)
     return out
 
 

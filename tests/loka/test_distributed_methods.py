@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,8 +33,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from loka.testbed import Testbed
+from tests.ranks import run_all, torchrun
 
-ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5
 STEPS = 10
 DEFAULT_LRS = {"gradient_ascent": 5e-4, "npo": 2e-4, "task_vector": 1e-3, "rmu": 2e-2, "loka": 1e-2}
@@ -92,28 +90,11 @@ def _worker(out_dir: Path, cache_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, testbed_cache: Path, tiny_testbed: Testbed) -> Path:
     """Two ranks under torchrun and one plain process, side by side; the directory they wrote to."""
     out = tmp_path_factory.mktemp("distributed_methods")
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "LOKA_DISTRIBUTED_CACHE": str(testbed_cache)}
-    env.pop("WORLD_SIZE", None)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(_free_port()), __file__, str(out)]  # fmt: skip
-    single = [sys.executable, __file__, str(out)]
-    processes = [
-        subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for c in (torchrun, single)
-    ]
-    for process in processes:
-        output, _ = process.communicate(timeout=600)
-        assert process.returncode == 0, output[-4000:]
+    run_all([torchrun(__file__, str(out)), [sys.executable, __file__, str(out)]], testbed_cache)
     return out
 
 
