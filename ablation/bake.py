@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from ablation.mask import BAKEABLE_MODES, AblationMask
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 from loka.models import (
     WeightSlice,
     architecture,

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 from loka.models import hf_state_dict, plain_copy, same_kind_as
 
 __all__ = ["random_edit_like", "random_change_like"]

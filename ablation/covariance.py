@@ -20,8 +20,8 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from ablation.rewrite_keys import check_layers, check_model, device_of, post_hook, run_edited, w_out
-from loka.data import KnowledgeSet
-from loka.errors import UsageError
+from loka.base.errors import UsageError
+from loka.data.knowledge import KnowledgeSet
 from loka.models import ModelFingerprint, fingerprint
 
 __all__ = ["KeyCovariance", "key_covariance"]

@@ -45,9 +45,9 @@ from tqdm.auto import tqdm
 
 from ablation.mask import AblationMask
 from ablation.params import parameter_masks
-from loka.checks import check_number
-from loka.distributed import active, all_reduce_gradients, all_reduce_sum
-from loka.errors import UsageError
+from loka.base.checks import check_number
+from loka.base.distributed import active, all_reduce_gradients, all_reduce_sum
+from loka.base.errors import UsageError
 from loka.models import plain_copy, same_kind_as
 from loka.models.copies import shared_copy, shares_storage
 from loka.models.weights import weight_values
@@ -138,7 +138,7 @@ def edit(
                 raise UsageError(
                     f"objective must return a scalar loss tensor that depends on the model's weights, got {got}"
                 )
-            # under a process group each rank's loss is its share of the batch (loka.distributed):
+            # under a process group each rank's loss is its share of the batch (loka.base.distributed):
             # the value reported is their sum, and the gradients are added before the step
             value = float(loss.detach()) if not active() else float(all_reduce_sum(loss.detach().double().reshape(1)))
             if not math.isfinite(value):

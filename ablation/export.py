@@ -22,7 +22,7 @@ The write is atomic: everything goes into a temporary directory beside ``out_dir
 renamed into place only when complete; on any error it is removed, so nothing half-written is
 left behind. An existing ``out_dir`` that is not an empty directory is refused unless
 ``overwrite=True`` (and even then only a previous export, a directory holding ``loka_edit.json``,
-is replaced: :func:`loka.files.check_output`); the
+is replaced: :func:`loka.base.files.check_output`); the
 source checkpoint's own directory (or any directory containing it) is always refused.
 """
 
@@ -45,8 +45,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ablation.mask import AblationMask
 from ablation.mask_file import file_sha256
-from loka.errors import UsageError
-from loka.files import check_output
+from loka.base.errors import UsageError
+from loka.base.files import check_output
 from loka.models import ModelFingerprint, fingerprint, hf_model, quiet_transformers
 from loka.models.weights import weight_values
 

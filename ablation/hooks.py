@@ -32,12 +32,12 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from ablation.mask import AblationMask, MeanActivations
-from loka.components import hook_name
-from loka.data import FactBatch
-from loka.errors import UsageError
+from loka.base.components import hook_name
+from loka.base.errors import UsageError
+from loka.data.encoding import FactBatch
 from loka.models import input_device
 from loka.models import logits as model_logits
-from loka.recording import class_means, record
+from loka.models.recording import class_means, record
 
 __all__ = ["ablate", "ablation_hooks", "mean_activations"]
 

@@ -2,7 +2,7 @@
 
 An :class:`AblationMask` is the hand-off between *finding* components (attribution) and *changing*
 a model (hooks, baked weights, localized edits). It holds two boolean tensors, one per component
-kind (the component addresses of :mod:`loka.components`):
+kind (the component addresses of :mod:`loka.base.components`):
 
 * ``neurons`` ``[n_layers, d_mlp]``: True where neuron ``i`` of ``blocks.{l}.mlp.hook_post`` is ablated;
 * ``heads`` ``[n_layers, n_heads]``: True where head ``h`` of ``blocks.{l}.attn.hook_z`` is ablated;
@@ -52,8 +52,8 @@ from ablation.mask_file import MaskFile, mask_file_error, read_mask, write_mask
 from ablation.mask_schema import BAKEABLE_MODES, MODE_VALUES, MODES, VALUE_FIELDS, Mode, check_mode
 from ablation.plot import plot_strengths
 from ablation.selection import count_for, random_like_layers, select_top
-from loka.components import Component, ComponentShapes, from_masks, to_masks
-from loka.errors import UsageError
+from loka.base.components import Component, ComponentShapes, from_masks, to_masks
+from loka.base.errors import UsageError
 from loka.models import ModelFingerprint, fingerprint, head_output_weights
 
 __all__ = ["AblationMask", "MeanActivations", "Mode", "MODES", "BAKEABLE_MODES", "KindChoice", "check_mode"]
@@ -173,7 +173,7 @@ class AblationMask:
 
     @property
     def components(self) -> list[Component]:
-        """The ablated components (:mod:`loka.components` addresses), neurons first, in (layer, index) order."""
+        """The ablated components (:mod:`loka.base.components` addresses), neurons first, in (layer, index) order."""
         return from_masks(self.neurons, self.heads)
 
     def __len__(self) -> int:
@@ -255,7 +255,7 @@ class AblationMask:
     ) -> AblationMask:
         """A mask for ``model`` ablating the given components.
 
-        A component is a :class:`loka.components.Component`, a ``("neuron" | "head", layer,
+        A component is a :class:`loka.base.components.Component`, a ``("neuron" | "head", layer,
         index)`` tuple, or a label such as ``"L1H3"``; one that ``model`` does not have is a
         ValueError naming it. The mask records ``model``'s fingerprint.
         """

@@ -43,7 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ablation.mask_schema import FORMAT, KEYS, MODES, SCHEMA_VERSION, VALUE_FIELDS, WIDTHS, Mode
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 from loka.models import ModelFingerprint
 
 __all__ = ["MaskFile", "file_sha256", "mask_file_error", "mask_to_json", "read_mask", "values_path", "write_mask"]

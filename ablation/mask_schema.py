@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 
 __all__ = [
     "BAKEABLE_MODES",

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from loka.components import Component
+from loka.base.components import Component
 from loka.models import (
     WeightSlice,
     attention_layout,

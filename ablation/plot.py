@@ -4,7 +4,7 @@
 removed (``AblationMask.strength``): 1 for zero, mean and
 resample ablation, ``1 - factor`` for scaling, 0 where nothing is done. The colour scale is RdBu
 centred on 0, so removed components are red and amplified ones (factor > 1) blue. Hover labels
-use the component labels of :mod:`loka.components`, ``L{l}N{i}`` and ``L{l}H{h}``.
+use the component labels of :mod:`loka.base.components`, ``L{l}N{i}`` and ``L{l}H{h}``.
 """
 
 from __future__ import annotations

@@ -81,14 +81,15 @@ from ablation.rewrite_keys import (
     w_out,
 )
 from ablation.rewrite_targets import erase_change, nll_loss, optimised_change
-from loka.checks import check_knowledge
-from loka.data import FactBatch, KnowledgeSet, Prompts
-from loka.errors import UsageError
+from loka.base.errors import UsageError
+from loka.data.checks import check_knowledge
+from loka.data.encoding import FactBatch
+from loka.data.knowledge import KnowledgeSet, Prompts
 from loka.models import architecture, fingerprint, hf_state_dict, plain_copy, same_kind_as
+from loka.models.recording import record
 from loka.models.weights import weight_values
-from loka.objectives import unknown_loss
-from loka.recording import record
-from loka.unknown import prompt_distributions
+from loka.scoring.objectives import unknown_loss
+from loka.scoring.unknown import prompt_distributions
 
 __all__ = [
     "POSITIONS",

@@ -3,7 +3,7 @@
 The rewrite (:mod:`ablation.rewrite`) edits ``W_out`` so that the *keys* of forget prompts map
 to new values; this module reads those keys. :func:`run_edited` runs a bridge once with
 ``hook_post @ Delta`` added to chosen layers' MLP outputs (the edit as hooks) and saves the
-activations asked for (recorded with :func:`loka.recording.record`); :func:`read_keys` gathers
+activations asked for (recorded with :func:`loka.models.recording.record`); :func:`read_keys` gathers
 the keys of every prompt (:class:`loka.data.Prompts`) at the ``"last"`` prompt token (the
 position that predicts the answer; the same word as :mod:`attribution.positions`), at the
 subject's last token or at both. The input checks shared by the rewrite, the key covariance and
@@ -21,11 +21,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from loka.data import FactBatch, Prompts
-from loka.errors import UsageError
+from loka.base.errors import UsageError
+from loka.data.encoding import FactBatch
+from loka.data.knowledge import Prompts
 from loka.models import architecture, hf_model, input_device, logits
+from loka.models.recording import record
 from loka.models.weights import weight_values
-from loka.recording import record
 
 __all__ = [
     "BATCH_SIZE",

@@ -1,7 +1,7 @@
 """The rewrite's targets: how the residual stream at the forget keys should change.
 
 An erasure asks the forget prompts to say what the model says about people it does not know
-(:func:`loka.unknown.prompt_distributions`, their mean next-token distribution over reference facts
+(:func:`loka.scoring.unknown.prompt_distributions`, their mean next-token distribution over reference facts
 of the same relation and template); an update asks for a new target. :func:`optimised_change` finds, per
 prompt, the vector to add to the residual stream after the last edited layer that does so (a few
 Adam steps, as in ROME/MEMIT); :func:`erase_change` is the ``erase_values="mean"`` alternative.
@@ -26,7 +26,8 @@ from ablation.rewrite_keys import (
     run_edited,
     w_out,
 )
-from loka.data import FactBatch, KnowledgeSet, Prompts
+from loka.data.encoding import FactBatch
+from loka.data.knowledge import KnowledgeSet, Prompts
 
 __all__ = ["Loss", "erase_change", "nll_loss", "optimised_change"]
 

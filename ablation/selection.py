@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 
 __all__ = ["count_for", "random_like_layers", "select_top"]
 

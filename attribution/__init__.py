@@ -7,11 +7,11 @@ a mean, another fact's run, a corrupted run) and read how the metric of "knowing
 - :func:`attribute` scores every neuron (``blocks.{l}.mlp.hook_post``, ``[n_layers, d_mlp]``) and
   head (``blocks.{l}.attn.hook_z``, ``[n_layers, n_heads]``), exactly (``"activation_patching"``,
   batched) or by the first-order estimate (``"grad_x_act"``, one backward pass per batch), and
-  returns :class:`AttributionScores` (``.top()``, ``.contrast()``, ``.plot()``, ``.save()``,
-  ``.validate()``). The defaults (noise-corrupted runs, denoising) are the settings where the
+  returns :class:`AttributionScores` (``.top()``, ``.contrast()``, ``.plot()``, ``.save()``).
+  The defaults (noise-corrupted runs, denoising) are the settings where the
   estimate agrees with exact patching; see :mod:`attribution.api` for when it does not.
 - :func:`patch_components` patches chosen components exactly, per fact;
-  :meth:`AttributionScores.validate` uses it to check an estimate's top components
+  :func:`validate` uses it to check an estimate's top components
   (:class:`ScoreCheck`: rank correlation and top-k agreement with exact patching).
 - :func:`layer_scan` is ROME's causal tracing: per layer and token position, the effect of the
   residual stream, attention output and MLP output.
@@ -28,7 +28,7 @@ from attribution.metric import METRICS, FactMetric, MetricName, MetricValues, me
 from attribution.positions import POSITION_CLASSES, POSITIONS, Positions
 from attribution.scores import AttributionScores, ContrastKind, ScoresMetadata
 from attribution.tracing import SITES, LayerScan, Site, layer_scan
-from attribution.validation import KindCheck, ScoreCheck
+from attribution.validation import KindCheck, ScoreCheck, validate
 
 __all__ = [
     "attribute",
@@ -58,6 +58,7 @@ __all__ = [
     "CORRUPTIONS",
     "CorruptionSpan",
     "SPANS",
+    "validate",
     "ScoreCheck",
     "KindCheck",
     "Positions",

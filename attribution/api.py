@@ -3,7 +3,7 @@
 This is the entry point most code needs::
 
     scores = attribute(model, forget)          # attribution patching: noise-corrupted, denoised
-    scores.validate(model, forget).describe()  # the top components, checked by exact patching
+    validate(scores, model, forget).describe()  # the top components, checked by exact patching
     exact = attribute(model, forget, method="activation_patching", components="heads")
     ablated = attribute(model, forget, baseline="zero")                # gradient x activation
     selective = scores.contrast(attribute(model, retain), kind="ratio")
@@ -37,7 +37,7 @@ When the first-order estimate fails (and why ``validate`` exists):
 - **any setting, on a new model or metric.** The rank agreement is a property of the model, the
   facts and the settings, not of the method.
 
-:meth:`AttributionScores.validate <attribution.scores.AttributionScores.validate>` is the
+:func:`attribution.validation.validate` is the
 check: it measures the top-k components of each kind (and k random ones) exactly, in the settings
 recorded in the scores' metadata, and reports the rank correlation and top-k agreement
 (:class:`attribution.validation.ScoreCheck`). Run it before trusting an estimate you have not
@@ -47,7 +47,7 @@ Data parallel: under an initialized ``torch.distributed`` process group (``torch
 --nproc_per_node N``), :func:`attribute` and :func:`patch_components` are collectives: every rank
 encodes all facts in the same batches, runs a contiguous block of them, and the sums over facts
 (float64) and per-fact values are combined so that every rank returns the full result, equal to
-the one-process one within float rounding (:mod:`loka.distributed`; progress bars on rank 0).
+the one-process one within float rounding (:mod:`loka.base.distributed`; progress bars on rank 0).
 
 The model is only read: hooks live inside ``model.hooks(...)`` contexts and are gone when a call
 returns or raises; weights, ``requires_grad`` flags and the train/eval mode are never touched.
@@ -72,10 +72,11 @@ from attribution.metric import FactMetric, MetricName
 from attribution.patching import all_components, component_plan, patch_effects
 from attribution.positions import Positions, check_positions
 from attribution.scores import AttributionScores, ScoresMetadata, parse_kind
-from loka.components import Component, ComponentShapes, Kind, hook_name
-from loka.data import Fact, KnowledgeSet
-from loka.distributed import agreed, all_reduce_sum, is_main, merge_rows, shard
-from loka.errors import UsageError
+from loka.base.components import Component, ComponentShapes, Kind, hook_name
+from loka.base.distributed import agreed, all_reduce_sum, is_main, merge_rows, shard
+from loka.base.errors import UsageError
+from loka.data.facts import Fact
+from loka.data.knowledge import KnowledgeSet
 from loka.models import fingerprint
 
 __all__ = ["AttributionMethod", "ATTRIBUTION_METHODS", "attribute", "patch_components", "ComponentEffects"]
@@ -185,7 +186,7 @@ def attribute(
 
     Which to use: ``"grad_x_act"`` is cheap enough for every component of a large model, but it
     is a first-order estimate: see the module docstring for when it fails, and check it with
-    ``scores.validate(model, knowledge)``. With ``baseline="zero"`` (``"mean"``) on facts the model
+    ``attribution.validate(scores, model, knowledge)``. With ``baseline="zero"`` (``"mean"``) on facts the model
     is sure of, the log-probability is saturated and its gradient at the clean run says little
     about ablating (on the tiny testbed its rank correlation with exact zero-ablation of heads
     is negative); there use ``method="activation_patching"`` or ``metric="logit_diff"``.
@@ -219,7 +220,7 @@ def attribute(
     )
     plan = component_plan(all_components(shapes, kinds)) if method == "activation_patching" else None
 
-    # Data parallel (loka.distributed): this rank runs a contiguous block of the batches; sums
+    # Data parallel (loka.base.distributed): this rank runs a contiguous block of the batches; sums
     # over facts are float64 and added across ranks, per-fact values merged back in order.
     mine = shard(baselines.batches)
     shown = progress and is_main()

@@ -56,10 +56,12 @@ from attribution.corruption import (
 from attribution.metric import FactMetric, Targets
 from attribution.positions import POSITION_CLASSES, Positions, position_classes, position_mask, subject_tokens
 from attribution.runs import Run, forward
-from loka.data import Fact, FactBatch, KnowledgeSet, encode_facts
-from loka.errors import UsageError
+from loka.base.errors import UsageError
+from loka.data.encoding import FactBatch, encode_facts
+from loka.data.facts import Fact
+from loka.data.knowledge import KnowledgeSet
 from loka.models import input_device
-from loka.recording import class_means, record
+from loka.models.recording import class_means, record
 
 __all__ = [
     "Baseline",

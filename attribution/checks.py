@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from loka.checks import check_number
-from loka.data import Fact, KnowledgeSet
-from loka.errors import UsageError
+from loka.base.checks import check_number
+from loka.base.errors import UsageError
+from loka.data.facts import Fact
+from loka.data.knowledge import KnowledgeSet
 
 __all__ = ["check_model", "check_knowledge", "check_batch_size", "finite_or_raise"]
 

@@ -55,8 +55,9 @@ from torch import Tensor
 
 from attribution.positions import position_mask, subject_tokens
 from attribution.runs import Run
-from loka.data import Fact, FactBatch, encode_facts
-from loka.errors import UsageError
+from loka.base.errors import UsageError
+from loka.data.encoding import FactBatch, encode_facts
+from loka.data.facts import Fact
 from loka.models import hf_model
 
 __all__ = [

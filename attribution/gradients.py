@@ -32,7 +32,7 @@ log-probabilities near 0 (the metric saturates: once a fact is certain, one comp
 gradient is small even if removing it would matter). Corrupt baselines, whose activations are
 close to the clean ones, are where it tracks exact patching best, which is why
 :func:`attribution.attribute` defaults to them. Check any estimate with
-:meth:`AttributionScores.validate <attribution.scores.AttributionScores.validate>`: it patches the
+:func:`attribution.validate`: it patches the
 top-k components (and k random ones) exactly in the same settings and reports the rank
 correlation.
 """
@@ -48,7 +48,7 @@ from torch import Tensor
 
 from attribution.baselines import Setup
 from attribution.runs import forward
-from loka.recording import record
+from loka.models.recording import record
 
 __all__ = ["grad_x_act"]
 

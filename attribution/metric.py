@@ -5,7 +5,7 @@ Two metrics, both per fact and read under teacher forcing from one forward pass 
 
 - ``"log_prob"``: log p(target | prompt), the sum over the target's tokens of the log-probability
   of each token given the prompt and the target tokens before it. It is what
-  :func:`loka.metrics.score_facts` calls ``log_prob``; higher means the fact is known better.
+  :func:`loka.scoring.metrics.score_facts` calls ``log_prob``; higher means the fact is known better.
 - ``"logit_diff"``: the logit of the target's first token minus the logit of a *contrast* answer's
   first token, both read at the last prompt token (the logit difference of IOI-style circuit
   work). It needs a contrast for every fact, passed as a mapping ``fact id -> contrast target``
@@ -31,8 +31,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from loka.data import FactBatch, KnowledgeSet, encode_facts, token_log_probs
-from loka.errors import UsageError
+from loka.base.errors import UsageError
+from loka.data.encoding import FactBatch, encode_facts, token_log_probs
+from loka.data.knowledge import KnowledgeSet
 from loka.models import input_device
 
 __all__ = [

@@ -45,10 +45,10 @@ from tqdm.auto import tqdm
 
 from attribution.baselines import Setup
 from attribution.runs import forward
-from loka.components import Component, ComponentShapes, Kind, hook_name
-from loka.errors import UsageError
+from loka.base.components import Component, ComponentShapes, Kind, hook_name
+from loka.base.errors import UsageError
 from loka.models import hf_model, input_device
-from loka.recording import Hook
+from loka.models.recording import Hook
 
 __all__ = ["PatchPlan", "component_plan", "all_components", "patch_effects", "default_chunk_size", "CHUNK_BYTES"]
 

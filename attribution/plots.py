@@ -7,17 +7,13 @@ Hovering a cell shows the component's label (``L{layer}H{head}``, ``L{layer}N{ne
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from torch import Tensor
 
 from attribution.positions import POSITION_CLASSES
-
-if TYPE_CHECKING:
-    from attribution.scores import AttributionScores
-    from attribution.tracing import LayerScan
 
 __all__ = ["scores_figures", "layer_scan_figure", "heatmap"]
 
@@ -46,12 +42,12 @@ def heatmap(values: Tensor, *, letter: str, title: str, x_title: str, colorbar: 
     return figure
 
 
-def _subtitle(scores: AttributionScores) -> str:
+def _subtitle(scores: Any) -> str:
     meta = scores.metadata
     return f"{meta.method}, baseline {meta.baseline}, {meta.direction}, positions {meta.positions}, {meta.metric}"
 
 
-def scores_figures(scores: AttributionScores, *, k: int = 20) -> dict[str, go.Figure]:
+def scores_figures(scores: Any, *, k: int = 20) -> dict[str, go.Figure]:
     """The figures of :meth:`attribution.scores.AttributionScores.plot`."""
     figures: dict[str, go.Figure] = {}
     sub = _subtitle(scores)
@@ -89,7 +85,7 @@ def scores_figures(scores: AttributionScores, *, k: int = 20) -> dict[str, go.Fi
     return figures
 
 
-def layer_scan_figure(scan: LayerScan, fact: int | None = None) -> go.Figure:
+def layer_scan_figure(scan: Any, fact: int | None = None) -> go.Figure:
     """One heatmap per site: layer x position class (all facts) or layer x token (one fact)."""
     if fact is None:
         values, present = scan.by_class()

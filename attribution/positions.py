@@ -26,8 +26,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from loka.data import FactBatch
-from loka.errors import UsageError
+from loka.base.errors import UsageError
+from loka.data.encoding import FactBatch
 
 __all__ = [
     "Positions",

@@ -4,7 +4,7 @@ A :class:`Run` is a batch of rows to feed the model: token ids, their attention 
 optionally noise to add to the token embeddings (ROME's corruption). :func:`forward` runs it,
 possibly as ``copies`` stacked copies (the batch dimension then carries the patch index, row
 ``c * rows + r`` being copy ``c`` of row ``r``), with extra hooks, and returns the metric of every
-row of every copy. Activations are recorded with :func:`loka.recording.record`, the hook both
+row of every copy. Activations are recorded with :func:`loka.models.recording.record`, the hook both
 tools share.
 
 All hooks are added through ``model.hooks(...)``, a context manager that removes them on exit,
@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from attribution.metric import Targets, gather_hook
-from loka.recording import Hook
+from loka.models.recording import Hook
 
 __all__ = ["Run", "forward", "EMBED_HOOK"]
 

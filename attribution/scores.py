@@ -37,14 +37,14 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from loka.components import Component, ComponentShapes, Kind
-from loka.errors import UsageError
+from attribution.plots import scores_figures
+from loka.base.components import Component, ComponentShapes, Kind
+from loka.base.errors import UsageError
 from loka.models import ModelFingerprint, fingerprint
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from attribution.validation import ScoreCheck
 
 __all__ = ["AttributionScores", "ScoresMetadata", "ScoreDirection", "ContrastKind", "SCORES_FILE", "METADATA_FILE"]
 
@@ -308,49 +308,11 @@ class AttributionScores:
         return cls(tensors.get("neurons"), tensors.get("heads"), metadata)
 
     # checking ---------------------------------------------------------------------------------
-    def validate(
-        self,
-        model: Any,
-        knowledge: Any,
-        *,
-        k: int = 20,
-        kind: str | None = None,
-        seed: int = 0,
-        donors: Any = None,
-        contrast: Mapping[str, str] | None = None,
-        batch_size: int = 16,
-        chunk_size: int | None = None,
-        progress: bool = False,
-    ) -> ScoreCheck:
-        """Check these ``grad_x_act`` scores against exact patching: the top ``k`` components of
-        each kind (or of ``kind``) by :meth:`importance`, and ``k`` more drawn at random (``seed``),
-        patched exactly on ``knowledge`` (the facts scored) in the settings of the metadata.
-        Returns a :class:`attribution.validation.ScoreCheck` (``.spearman``, ``.agreement``,
-        ``.ok()``, ``.describe()``, ``.plot()``). ``donors`` / ``contrast``: the donor set
-        and the contrast answers the scores used, where the metadata can only name them."""
-        from attribution.validation import validate
-
-        return validate(
-            self,
-            model,
-            knowledge,
-            k=k,
-            kind=kind,
-            seed=seed,
-            donors=donors,
-            contrast=contrast,
-            batch_size=batch_size,
-            chunk_size=chunk_size,
-            progress=progress,
-        )
-
     # plots ------------------------------------------------------------------------------------
     def plot(self, k: int = 20) -> dict[str, go.Figure]:
         """Plotly figures: ``"heads"`` (layer x head heatmap), ``"neurons"`` (layer x neuron
         heatmap), ``"neuron_distribution"`` (per-layer box plot), and ``"top"`` (the ``k``
         most important components); RdBu, centred on 0, layers on the y axis."""
-        from attribution.plots import scores_figures
-
         return scores_figures(self, k=k)
 
 

@@ -42,9 +42,11 @@ from attribution.checks import check_batch_size, check_knowledge, check_model, f
 from attribution.corruption import Corruption, CorruptionKind
 from attribution.metric import FactMetric, MetricName
 from attribution.patching import PatchPlan, patch_effects
+from attribution.plots import layer_scan_figure
 from attribution.positions import POSITION_CLASSES, position_classes
-from loka.data import Fact, KnowledgeSet
-from loka.errors import UsageError
+from loka.base.errors import UsageError
+from loka.data.facts import Fact
+from loka.data.knowledge import KnowledgeSet
 from loka.models import fingerprint
 
 if TYPE_CHECKING:
@@ -108,8 +110,6 @@ class LayerScan:
     def plot(self, fact: int | str | None = None) -> go.Figure:
         """Heatmaps (one per site, layers on y): by position class over all facts, or the
         per-token scan of one fact (``fact`` as index or id)."""
-        from attribution.plots import layer_scan_figure
-
         if isinstance(fact, str):
             if fact not in self.fact_ids:
                 raise UsageError(f"no fact {fact!r} in this scan")

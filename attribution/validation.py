@@ -42,9 +42,10 @@ from attribution.baselines import BASELINES
 from attribution.checks import check_knowledge, check_model
 from attribution.corruption import Corruption
 from attribution.scores import AttributionScores, check_same_model, parse_kind
-from loka.components import Component
-from loka.data import Fact, KnowledgeSet
-from loka.errors import UsageError
+from loka.base.components import Component
+from loka.base.errors import UsageError
+from loka.data.facts import Fact
+from loka.data.knowledge import KnowledgeSet
 from loka.models import fingerprint
 
 if TYPE_CHECKING:

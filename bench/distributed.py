@@ -6,8 +6,8 @@ on a shared machine, it times :func:`attribution.attribute` end to end with its 
 (noise-corrupted runs, denoising, neurons and heads) for ``method="grad_x_act"`` (best of
 ``--repeats``) and ``method="activation_patching"`` (exact, once):
 
-- on 1 process: rank 0 alone, inside :func:`loka.distributed.local` (rank 1 waits at a barrier);
-- on 2 processes: sharded over both ranks (:mod:`loka.distributed`).
+- on 1 process: rank 0 alone, inside :func:`loka.base.distributed.local` (rank 1 waits at a barrier);
+- on 2 processes: sharded over both ranks (:mod:`loka.base.distributed`).
 
 A barrier starts and ends each timing, so a time is the slowest rank's. It prints facts per
 second for each, the ratio 2 / 1 (ideal 2.0 on two free cores), and the largest difference
@@ -112,7 +112,7 @@ def _alone(model: Any, facts: Any, **options: Any) -> Any:
     import torch.distributed as dist
 
     import attribution
-    from loka import distributed
+    from loka.base import distributed
 
     if dist.get_rank() != 0:
         return None
@@ -122,7 +122,7 @@ def _alone(model: Any, facts: Any, **options: Any) -> Any:
 
 def _worker(args: argparse.Namespace) -> None:
     """One of two ranks: alternately time each method on rank 0 alone (inside
-    :func:`loka.distributed.local`, rank 1 waiting at the barrier) and sharded over both ranks;
+    :func:`loka.base.distributed.local`, rank 1 waiting at the barrier) and sharded over both ranks;
     rank 0 writes the best times and both results."""
     import torch
     import torch.distributed as dist

@@ -8,7 +8,7 @@
 ``table``: :func:`loka.comparison.compare_testbed` with LOKA only and its localization controls
 (the same edit, objective, budget and seeds on random / least-attributed / complement / whole-layer
 / all components), full evaluation (relearning, MIA, probe), then the verdicts in words.
-``curve``: :func:`loka.curve.budget_curve`, located vs random at every size, forget / retain-eval /
+``curve``: :func:`loka.comparison.curve.budget_curve`, located vs random at every size, forget / retain-eval /
 paraphrase answer-token accuracy and the share of parameters changed.
 
 ``--forget-share`` below the testbed's 5% forgets only the first people of its forget set (1% =
@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import loka  # noqa: E402
 from loka.comparison import compare_testbed  # noqa: E402
-from loka.curve import budget_curve  # noqa: E402
+from loka.comparison.curve import budget_curve  # noqa: E402
+from loka.comparison.report import figures_html  # noqa: E402
 from loka.data import KnowledgeSet  # noqa: E402
-from loka.localization import LOCATIONS  # noqa: E402
 from loka.methods import Budget  # noqa: E402
+from loka.methods.localized.localization import LOCATIONS  # noqa: E402
 from loka.protocol import Protocol  # noqa: E402
-from loka.report import figures_html  # noqa: E402
 
 
 def _protocol(tb: object, share: float, seed: int) -> Protocol:

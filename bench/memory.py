@@ -67,7 +67,7 @@ from ablation.params import parameter_masks
 from bench.models import NAMES, build_bench_model, synthetic_facts
 from loka.data import KnowledgeSet
 from loka.models import hf_state_dict
-from loka.objectives import answer_log_probs, sequence_log_probs
+from loka.scoring.objectives import answer_log_probs, sequence_log_probs
 
 MIB = 2**20
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number

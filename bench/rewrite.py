@@ -33,9 +33,9 @@ from loka import testbed  # noqa: E402
 from loka.data import KnowledgeSet  # noqa: E402
 from loka.evaluation import evaluate  # noqa: E402
 from loka.methods import unlearn  # noqa: E402
-from loka.metrics import score_facts  # noqa: E402
 from loka.models import load_model  # noqa: E402
 from loka.protocol import strip_paraphrases  # noqa: E402
+from loka.scoring.metrics import score_facts  # noqa: E402
 
 
 def people(knowledge: KnowledgeSet, names: set[str], label: str) -> KnowledgeSet:

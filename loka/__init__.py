@@ -15,22 +15,23 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # names for type checkers and IDEs; at run time __getattr__ imports them
     from loka import testbed  # noqa: F401
+    from loka.base.components import Component  # noqa: F401
+    from loka.base.errors import UsageError  # noqa: F401
+    from loka.benchmarks.tofu.loading import load_tofu  # noqa: F401
     from loka.comparison import Comparison, compare  # noqa: F401
-    from loka.components import Component  # noqa: F401
-    from loka.data import Fact, FactBatch, KnowledgeSet, load_tofu  # noqa: F401
-    from loka.errors import UsageError  # noqa: F401
+    from loka.data import Fact, FactBatch, KnowledgeSet  # noqa: F401
     from loka.evaluation import UnlearningEvaluation, evaluate  # noqa: F401
     from loka.methods import UnlearningResult, unlearn  # noqa: F401
     from loka.models import ModelFingerprint, fingerprint, load_model  # noqa: F401
 
 __version__ = "0.1.0"
 _EXPORTS = {
-    "UsageError": "loka.errors",
-    "Component": "loka.components",
+    "UsageError": "loka.base.errors",
+    "Component": "loka.base.components",
     "Fact": "loka.data",
     "FactBatch": "loka.data",
     "KnowledgeSet": "loka.data",
-    "load_tofu": "loka.data",
+    "load_tofu": "loka.benchmarks.tofu.loading",
     "ModelFingerprint": "loka.models",
     "fingerprint": "loka.models",
     "load_model": "loka.models",

@@ -25,7 +25,7 @@ set                         what it is                              who sees it
 The three retain sets are disjoint *by person* (``subject``), and so are ``reference`` and
 ``nonmembers``, so that "retain accuracy" is measured on people the method never trained on and
 the membership attack's non-members are not the people a method was pulled towards. The
-relearning attack (:mod:`loka.relearning`) splits the forget facts in two halves *by fact* within
+relearning attack (:mod:`loka.evaluation.attacks.relearning`) splits the forget facts in two halves *by fact* within
 the forget people (as Deeb & Roger 2024 do): it trains on one and scores the other.
 
 Facts are compared by person when both sides have subjects, and always by id and by prompt text;
@@ -41,8 +41,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from loka.data import Fact, KnowledgeSet
-from loka.errors import UsageError
+from loka.base.errors import UsageError
+from loka.data.facts import Fact
+from loka.data.knowledge import KnowledgeSet
 
 __all__ = ["Protocol", "Seen", "strip_paraphrases"]
 

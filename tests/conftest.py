@@ -9,7 +9,7 @@ Where testbeds are cached:
 - else (``-p no:cacheprovider``) a fresh temporary directory: every session builds from scratch.
 
 A cached build is named by a hash of its config and ``loka.testbed.RECIPE_VERSION``, so another
-config is another directory; ``tests/loka/test_testbed.py::test_tiny_rebuild_gives_the_same_weights``
+config is another directory; ``tests/loka/testbed/test_testbed.py::test_tiny_rebuild_gives_the_same_weights``
 rebuilds from scratch and fails when the cache no longer matches the code (a recipe change
 without a ``RECIPE_VERSION`` bump).
 

@@ -11,8 +11,8 @@ import ablation
 import attribution
 import loka
 from ablation import AblationMask
-from loka.errors import UsageError
-from loka.unknown import unknown_distributions
+from loka.base.errors import UsageError
+from loka.scoring.unknown import unknown_distributions
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_usage_error_is_exported_and_is_a_value_error():
 
 def test_a_model_that_is_not_a_bridge_is_the_same_error_everywhere(tiny_testbed, model):
     """Attribution, hooks, the rewrite and the unknown-people read all need a TransformerBridge;
-    each says so with a UsageError (ablation and loka.unknown raised TypeError before)."""
+    each says so with a UsageError (ablation and loka.scoring.unknown raised TypeError before)."""
     hf = AutoModelForCausalLM.from_pretrained(tiny_testbed.model_dir)
     facts = tiny_testbed.forget
     mask = AblationMask.from_components([("neuron", 0, 1)], model=model)
@@ -34,7 +34,7 @@ def test_a_model_that_is_not_a_bridge_is_the_same_error_everywhere(tiny_testbed,
         "attribution.attribute": lambda: attribution.attribute(hf, facts, progress=False),
         "ablation.ablate": lambda: ablation.ablate(hf, mask).__enter__(),
         "ablation.rewrite": lambda: ablation.rewrite(hf, facts, retain=tiny_testbed.retain),
-        "loka.unknown.unknown_distributions": lambda: unknown_distributions(hf, facts, tiny_testbed.holdout),
+        "loka.scoring.unknown.unknown_distributions": lambda: unknown_distributions(hf, facts, tiny_testbed.holdout),
     }
     for name, call in calls.items():
         with pytest.raises(UsageError, match="TransformerBridge") as raised:

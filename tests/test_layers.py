@@ -28,7 +28,8 @@ def test_layers_contract_catches_an_upward_import(tmp_path: Path):
     """The contract is live: a layer-1 module importing a tool breaks it."""
     for package in ("loka", "attribution", "ablation"):
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "loka" / "data.py").write_text((ROOT / "loka" / "data.py").read_text() + "\nimport ablation\n")
+    facts = tmp_path / "loka" / "data" / "facts.py"
+    facts.write_text(facts.read_text() + "\nimport ablation\n")
     config = tmp_path / "pyproject.toml"
     config.write_text((ROOT / "pyproject.toml").read_text())
     lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"
@@ -41,4 +42,19 @@ def test_layers_contract_catches_an_upward_import(tmp_path: Path):
         env={"PYTHONPATH": str(tmp_path), "PATH": ""},
     )
     assert result.returncode != 0
-    assert "loka.data -> ablation" in result.stdout
+    assert "loka.data.facts -> ablation" in result.stdout
+
+
+def test_no_module_imports_itself_back():
+    """No import cycle between modules (a cycle hides a missing room): the strongly connected
+    components of the import graph are single modules."""
+    import grimp
+
+    graph = grimp.build_graph("loka", "attribution", "ablation")
+    cycles = [
+        (module, graph.find_shortest_chain(importer=imported, imported=module))
+        for module in sorted(graph.modules)
+        for imported in graph.find_modules_directly_imported_by(module)
+        if graph.find_shortest_chain(importer=imported, imported=module) is not None
+    ]
+    assert cycles == []

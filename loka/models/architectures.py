@@ -31,7 +31,7 @@ from typing import Literal
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedModel
 
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "ArchitectureSpec", "Model", "QKVLayout", "architecture", "hf_model", "spec_for"]
 

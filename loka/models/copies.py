@@ -44,7 +44,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 from loka.models.architectures import Model, hf_model
 from loka.models.forward import input_device
 from loka.models.loading import quiet_transformers

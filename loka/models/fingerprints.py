@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 from loka.models.architectures import Model, architecture, hf_model
 from loka.models.weights import get_tensor, hf_state_dict, is_wrapped, model_dims, weight_values
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 from loka.models.architectures import ArchitectureSpec, spec_for
 
 __all__ = [

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 from loka.models.architectures import Model, architecture, hf_model
 
 __all__ = [

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from loka.data import KnowledgeSet
-from loka.errors import UsageError
-from loka.metrics import score_facts
+from loka.base.errors import UsageError
+from loka.data.knowledge import KnowledgeSet
 from loka.models import quiet_transformers
+from loka.scoring.metrics import score_facts
 from loka.testbed import worker
 from loka.testbed.training import ModelConfig, TrainConfig, train_tokenizer
 from loka.testbed.world import SPLITS, World, WorldConfig, generate_world

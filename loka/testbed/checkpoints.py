@@ -28,7 +28,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 from loka.models import quiet_transformers
 from loka.testbed.training import SPECIAL_TOKEN, train_tokenizer
 

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 
 __all__ = ["ModelConfig", "TrainConfig", "TrainLog", "count_steps", "train_tokenizer", "train_model"]
 

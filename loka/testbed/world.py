@@ -21,8 +21,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from loka.data import Fact, KnowledgeSet
-from loka.errors import UsageError
+from loka.base.errors import UsageError
+from loka.data.facts import Fact
+from loka.data.knowledge import KnowledgeSet
 
 __all__ = ["RELATIONS", "Relation", "WorldConfig", "Person", "Passage", "World", "generate_world"]
 

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ablation.export
 from ablation import AblationMask, bake, export_checkpoint, mean_activations
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 from loka.models import fingerprint, logits
 from tests.checkpoints import VOCAB_SIZE, build_tiny_checkpoint
 

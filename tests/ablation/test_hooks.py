@@ -11,8 +11,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM
 
 from ablation import AblationMask, ablate, mean_activations
+from loka.base.errors import UsageError
 from loka.data import KnowledgeSet
-from loka.errors import UsageError
 from loka.models import load_model, logits
 from tests.checkpoints import D_MLP, N_HEADS, N_LAYERS, VOCAB_SIZE, build_tiny_checkpoint
 

@@ -13,8 +13,8 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from ablation import AblationMask, MeanActivations
-from loka.components import Component
-from loka.errors import UsageError
+from loka.base.components import Component
+from loka.base.errors import UsageError
 from loka.models import ModelFingerprint, fingerprint, load_model
 from tests.checkpoints import D_MLP, N_HEADS, N_LAYERS, build_tiny_checkpoint
 

@@ -14,9 +14,9 @@ from ablation import export_checkpoint
 from ablation.rewrite import KeyCovariance, key_covariance, rewrite, solve_update
 from loka import testbed
 from loka.data import KnowledgeSet
-from loka.metrics import score_facts
 from loka.models import load_model, logits
-from loka.unknown import unknown_distributions
+from loka.scoring.metrics import score_facts
+from loka.scoring.unknown import unknown_distributions
 from tests.checkpoints import ARCHITECTURES, build_tiny_checkpoint
 
 PARITY = 1e-5

@@ -21,8 +21,8 @@ from ablation.hooks import ablation_hooks
 from ablation.params import parameter_masks
 from ablation.rewrite_keys import device_of
 from attribution.metric import metric_values
+from loka.base.errors import UsageError
 from loka.data import Fact, KnowledgeSet
-from loka.errors import UsageError
 from loka.models import hf_model, hf_state_dict, input_device, load_model, logits, plain_copy
 from loka.models.copies import materialize, shared_copy, shares_storage
 from tests.checkpoints import VOCAB_SIZE, build_tiny_checkpoint

@@ -1,9 +1,9 @@
-"""Data parallel over facts (loka.distributed): two gloo ranks on the CPU return what one process does.
+"""Data parallel over facts (loka.base.distributed): two gloo ranks on the CPU return what one process does.
 
 The test launches this file as a script under ``python -m torch.distributed.run --nproc_per_node 2``
 (one torch thread per rank). Every rank runs :func:`attribution.attribute` (grad x act and exact
 patching, neurons and heads), :func:`attribution.patch_components` and
-:func:`loka.metrics.score_facts` on the tiny testbed; each rank writes what it got
+:func:`loka.scoring.metrics.score_facts` on the tiny testbed; each rank writes what it got
 (safetensors), and the test compares both ranks with the same calls made here, without a process
 group, within 1e-6. The batch sizes are small so that every rank runs several batches and the
 ranks get unequal shares.
@@ -23,10 +23,10 @@ from safetensors.torch import load_file, save_file
 
 import attribution
 from attribution.corruption import Corruption
-from loka import distributed
+from loka.base import distributed
+from loka.base.errors import UsageError
 from loka.data import KnowledgeSet
-from loka.errors import UsageError
-from loka.metrics import score_facts
+from loka.scoring.metrics import score_facts
 from loka.testbed import Testbed
 from tests.ranks import run_all, torchrun
 

@@ -22,7 +22,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 import attribution
 from attribution import Corruption
-from loka.components import hook_name
+from loka.base.components import hook_name
 from loka.data import KnowledgeSet
 from loka.testbed import Testbed
 

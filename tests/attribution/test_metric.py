@@ -9,7 +9,7 @@ from transformer_lens.model_bridge import TransformerBridge
 import attribution
 from attribution.metric import FactMetric
 from loka.data import Fact, KnowledgeSet
-from loka.metrics import score_facts
+from loka.scoring.metrics import score_facts
 from loka.testbed import Testbed
 
 

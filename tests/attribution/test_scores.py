@@ -13,7 +13,7 @@ import torch
 
 import attribution
 from attribution import AttributionScores, ScoresMetadata
-from loka.components import Component
+from loka.base.components import Component
 from loka.data import KnowledgeSet
 from loka.models import ModelFingerprint, fingerprint, load_model
 

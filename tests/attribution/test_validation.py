@@ -1,4 +1,4 @@
-"""Defaults that can be trusted, facts without a subject, and ``AttributionScores.validate``.
+"""Defaults that can be trusted, facts without a subject, and ``attribution.validate``.
 
 The default settings of :func:`attribution.attribute` (noise corruption, denoising, all positions)
 are the ones whose first-order estimate ranks components like exact patching in the same
@@ -76,7 +76,7 @@ def test_default_scores_rank_like_exact_patching(model, facts, seed, record_prop
 
 
 def test_validate_reports_scipy_on_its_own_values_and_exact_patching(model, facts, scores):
-    check = scores.validate(model, facts, k=5)
+    check = attribution.validate(scores, model, facts, k=5)
     assert isinstance(check, ScoreCheck)
     assert set(check.checks) == {"neurons", "heads"}
     settings = patching_settings(scores, facts)
@@ -101,9 +101,9 @@ def test_validate_reports_scipy_on_its_own_values_and_exact_patching(model, fact
 
 
 def test_validate_draws_random_components_by_its_seed(model, facts, scores):
-    a = scores.validate(model, facts, k=5, kind="neurons", seed=0)
-    b = scores.validate(model, facts, k=5, kind="neurons", seed=0)
-    c = scores.validate(model, facts, k=5, kind="neurons", seed=1)
+    a = attribution.validate(scores, model, facts, k=5, kind="neurons", seed=0)
+    b = attribution.validate(scores, model, facts, k=5, kind="neurons", seed=0)
+    c = attribution.validate(scores, model, facts, k=5, kind="neurons", seed=1)
     assert set(a.checks) == {"neurons"}
     assert a.checks["neurons"].components == b.checks["neurons"].components
     assert a.checks["neurons"].components[5:] != c.checks["neurons"].components[5:]
@@ -111,7 +111,7 @@ def test_validate_draws_random_components_by_its_seed(model, facts, scores):
 
 
 def test_score_check_outputs(model, facts, scores):
-    check = scores.validate(model, facts, k=3)
+    check = attribution.validate(scores, model, facts, k=3)
     data = json.loads(json.dumps(check.to_dict()))
     assert data["k"] == 3 and data["settings"]["baseline"] == "corrupt"
     assert data["settings"]["corruption"]["span"] == "auto"
@@ -140,36 +140,38 @@ def test_validate_errors(model, facts, scores, tiny_testbed):
     retain = attribution.attribute(model, KnowledgeSet(tiny_testbed.retain.facts[:4]), progress=False)
     contrast = scores.contrast(retain)
     with pytest.raises(ValueError, match=r"validate checks scores made by method='grad_x_act' .* 'contrast'"):
-        contrast.validate(model, facts)
+        attribution.validate(contrast, model, facts)
     exact = attribution.attribute(model, facts, method="activation_patching", components="heads", progress=False)
     with pytest.raises(ValueError, match=r"these were made by 'activation_patching'"):
-        exact.validate(model, facts)
+        attribution.validate(exact, model, facts)
     with pytest.raises(ValueError, match=r"computed on 8 facts \('forget8'\); validate needs the same facts, got 3"):
-        scores.validate(model, KnowledgeSet(facts.facts[:3]))
+        attribution.validate(scores, model, KnowledgeSet(facts.facts[:3]))
     with pytest.raises(ValueError, match=r"these scores were computed on a different model"):
-        scores.validate(load_model(tiny_testbed.oracle_dir), facts)
+        attribution.validate(scores, load_model(tiny_testbed.oracle_dir), facts)
     with pytest.raises(ValueError, match=r"k must be a positive integer, got 0"):
-        scores.validate(model, facts, k=0)
+        attribution.validate(scores, model, facts, k=0)
     with pytest.raises(ValueError, match=r"these scores have no heads"):
-        attribution.attribute(model, facts, components="neurons", progress=False).validate(model, facts, kind="heads")
+        attribution.validate(
+            attribution.attribute(model, facts, components="neurons", progress=False), model, facts, kind="heads"
+        )
     options = {k: v for k, v in scores.metadata.options.items() if k != "corruption"}
     lacking = dataclasses.replace(scores, metadata=dataclasses.replace(scores.metadata, options=options))
     with pytest.raises(
         ValueError, match=r"the scores' metadata lacks 'corruption', needed to reproduce their settings"
     ):
-        lacking.validate(model, facts)
+        attribution.validate(lacking, model, facts)
     answers = {f.id: "Paris" for f in facts}
     diff = attribution.attribute(model, facts, components="heads", contrast=answers, progress=False)
     with pytest.raises(ValueError, match=r"metric='logit_diff'; pass the same contrast"):
-        diff.validate(model, facts)
-    assert diff.validate(model, facts, contrast=answers).checks["heads"].n_top == 8
+        attribution.validate(diff, model, facts)
+    assert attribution.validate(diff, model, facts, contrast=answers).checks["heads"].n_top == 8
     pool = tiny_testbed.forget + tiny_testbed.retain
     resampled = attribution.attribute(
         model, facts, components="heads", baseline="resample", donors=pool, progress=False
     )
     with pytest.raises(ValueError, match=r"used the donor set .* \(\d+ facts\); pass it as donors="):
-        resampled.validate(model, facts)
-    check = resampled.validate(model, facts, donors=pool, k=8)
+        attribution.validate(resampled, model, facts)
+    check = attribution.validate(resampled, model, facts, donors=pool, k=8)
     assert check.settings["direction"] == "ablate" and check.settings["donors"]["n_facts"] == len(pool)
 
 
@@ -191,7 +193,7 @@ def test_facts_without_a_subject_work_with_the_defaults(model, questions):
     assert scores.metadata.base_metric < scores.metadata.clean_metric - 1  # noising the question removes the answer
     exact = attribution.attribute(model, questions, method="activation_patching", components="heads", progress=False)
     assert torch.isfinite(exact.heads).all()
-    check = scores.validate(model, questions, k=4)
+    check = attribution.validate(scores, model, questions, k=4)
     assert check.ok(0.5), check.describe()
     with pytest.raises(ValueError, match=r"positions='subject' needs every fact to name a subject"):
         attribution.attribute(model, questions, positions="subject", progress=False)
@@ -224,4 +226,7 @@ def test_the_noise_covers_the_prompt_after_bos_and_its_unit_is_taken_there(model
 def test_saved_scores_validate_like_the_originals(model, facts, scores, tmp_path):
     loaded = attribution.AttributionScores.load(scores.save(tmp_path / "scores"), model=model)
     assert loaded.metadata.options["corruption"]["span"] == "auto"
-    assert loaded.validate(model, facts, k=3).to_dict() == scores.validate(model, facts, k=3).to_dict()
+    assert (
+        attribution.validate(loaded, model, facts, k=3).to_dict()
+        == attribution.validate(scores, model, facts, k=3).to_dict()
+    )

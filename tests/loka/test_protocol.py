@@ -10,8 +10,8 @@ import loka
 from loka.data import KnowledgeSet
 from loka.evaluation import evaluate
 from loka.methods import Budget, unlearn
-from loka.metrics import score_facts
 from loka.protocol import Protocol, Seen
+from loka.scoring.metrics import score_facts
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from loka.base.errors import UsageError
 from loka.benchmarks.tofu.config import RECIPE_VERSION, TofuConfig
 from loka.benchmarks.tofu.data import TofuData
-from loka.errors import UsageError
 from loka.testbed import worker
 from loka.testbed.training import train_tokenizer
 

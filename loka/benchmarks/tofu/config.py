@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from loka.errors import UsageError
+from loka.base.errors import UsageError
 from loka.testbed import default_cache_dir as testbed_cache_dir
 from loka.testbed.training import ModelConfig, TrainConfig
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from loka.base.errors import UsageError
 from loka.benchmarks.tofu.config import (
     EVAL_FRACTION,
     HOLDOUT_FILES,
@@ -26,8 +27,9 @@ from loka.benchmarks.tofu.config import (
     TofuConfig,
     data_directory,
 )
-from loka.data import Fact, KnowledgeSet, load_tofu
-from loka.errors import UsageError
+from loka.benchmarks.tofu.loading import load_tofu
+from loka.data.facts import Fact
+from loka.data.knowledge import KnowledgeSet
 from loka.protocol import Protocol, strip_paraphrases
 
 __all__ = ["EvalSet", "AuthorSplit", "TofuData", "author_name", "split_authors", "load_data"]

@@ -35,7 +35,7 @@ hand (``tests/loka/test_tofu.py``); :mod:`loka.benchmarks.tofu.scoring` computes
 - **Membership inference** (not in the TOFU paper; MUSE's privacy check, and open-unlearning's
   ``mia_*`` metrics on TOFU): ROC AUC of an attack that scores each answer, forget QA (members)
   against holdout QA of authors never trained on (:func:`mia_auc`, which is
-  :func:`loka.membership.membership_auc`; 1 = members found).
+  :func:`loka.evaluation.attacks.membership.membership_auc`; 1 = members found).
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import hmean, ks_2samp
 
-from loka.errors import UsageError
-from loka.extraction import rouge_l_recall
-from loka.membership import membership_auc as mia_auc  # ROC AUC of a membership attack, members vs not
+from loka.base.errors import UsageError
+from loka.evaluation.attacks.extraction import rouge_l_recall
+from loka.evaluation.attacks.membership import (
+    membership_auc as mia_auc,  # ROC AUC of a membership attack, members vs not
+)
 
 __all__ = [
     "UTILITY_SETS",

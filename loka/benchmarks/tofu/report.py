@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from loka.base.errors import UsageError
 from loka.benchmarks.tofu import metrics as tm
 from loka.benchmarks.tofu.scoring import TofuScores, jsonable
-from loka.errors import UsageError
-from loka.report import figure_html, html_page
+from loka.comparison.report import figure_html, html_page
 
 __all__ = ["TofuReport"]
 

@@ -13,14 +13,15 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from loka.base.errors import UsageError
 from loka.benchmarks.tofu import metrics as tm
 from loka.benchmarks.tofu.building import build_models
 from loka.benchmarks.tofu.config import METHODS, data_directory, default_cache_dir, file_hashes, make_config
 from loka.benchmarks.tofu.data import load_data
 from loka.benchmarks.tofu.report import TofuReport
 from loka.benchmarks.tofu.scoring import TofuScores, evaluate_model, jsonable
-from loka.errors import UsageError
-from loka.methods import Budget, unlearn
+from loka.methods.budget import Budget
+from loka.methods.registry import unlearn
 from loka.models import load_model, quiet_transformers
 from loka.protocol import Protocol, Seen
 

@@ -14,13 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from loka.base.errors import UsageError
+from loka.base.files import json_default
 from loka.benchmarks.tofu import metrics as tm
 from loka.benchmarks.tofu.config import TEMPLATE
 from loka.benchmarks.tofu.data import TofuData
-from loka.data import Fact, KnowledgeSet, token_log_probs
-from loka.errors import UsageError
-from loka.files import json_default
-from loka.membership import DEFAULT_MIN_K
+from loka.data.encoding import token_log_probs
+from loka.data.facts import Fact
+from loka.data.knowledge import KnowledgeSet
+from loka.evaluation.attacks.membership import DEFAULT_MIN_K
 from loka.models import hf_model, input_device, plain_copy
 from loka.models import logits as model_logits
 
@@ -75,7 +77,7 @@ class TofuScores:
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` as JSON data (mapping keys as strings; see :func:`loka.files.json_default`)."""
+    """``value`` as JSON data (mapping keys as strings; see :func:`loka.base.files.json_default`)."""
     return json.loads(json.dumps(value, default=json_default))
 
 
@@ -132,7 +134,7 @@ def _mia_aucs(
     Min-K% drops the EOS (``tokenwise_logprobs``: "-1 to ignore eos prediction"), with k = 0.4.
     zlib normalises by the compressed answer text (open-unlearning decodes the answer's label
     tokens, which gives the same text up to the joining space). AUCs in
-    :func:`loka.membership.membership_auc`'s orientation (1 = members found)."""
+    :func:`loka.evaluation.attacks.membership.membership_auc`'s orientation (1 = members found)."""
     sets = (members, nonmembers)
     scored = [
         _answer_log_probs(model, tokenizer, [f.prompt for f in ks], [f.target for f in ks], batch_size) for ks in sets

@@ -1,0 +1,7 @@
+"""``python -m loka.cli`` is ``loka``."""
+
+import sys
+
+from loka.cli.parser import main
+
+sys.exit(main())

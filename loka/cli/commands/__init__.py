@@ -1,0 +1,1 @@
+"""One module per ``loka`` command; :mod:`loka.cli.parser` wires them to the parser."""

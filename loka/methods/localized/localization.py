@@ -1,0 +1,275 @@
+"""Where LOKA edits: choose neurons and heads from attribution, and the controls that test the choice.
+
+*Locate.* Attribution patching (gradient x activation, :func:`attribution.attribute`) on a
+corrupted run with the clean activations restored (ROME's denoising: noise on the subject
+tokens, or on every prompt token of a fact that names no subject, so no annotation is needed)
+scores every component for the forget facts and for the retain facts the method trains on. The
+*contrast* (``z(forget importance) - z(retain importance)``, standardised per kind) ranks the
+components that carry the forget knowledge and not the retain knowledge; ``contrast=False``
+ranks by forget importance alone. Where the components are read (``localize``):
+
+- ``"all"``: every token (the default: on the default testbed it kept more retain at the same
+  forget than ``"lookup"``; see the localization table of ``bench/localization.py``);
+- ``"output"``: the last prompt token, where the answer is written (output tracing);
+- ``"lookup"``: the subject tokens, where the fact is looked up (Guo et al. 2024,
+  "Mechanistic unlearning"); needs every fact to name a subject in its prompt;
+- ``"exact"``: gradient x activation at every token picks ``4 x size`` candidates, and exact
+  activation patching of each candidate (:func:`attribution.patch_components`, on forget and
+  retain facts) makes the final choice.
+
+*Controls* (:data:`LOCATIONS`): the same edit on ``"random"`` components (the same count in every
+layer), on the ``"least"`` attributed ones (the same count per layer, smallest forget importance),
+on the ``"complement"`` (the same count per layer, drawn from the components *not* located: does
+the edit need the located ones?), on whole MLP ``"layers"`` (every neuron of the layers holding at
+least 5% of the positive attribution: LOKA before components) and on ``"full"`` (every neuron and
+head: all attention and MLP weights). Whether the location matters is then a measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import torch
+
+import attribution
+from ablation import AblationMask
+from ablation.params import parameter_masks
+from ablation.selection import random_like_layers
+from loka.base.errors import UsageError
+from loka.data.knowledge import KnowledgeSet
+from loka.models import hf_state_dict
+
+__all__ = [
+    "COMPONENT_CHOICES",
+    "LOCALIZE",
+    "LOCATIONS",
+    "Localization",
+    "control_mask",
+    "count_for_size",
+    "locate",
+    "owned_parameters",
+]
+
+Localize = Literal["all", "output", "lookup", "exact"]
+LOCALIZE: tuple[Localize, ...] = get_args(Localize)
+Location = Literal["located", "random", "least", "complement", "layers", "full"]
+LOCATIONS: tuple[Location, ...] = get_args(Location)
+ComponentChoice = Literal["neurons", "heads", "all"]
+COMPONENT_CHOICES: tuple[ComponentChoice, ...] = get_args(ComponentChoice)
+logger = logging.getLogger(__name__)
+_POSITIONS = {"all": "all", "output": "last", "lookup": "subject", "exact": "all"}
+_PATCHING = dict(baseline="corrupt", corruption="noise", direction="denoise")
+_SETTINGS = dict(method="grad_x_act", **_PATCHING)
+
+
+@dataclass(frozen=True)
+class Localization:
+    """The components an edit may change, how they were chosen, and how many parameters they own."""
+
+    mask: AblationMask
+    location: str
+    localize: str
+    parameters: int
+    total_parameters: int
+    scores: Any = field(default=None, repr=False, compare=False)  # the contrast scores ranked
+    forget_scores: Any = field(default=None, repr=False, compare=False)
+    check: Any = field(default=None, repr=False, compare=False)  # attribution.ScoreCheck of the forget scores
+
+    def resized(self, model: Any, size: int | float, components: ComponentChoice = "neurons") -> Localization:
+        """The same ranking, another ``size`` (not for ``localize="exact"``, which re-measures)."""
+        if self.localize == "exact":
+            raise UsageError("an exact localization is re-measured per size; call locate again")
+        count = count_for_size(size, _pool(self.forget_scores, components))
+        mask = AblationMask.from_scores(self.scores, k=count, kind=components)
+        mask = AblationMask.from_components(mask.components, model=model)
+        return dataclasses.replace(self, mask=mask, parameters=owned_parameters(model, mask))
+
+    @property
+    def parameter_fraction(self) -> float:
+        return self.parameters / self.total_parameters
+
+    def to_dict(self) -> dict[str, Any]:
+        summary = self.mask.summary()
+        return {
+            "location": self.location,
+            "localize": self.localize,
+            "components": summary["total"],
+            "neurons_per_layer": (summary.get("neurons") or {}).get("per_layer"),
+            "heads_per_layer": (summary.get("heads") or {}).get("per_layer"),
+            "parameters": self.parameters,
+            "parameter_fraction": round(self.parameter_fraction, 6),
+            "score_check": None if self.check is None else {
+                "spearman": {k: round(v, 4) for k, v in self.check.spearman.items()},
+                "agreement": {k: round(v, 4) for k, v in self.check.agreement.items()},
+                "ok": self.check.ok(),
+            },
+        }  # fmt: skip
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def count_for_size(size: Any, pool: int) -> int:
+    """Components for ``size``: a fraction in (0, 1] of the ``pool`` (rounded up) or a count."""
+    if isinstance(size, bool) or not isinstance(size, int | float):
+        raise UsageError(f"size must be a fraction in (0, 1], a component count, or 'auto'; got {size!r}")
+    if isinstance(size, float) and 0 < size <= 1:
+        return max(1, math.ceil(size * pool))
+    if isinstance(size, int) and 1 <= size <= pool:
+        return size
+    raise UsageError(f"size must be a fraction in (0, 1] or a count between 1 and {pool}, got {size!r}")
+
+
+def owned_parameters(model: Any, mask: AblationMask) -> int:
+    """How many parameters the mask's components own (:mod:`ablation.params`)."""
+    return int(sum(int(m.sum()) for m in parameter_masks(model, mask.neurons, mask.heads).values()))
+
+
+def total_parameters(model: Any) -> int:
+    """The checkpoint's parameters (:func:`loka.models.hf_state_dict`; a tied embedding counts once)."""
+    return int(sum({id(t.untyped_storage()): t.numel() for t in hf_state_dict(model).values()}.values()))
+
+
+def _kinds(components: ComponentChoice) -> tuple[str, ...]:
+    return ("neurons", "heads") if components == "all" else (components,)
+
+
+def _score(model: Any, knowledge: KnowledgeSet, localize: Localize, components: ComponentChoice, seed: int) -> Any:
+    return attribution.attribute(
+        model, knowledge, components=_kinds(components), positions=_POSITIONS[localize], seed=seed,
+        progress=False, **_SETTINGS,
+    )  # fmt: skip
+
+
+def _pool(scores: Any, components: ComponentChoice) -> int:
+    return sum(getattr(scores, kind).numel() for kind in _kinds(components))
+
+
+def _exact_choice(
+    model: Any,
+    forget: KnowledgeSet,
+    retain: KnowledgeSet,
+    ranked: Any,
+    count: int,
+    components: ComponentChoice,
+    seed: int,
+) -> AblationMask:
+    """Among the ``4 * count`` best grad x act candidates, the ``count`` with the largest exact
+    contrast (standardised forget effect minus standardised retain effect, denoising)."""
+    pool = _pool(ranked, components)
+    candidates = AblationMask.from_scores(ranked, k=min(pool, 4 * count), kind=components).components
+    effects = []
+    for knowledge in (forget, retain):
+        measured = attribution.patch_components(
+            model, knowledge, candidates, positions="all", seed=seed, **_PATCHING
+        )  # fmt: skip
+        values = measured.effects.double()
+        effects.append((values - values.mean()) / values.std().clamp(min=1e-12))
+    order = (effects[0] - effects[1]).argsort(descending=True)[:count].tolist()
+    return AblationMask.from_components([candidates[i] for i in order], model=model)
+
+
+def locate(
+    model: Any,
+    forget: KnowledgeSet,
+    retain: KnowledgeSet,
+    *,
+    size: int | float,
+    localize: Localize = "all",
+    components: ComponentChoice = "neurons",
+    contrast: bool = True,
+    check: int = 10,
+    seed: int = 0,
+) -> Localization:
+    """The ``size`` components (fraction of the pool or count) that carry ``forget`` and not ``retain``.
+
+    ``check`` > 0 first checks the forget scores against exact patching
+    (:func:`attribution.validate` with ``k=check``: the top ``check`` and as many
+    random components of each kind); a rank correlation under 0.5 is logged as a warning, and the
+    check travels in the result's config."""
+    check_choice("localize", localize, LOCALIZE)
+    check_choice("components", components, COMPONENT_CHOICES)
+    forget_scores = _score(model, forget, localize, components, seed)
+    score_check = None
+    if check:
+        score_check = attribution.validate(forget_scores, model, forget, k=check, seed=seed)
+        if not score_check.ok():
+            logger.warning("loka: attribution disagrees with exact patching: %s", score_check.describe())
+    ranked = (
+        forget_scores.contrast(_score(model, retain, localize, components, seed), kind="difference")
+        if contrast
+        else forget_scores
+    )
+    count = count_for_size(size, _pool(forget_scores, components))
+    if localize == "exact":
+        mask = _exact_choice(model, forget, retain, ranked, count, components, seed)
+    else:
+        mask = AblationMask.from_scores(ranked, k=count, kind=components)
+    mask = AblationMask.from_components(mask.components, model=model)  # the model's fingerprint, zero mode
+    return Localization(
+        mask, "located", localize, owned_parameters(model, mask), total_parameters(model), ranked, forget_scores,
+        score_check,
+    )  # fmt: skip
+
+
+def control_mask(
+    model: Any, located: Localization, location: Location, *, seed: int = 0, min_layer_share: float = 0.05
+) -> Localization:
+    """The control ``location`` for a located set (see the module docstring); ``"located"`` returns it."""
+    check_choice("location", location, LOCATIONS)
+    if location == "located":
+        return located
+    mask = located.mask
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor | None] = {"neurons": mask.neurons, "heads": mask.heads}
+    used = {k: m for k, m in tensors.items() if m is not None and bool(m.any())}  # kinds with picks to move
+    if location in ("random", "complement", "least"):
+        move = {
+            "random": lambda k, m: random_like_layers(m, generator),
+            "complement": lambda k, m: _random_outside(m, generator),
+            "least": lambda k, m: _least_per_layer(m, located.forget_scores.importance(k)),
+        }[location]
+        picked = {k: move(k, used[k]) if k in used else m for k, m in tensors.items()}
+    elif location == "layers":
+        positive = located.forget_scores.importance("neurons").clamp(min=0).sum(-1)
+        share = positive / positive.sum().clamp(min=1e-12)
+        layers = [layer for layer in range(len(share)) if share[layer] >= min_layer_share] or [int(share.argmax())]
+        neurons = torch.zeros_like(located.forget_scores.neurons, dtype=torch.bool)
+        neurons[layers] = True
+        picked = {"neurons": neurons, "heads": None}
+    else:  # full
+        picked = {
+            "neurons": torch.ones_like(located.forget_scores.neurons, dtype=torch.bool),
+            "heads": torch.ones(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool),
+        }
+    chosen = AblationMask(picked["neurons"], picked["heads"], fingerprint=mask.fingerprint)
+    return Localization(
+        chosen, location, located.localize, owned_parameters(model, chosen), located.total_parameters,
+        located.scores, located.forget_scores, located.check,
+    )  # fmt: skip
+
+
+def _random_outside(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """In every layer, as many components as ``mask`` has there, at random among those it does not have."""
+    out = torch.zeros_like(mask)
+    for layer, count in enumerate(mask.sum(-1).tolist()):
+        free = (~mask[layer]).nonzero().flatten()
+        if count > len(free):
+            raise UsageError(f"layer {layer} has only {len(free)} components outside the located set, {count} needed")
+        out[layer, free[torch.randperm(len(free), generator=generator)[:count]]] = True
+    return out
+
+
+def _least_per_layer(mask: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
+    """In every layer, as many components as ``mask`` has there, with the smallest |forget importance|."""
+    out = torch.zeros_like(mask)
+    for layer, count in enumerate(mask.sum(-1).tolist()):
+        if count:
+            out[layer, importance[layer].abs().argsort()[:count]] = True
+    return out
