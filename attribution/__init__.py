@@ -16,6 +16,9 @@ a mean, another fact's run, a corrupted run) and read how the metric of "knowing
 - :func:`layer_scan` is ROME's causal tracing: per layer and token position, the effect of the
   residual stream, attention output and MLP output.
 - :func:`metric_values` is the metric itself, per fact.
+- ``attribute(..., method="integrated_gradients" | "activation_magnitude" | "learned_mask")``:
+  the locators Chang et al. (NAACL 2024) compare (:class:`LearnedMaskConfig` configures the
+  learned mask); :func:`recall_at_k` scores any locator against planted neurons (:class:`Recall`).
 
 Sign convention: a score is metric(intervened) - metric(unpatched); when ablating, the components
 a fact needs are negative. See :mod:`attribution.scores`.
@@ -24,8 +27,10 @@ a fact needs are negative. See :mod:`attribution.scores`.
 from attribution.api import ATTRIBUTION_METHODS, AttributionMethod, ComponentEffects, attribute, patch_components
 from attribution.baselines import BASELINES, DIRECTIONS, Baseline, Direction, corrupted_run
 from attribution.corruption import CORRUPTIONS, SPANS, Corruption, CorruptionKind, CorruptionSpan
+from attribution.learned_mask import LEARNED_MASK_KINDS, MASK_OBJECTIVES, LearnedMaskConfig
 from attribution.metric import METRICS, FactMetric, MetricName, MetricValues, metric_values
 from attribution.positions import POSITION_CLASSES, POSITIONS, Positions
+from attribution.recall import Recall, recall_at_k
 from attribution.scores import AttributionScores, ContrastKind, ScoresMetadata
 from attribution.tracing import SITES, LayerScan, Site, layer_scan
 from attribution.validation import KindCheck, ScoreCheck, validate
@@ -64,4 +69,9 @@ __all__ = [
     "Positions",
     "POSITIONS",
     "POSITION_CLASSES",
+    "LearnedMaskConfig",
+    "LEARNED_MASK_KINDS",
+    "MASK_OBJECTIVES",
+    "recall_at_k",
+    "Recall",
 ]

@@ -16,6 +16,14 @@ batches, and averages per-fact effects into :class:`~attribution.scores.Attribut
 patched forwards (:mod:`attribution.patching`). :func:`patch_components` measures chosen
 components exactly, per fact.
 
+Three more locators, the ones Chang et al. (NAACL 2024) compare on planted neurons
+(:func:`attribution.recall.recall_at_k` scores any of them against a known answer):
+``method="integrated_gradients"`` (knowledge neurons, :mod:`attribution.integrated_gradients`),
+``method="activation_magnitude"`` (:mod:`attribution.activation_magnitude`) and
+``method="learned_mask"`` (Hard Concrete / Slimming masks trained with the weights frozen,
+:mod:`attribution.learned_mask`). All three start from zero ablation (``baseline="zero"``,
+``direction="ablate"``, the defaults for them) and return scores in its sign convention.
+
 The defaults are the settings whose first-order estimate agrees with exact patching:
 ``baseline="corrupt"`` with ROME's noise corruption, ``direction="denoise"``, all positions. The
 gradient is then taken on the corrupted run, where the answer is unlikely and the metric is far
@@ -64,14 +72,19 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attribution.activation_magnitude import SCORE_DESCRIPTION, activation_sizes, output_norms
 from attribution.baselines import Baseline, Baselines, Direction
 from attribution.checks import check_batch_size, check_knowledge, check_model, finite_or_raise
 from attribution.corruption import Corruption, CorruptionKind
 from attribution.gradients import grad_x_act
+from attribution.integrated_gradients import DEFAULT_STEPS, check_steps, integrated_gradients
+from attribution.learned_mask import LearnedMaskConfig, train_mask
 from attribution.metric import FactMetric, MetricName
 from attribution.patching import all_components, component_plan, patch_effects
 from attribution.positions import Positions, check_positions
+from attribution.runs import forward
 from attribution.scores import AttributionScores, ScoresMetadata, parse_kind
+from loka.base import distributed
 from loka.base.components import Component, ComponentShapes, Kind, hook_name
 from loka.base.distributed import agreed, all_reduce_sum, is_main, merge_rows, shard
 from loka.base.errors import UsageError
@@ -81,8 +94,12 @@ from loka.models import fingerprint
 
 __all__ = ["AttributionMethod", "ATTRIBUTION_METHODS", "attribute", "patch_components", "ComponentEffects"]
 
-AttributionMethod = Literal["grad_x_act", "activation_patching"]
+AttributionMethod = Literal[
+    "grad_x_act", "activation_patching", "integrated_gradients", "activation_magnitude", "learned_mask"
+]
 ATTRIBUTION_METHODS: tuple[AttributionMethod, ...] = get_args(AttributionMethod)
+ZERO_BASED_METHODS = ("integrated_gradients", "activation_magnitude", "learned_mask")
+"""The methods that start from zero ablation only (no corrupted runs, no donors)."""
 ComponentKinds = Literal["neurons", "heads"]
 
 
@@ -129,13 +146,78 @@ def _kinds(components: str | Iterable[str]) -> tuple[Kind, ...]:
     return tuple(kinds)
 
 
+def _check_zero_based(
+    method: str,
+    *,
+    baseline: str | None,
+    direction: str | None,
+    corruption: Any,
+    donors: Any,
+    samples: int,
+    seed: int,
+    steps: int | None,
+    mask_config: Any,
+    retain: Any,
+    chunk_size: int | None,
+) -> None:
+    """UsageError for an option ``method`` does not read (the new methods and their own options)."""
+    if method not in ZERO_BASED_METHODS:
+        for name, value in (("steps", steps), ("mask_config", mask_config), ("retain", retain)):
+            if value is not None:
+                reader = "integrated_gradients" if name == "steps" else "learned_mask"
+                raise UsageError(f"{name} is read by method={reader!r} only, not method={method!r}")
+        return
+    if baseline not in (None, "zero"):
+        raise UsageError(
+            f"method={method!r} starts from zero ablation: leave baseline unset or 'zero', not {baseline!r}"
+        )
+    if direction not in (None, "ablate"):
+        raise UsageError(
+            f"method={method!r} scores in the 'ablate' direction: leave direction unset, not {direction!r}"
+        )
+    for name, value in (("corruption", corruption), ("donors", donors)):
+        if value is not None:
+            raise UsageError(f"{name} is read by the corrupt, mean and resample baselines, not method={method!r}")
+    if samples != 1:
+        raise UsageError(f"method={method!r} is deterministic given its inputs; samples must be 1, got {samples!r}")
+    if steps is not None and method != "integrated_gradients":
+        raise UsageError(f"steps is read by method='integrated_gradients' only, not method={method!r}")
+    if chunk_size is not None and method != "integrated_gradients":
+        raise UsageError(f"chunk_size is read by 'activation_patching' and 'integrated_gradients', not {method!r}")
+    if method == "integrated_gradients":
+        check_steps(DEFAULT_STEPS if steps is None else steps)
+    if method != "learned_mask":
+        for name, value in (("mask_config", mask_config), ("retain", retain)):
+            if value is not None:
+                raise UsageError(f"{name} is read by method='learned_mask' only, not method={method!r}")
+        return
+    if mask_config is not None and not isinstance(mask_config, LearnedMaskConfig):
+        raise UsageError(f"mask_config must be an attribution.LearnedMaskConfig(...), got {type(mask_config).__name__}")
+    if seed != 0:
+        raise UsageError("the learned mask's seed is LearnedMaskConfig(seed=...); leave attribute's seed at 0")
+    config = mask_config or LearnedMaskConfig()
+    if retain is not None and not isinstance(retain, KnowledgeSet):
+        raise UsageError(f"retain must be a KnowledgeSet (or None), got {type(retain).__name__}")
+    if config.retain_weight > 0 and retain is None:
+        raise UsageError("mask_config.retain_weight > 0 needs the retain facts: pass retain=<KnowledgeSet>")
+    if retain is not None and config.retain_weight == 0:
+        raise UsageError("retain is only read with mask_config.retain_weight > 0 (objective='remove')")
+    if retain is not None and len(retain) == 0:
+        raise UsageError("the retain set is empty")
+    if distributed.active():
+        raise UsageError(
+            "method='learned_mask' does not run under torch.distributed (one mask is trained from every "
+            "fact's gradient); run it on one process, e.g. inside loka.base.distributed.local()"
+        )
+
+
 def attribute(
     model: Any,
     knowledge: KnowledgeSet | Sequence[Fact],
     *,
     method: AttributionMethod = "grad_x_act",
     components: ComponentKinds | Iterable[ComponentKinds] = ("neurons", "heads"),
-    baseline: Baseline = "corrupt",
+    baseline: Baseline | None = None,
     positions: Positions = "all",
     direction: Direction | None = None,
     corruption: CorruptionKind | Corruption | None = None,
@@ -147,17 +229,25 @@ def attribute(
     batch_size: int = 16,
     chunk_size: int | None = None,
     progress: bool = True,
+    steps: int | None = None,
+    mask_config: LearnedMaskConfig | None = None,
+    retain: KnowledgeSet | None = None,
 ) -> AttributionScores:
     """Score every MLP neuron and/or attention head of ``model`` for the facts of ``knowledge``.
 
     Args:
-        method: ``"grad_x_act"`` (first-order estimate, one backward pass per batch) or
-            ``"activation_patching"`` (exact, batched patched forwards).
+        method: ``"grad_x_act"`` (first-order estimate, one backward pass per batch),
+            ``"activation_patching"`` (exact, batched patched forwards), or a zero-ablation
+            locator: ``"integrated_gradients"`` (``steps`` forwards and backwards per hook and
+            batch), ``"activation_magnitude"`` (one forward per batch; no metric involved) or
+            ``"learned_mask"`` (``mask_config.steps`` passes over the facts); see the module
+            docstring.
         components: ``"neurons"``, ``"heads"`` or both; a kind not asked for is ``None`` in the result.
-        baseline: what an activation is replaced with: ``"corrupt"`` (default: the fact's own run
+        baseline: what an activation is replaced with: ``"corrupt"`` (the default of
+            ``grad_x_act`` and ``activation_patching``: the fact's own run
             with its subject, or its whole prompt, obscured by ``corruption``), ``"zero"``,
             ``"mean"`` (per position class, over ``donors``) or ``"resample"`` (a donor fact's
-            run from ``donors``).
+            run from ``donors``). The zero-ablation locators take ``"zero"`` only (their default).
         positions: where components are patched / read: ``"all"`` tokens (default), the
             ``"last"`` prompt token, or the ``"subject"`` tokens (every fact must then have a
             subject in its prompt).
@@ -179,6 +269,11 @@ def attribute(
             default: a few MiB of activations per forward on CPU, a GiB on GPU; see
             :data:`attribution.patching.CHUNK_BYTES`).
         progress: show tqdm progress bars.
+        steps: ``method="integrated_gradients"``: Riemann steps ``m`` (default 20, at least 1).
+        mask_config: ``method="learned_mask"``: a :class:`~attribution.learned_mask.LearnedMaskConfig`
+            (default ``LearnedMaskConfig()``: Hard Concrete, Chang et al.'s "keep" objective).
+        retain: ``method="learned_mask"`` with ``mask_config.retain_weight > 0``: the facts the
+            mask must spare.
 
     Returns:
         :class:`AttributionScores`: effects averaged over facts, with the sign convention of
@@ -195,6 +290,11 @@ def attribute(
     knowledge = check_knowledge(knowledge)
     if method not in ATTRIBUTION_METHODS:
         raise UsageError(f"unknown method {method!r}; use one of {', '.join(map(repr, ATTRIBUTION_METHODS))}")
+    _check_zero_based(
+        method, baseline=baseline, direction=direction, corruption=corruption, donors=donors, samples=samples,
+        seed=seed, steps=steps, mask_config=mask_config, retain=retain, chunk_size=chunk_size,
+    )  # fmt: skip
+    baseline = ("zero" if method in ZERO_BASED_METHODS else "corrupt") if baseline is None else baseline
     kinds = _kinds(components)
     positions = check_positions(positions)
     direction = default_direction(baseline, direction)
@@ -218,6 +318,12 @@ def attribute(
         batch_size=batch_size,
         progress=progress and is_main(),
     )
+    if method == "learned_mask":
+        return _learned_mask_scores(
+            model, knowledge, baselines, kinds=kinds, positions=positions, metric=fact_metric,
+            config=mask_config or LearnedMaskConfig(), retain=retain, batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+    steps = DEFAULT_STEPS if steps is None else steps
     plan = component_plan(all_components(shapes, kinds)) if method == "activation_patching" else None
 
     # Data parallel (loka.base.distributed): this rank runs a contiguous block of the batches; sums
@@ -238,7 +344,12 @@ def attribute(
                     totals[kind] += effects[offset : offset + size].sum(-1).view(shapes.shape(kind))
                     offset += size
             else:
-                by_hook, base = grad_x_act(model, setup, hooks)
+                if method == "integrated_gradients":
+                    by_hook, base = integrated_gradients(model, setup, hooks, steps=steps, chunk_size=chunk_size)
+                elif method == "activation_magnitude":
+                    by_hook, base = activation_sizes(model, setup, hooks)
+                else:
+                    by_hook, base = grad_x_act(model, setup, hooks)
                 finite_or_raise(base, "the unpatched metric", setup.batch.fact_ids)
                 for kind in kinds:
                     per_layer = [by_hook[hook_name(kind, layer)].sum(0) for layer in range(shapes.n_layers)]
@@ -251,6 +362,16 @@ def attribute(
     clean_all = merge_rows(_cat(clean_metric), rows, len(knowledge))
 
     scores = {kind: (total / len(knowledge)).float() for kind, total in totals.items()}
+    options = baselines.describe() | ({"chunk_size": chunk_size} if chunk_size else {})
+    if method == "activation_magnitude":  # sizes times output norms, in the ablate convention
+        scores = {kind: -(totals[kind] / len(knowledge) * output_norms(model, kind)).float() for kind in kinds}
+        options = options | {"score": SCORE_DESCRIPTION}
+    elif method == "integrated_gradients":
+        options = options | {
+            "steps": steps,
+            "score": "-IG: -(a x mean over alpha=j/steps, j=1..steps, of dM/da at alpha*a), every unit of a hook "
+            "scaled together; importance() is IG",
+        }
     for kind, values in scores.items():
         finite_or_raise(values, f"the {kind} scores")
     metadata = ScoresMetadata(
@@ -264,7 +385,62 @@ def attribute(
         knowledge=knowledge.name,
         clean_metric=clean_all.mean().item(),
         base_metric=base_all.mean().item(),
-        options=baselines.describe() | ({"chunk_size": chunk_size} if chunk_size else {}),
+        options=options,
+    )
+    return AttributionScores(scores.get("neuron"), scores.get("head"), metadata)
+
+
+def _learned_mask_scores(
+    model: Any,
+    knowledge: KnowledgeSet,
+    baselines: Baselines,
+    *,
+    kinds: tuple[Kind, ...],
+    positions: Positions,
+    metric: FactMetric,
+    config: LearnedMaskConfig,
+    retain: KnowledgeSet | None,
+    batch_size: int,
+    progress: bool,
+) -> AttributionScores:
+    """``method="learned_mask"``: train the mask (:func:`attribution.learned_mask.train_mask`)
+    and return its scores in the ablate convention (``-score``; ``importance`` is the score)."""
+    forget = [baselines.setup(*batch, sources=False) for batch in baselines.batches]
+    retain_setups = []
+    if retain is not None:
+        retain_baselines = Baselines(
+            model, retain, hooks=(), baseline="zero", direction="ablate", corruption=None, donors=None,
+            positions=positions, metric=FactMetric(), batch_size=batch_size,
+        )  # fmt: skip
+        retain_setups = [retain_baselines.setup(*batch, sources=False) for batch in retain_baselines.batches]
+    with torch.no_grad():
+        clean = torch.cat([forward(model, s.base, s.targets)[0].cpu() for s in forget])
+    finite_or_raise(clean, "the unpatched metric", knowledge.ids)
+    trained = train_mask(model, forget, retain_setups, kinds, config, progress=progress and is_main())
+    scores = {kind: -trained.scores[kind] for kind in kinds}
+    for kind, values in scores.items():
+        finite_or_raise(values, f"the {kind} scores")
+    reading = "sigmoid(log_alpha)" if config.kind == "hard_concrete" else "m"
+    reading = reading if config.objective == "keep" else f"1 - {reading}"
+    metadata = ScoresMetadata(
+        method="learned_mask",
+        baseline="zero",
+        direction="ablate",
+        positions=positions,
+        metric=metric.name,
+        model=fingerprint(model),
+        n_facts=len(knowledge),
+        knowledge=knowledge.name,
+        clean_metric=clean.mean().item(),
+        base_metric=clean.mean().item(),
+        options={
+            "baseline": "zero",
+            "direction": "ablate",
+            "mask_config": config.to_dict(),
+            "retain": None if retain is None else {"name": retain.name, "n_facts": len(retain)},
+            "score": f"-({reading}); importance() is {reading}, higher = more responsible",
+            "training": trained.summary(),
+        },
     )
     return AttributionScores(scores.get("neuron"), scores.get("head"), metadata)
 

@@ -23,8 +23,9 @@ def facts(tiny_testbed: Testbed) -> KnowledgeSet:
     ("options", "message"),
     [
         (
-            {"method": "integrated_gradients"},
-            r"unknown method 'integrated_gradients'; use one of 'grad_x_act', 'activation_patching'",
+            {"method": "saliency"},
+            r"unknown method 'saliency'; use one of 'grad_x_act', 'activation_patching', 'integrated_gradients', "
+            r"'activation_magnitude', 'learned_mask'",
         ),
         ({"baseline": "noise"}, r"unknown baseline 'noise'; use one of 'zero', 'mean', 'resample', 'corrupt'"),
         ({"direction": "forward"}, r"unknown direction 'forward'; use one of 'ablate', 'denoise'"),
