@@ -101,15 +101,30 @@ def build_parser() -> argparse.ArgumentParser:
     locate.add_argument("model", help="a local Hugging Face model directory (or hub id)")
     locate.add_argument("--forget", required=True, help="JSONL of facts to locate")
     locate.add_argument("--retain", help="JSONL of facts to keep: the saved scores become the contrast")
-    locate.add_argument("--method", choices=("grad_x_act", "activation_patching"), default="grad_x_act")
-    locate.add_argument("--baseline", choices=("zero", "mean", "resample", "corrupt"), default="corrupt")
+    locate.add_argument(
+        "--method", default="grad_x_act",
+        choices=("grad_x_act", "activation_patching", "integrated_gradients", "activation_magnitude"),
+    )  # fmt: skip
+    locate.add_argument(
+        "--baseline", choices=("zero", "mean", "resample", "corrupt"),
+        help="default: corrupt for grad_x_act and activation_patching, zero for the others",
+    )  # fmt: skip
     locate.add_argument("--direction", choices=("ablate", "denoise"), help="default: denoise for corrupt")
+    locate.add_argument("--steps", type=int, default=20, help="integrated gradients: Riemann steps (20)")
     locate.add_argument("--positions", choices=("all", "last", "subject"), default="last")
     locate.add_argument(
         "--components", nargs="+", choices=("neurons", "heads"), default=["neurons", "heads"], metavar="KIND"
     )
     locate.add_argument("--contrast", choices=("ratio", "difference"), default="ratio")
     locate.add_argument("--seed", type=int, default=0)
+    prof = locate.add_argument_group("ablation profile (with --retain): located vs random components, no training")
+    prof.add_argument("--no-profile", dest="profile", action="store_false", help="skip the ablation profile")
+    prof.add_argument(
+        "--profile-percents", type=float, nargs="+", default=[0.5, 1.0, 2.0, 5.0], metavar="K",
+        help="k: the top k%% of every layer is ablated (0 < k <= 100; default 0.5 1 2 5)",
+    )  # fmt: skip
+    prof.add_argument("--profile-modes", nargs="+", choices=("zero", "mean"), default=["zero", "mean"])
+    prof.add_argument("--profile-random", type=int, default=3, help="random draws of the control per k (3)")
     locate.add_argument("--out", required=True, help="directory for scores (safetensors + JSON) and plots.html")
     placement_options(locate)
     overwrite(locate)

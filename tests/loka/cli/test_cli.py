@@ -109,13 +109,38 @@ def run(capsys, *argv):
     return code, out, err
 
 
+def test_locate_prints_and_draws_the_ablation_profile(tiny_testbed, files, tmp_path, capsys):
+    """``loka locate --retain`` ablates the located top k% of every layer and random components of the
+    same per-layer count: what it prints and saves is what the library computes on the saved scores."""
+    from loka.evaluation.ablation_profile import AblationProfile, ablation_profile
+
+    model = tiny_testbed.model_dir
+    code, out, _ = run(
+        capsys, "locate", model, "--forget", files / "forget.jsonl", "--retain", files / "retain.jsonl",
+        "--components", "neurons", "--out", tmp_path / "scores", "--profile-percents", 2, 10,
+        "--profile-modes", "zero", "--profile-random", 2,
+    )  # fmt: skip
+    assert code == 0 and "ablation profile:" in out
+    saved = AblationProfile.load(tmp_path / "scores")
+    scores = attribution.AttributionScores.load(tmp_path / "scores")
+    forget, retain = KnowledgeSet.from_jsonl(files / "forget.jsonl"), KnowledgeSet.from_jsonl(files / "retain.jsonl")
+    expected = ablation_profile(
+        load_model(model), forget, retain, {"located": scores}, percents=(2, 10), modes=("zero",),
+        components="neurons", n_random=2, seed=0,
+    )  # fmt: skip
+    assert saved.to_dict() == expected.to_dict()
+    assert expected.format() in out
+    assert "ablation profile" in (tmp_path / "scores" / "plots.html").read_text()
+    assert expected.row("random", "zero", 10).per_layer == expected.row("located", "zero", 10).per_layer
+
+
 def test_locate_mask_ablate_evaluate(tiny_testbed, files, tmp_path, capsys):
     model = tiny_testbed.model_dir
     code, out, _ = run(
         capsys, "locate", model, "--forget", files / "forget.jsonl", "--retain", files / "retain.jsonl",
-        "--out", tmp_path / "scores",
+        "--out", tmp_path / "scores", "--no-profile",
     )  # fmt: skip
-    assert code == 0 and "top components: L" in out
+    assert code == 0 and "top components: L" in out and "ablation profile" not in out
     scores = attribution.AttributionScores.load(tmp_path / "scores")
     forget_scores = attribution.AttributionScores.load(tmp_path / "scores" / "forget")
     retain_scores = attribution.AttributionScores.load(tmp_path / "scores" / "retain")
