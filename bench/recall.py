@@ -1,0 +1,182 @@
+"""Recall of every locator against a known answer (the planted testbed), over people and seeds.
+
+    python bench/recall.py [--size default|tiny] [--ratios 0.02 0.005] [--seeds 0 1 2] [--people 4]
+                           [--locators NAME ...] [--patching] [--retain-facts 60] [--out DIR]
+
+For each planting ratio r and planting seed, :func:`loka.testbed.planted.load_planted` writes the
+facts of ``--people`` new people into r of the MLP neurons each (the ground truth); every locator
+then scores the neurons on one person's trained wordings, and :func:`attribution.recall.recall_at_k`
+reads the share of that person's planted neurons among the top k of each layer (``per layer``,
+Chang et al.'s Recall@k%) and among the top k of all neurons (``global``), for k = r, 2r and 5r
+(k as a fraction of each layer's neurons, or of all neurons, rounded half up).
+Printed: mean and 95% interval over people and seeds (:func:`loka.evaluation.intervals.mean_interval`)
+and each locator's seconds per person. Random scores recall k by construction.
+
+Locators (``--locators``, default all but exact patching; ``--patching`` adds the three exact ones):
+``grad_x_act`` (the default of ``attribute``: noise-corrupt, denoise), ``grad_x_act contrast``
+(forget minus retain, standardised: what LOKA locates with), ``grad_x_act zero`` / ``mean``
+(the other baselines, ablate), ``patching zero`` / ``mean`` / ``corrupt`` (exact activation
+patching), ``integrated_gradients`` (20 steps, zero baseline), ``activation_magnitude``
+(mean |a| x ||W_out row||), ``mask hard_concrete`` / ``mask slimming`` (learned masks, "remove":
+the facts' likelihood down under an L0 / L1 sparsity, weights frozen), ``mask hard_concrete
+retain`` (the same with a retain term on ``--retain-facts`` retain facts), and ``random``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import loka  # noqa: E402
+from attribution import attribute  # noqa: E402
+from attribution.learned_mask import LearnedMaskConfig  # noqa: E402
+from attribution.recall import recall_at_k  # noqa: E402
+from loka.data import KnowledgeSet  # noqa: E402
+from loka.evaluation.intervals import mean_interval  # noqa: E402
+from loka.testbed.planted import load_planted  # noqa: E402
+
+Locator = Callable[[Any, KnowledgeSet, KnowledgeSet, int], torch.Tensor]
+
+
+def _importance(scores: Any) -> torch.Tensor:
+    return scores.importance("neurons")
+
+
+def _attr(**options: Any) -> Locator:
+    return lambda model, facts, retain, seed: _importance(
+        attribute(model, facts, components="neurons", progress=False, seed=seed, **options)
+    )
+
+
+def _contrast(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
+    forget = attribute(model, facts, components="neurons", progress=False, seed=seed)
+    kept = attribute(model, retain, components="neurons", progress=False, seed=seed)
+    return _importance(forget.contrast(kept, kind="difference"))
+
+
+def _mask(kind: str, retain_weight: float = 0.0) -> Locator:
+    def run(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
+        config = LearnedMaskConfig(kind=kind, objective="remove", retain_weight=retain_weight, seed=seed)
+        given = retain if retain_weight > 0 else None
+        scores = attribute(model, facts, method="learned_mask", components="neurons", mask_config=config,
+                           retain=given, progress=False)  # fmt: skip
+        return _importance(scores)
+
+    return run
+
+
+def _random(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    return torch.rand(n_layers, d_mlp, generator=torch.Generator().manual_seed(seed))
+
+
+LOCATORS: dict[str, Locator] = {
+    "grad_x_act": _attr(),
+    "grad_x_act contrast": _contrast,
+    "grad_x_act zero": _attr(baseline="zero"),
+    "grad_x_act mean": _attr(baseline="mean"),
+    "integrated_gradients": _attr(method="integrated_gradients"),
+    "activation_magnitude": _attr(method="activation_magnitude"),
+    "mask hard_concrete": _mask("hard_concrete"),
+    "mask slimming": _mask("slimming"),
+    "mask hard_concrete retain": _mask("hard_concrete", retain_weight=1.0),
+    "random": _random,
+}
+PATCHING: dict[str, Locator] = {
+    "patching zero": _attr(method="activation_patching", baseline="zero"),
+    "patching mean": _attr(method="activation_patching", baseline="mean"),
+    "patching corrupt": _attr(method="activation_patching"),
+}
+MULTIPLES = (1, 2, 5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="default", choices=("tiny", "default"))
+    parser.add_argument("--world", type=int, default=0)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.02, 0.005])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--people", type=int, default=4)
+    parser.add_argument("--locators", nargs="+", default=None, help=f"from: {', '.join(LOCATORS)}, patching *")
+    parser.add_argument("--patching", action="store_true", help="add exact activation patching (zero, mean, corrupt)")
+    parser.add_argument("--retain-facts", type=int, default=60, help="retain facts the contrast and masks read")
+    parser.add_argument("--out", default=None, help="write recall.json here")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    table = {**LOCATORS, **PATCHING}
+    names = args.locators or [*LOCATORS, *(PATCHING if args.patching else {})]
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown locator(s) {unknown}; choose from {list(table)}")
+
+    # values[ratio][name][(multiple, scope)] = [seed][person] recall; seconds[ratio][name] = per person
+    values: dict[float, dict[str, dict[str, list[list[float]]]]] = {}
+    seconds: dict[float, dict[str, list[float]]] = {}
+    builds: list[dict[str, Any]] = []
+    for ratio in args.ratios:
+        values[ratio] = {n: {} for n in names}
+        seconds[ratio] = {n: [] for n in names}
+        for seed in args.seeds:
+            start = time.perf_counter()
+            planted = load_planted(args.size, ratio=ratio, n_people=args.people, world_seed=args.world, seed=seed,
+                                   progress=False)  # fmt: skip
+            builds.append({"ratio": ratio, "seed": seed, "load_s": round(time.perf_counter() - start, 1),
+                           "build_s": planted.build_seconds, "steps": planted.planting["steps"]})  # fmt: skip
+            model = loka.load_model(planted.model_dir)
+            retain = KnowledgeSet(planted.retain.facts[: args.retain_facts], name="retain")
+            rows: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+            for p, person in enumerate(planted.people):
+                truth = planted.planted[person.name].mask
+                facts = planted.trained_wordings(person.name)
+                for name in names:
+                    t0 = time.perf_counter()
+                    importance = table[name](model, facts, retain, 1000 * seed + p)
+                    seconds[ratio][name].append(time.perf_counter() - t0)
+                    for m in MULTIPLES:
+                        for scope in ("layer", "global"):
+                            r = recall_at_k(importance, truth, min(1.0, ratio * m), per_layer=scope == "layer")
+                            rows[name].setdefault(f"{m}r {scope}", []).append(r.recall)
+            for name in names:
+                for key, per_person in rows[name].items():
+                    values[ratio][name].setdefault(key, []).append(per_person)
+            print(f"ratio {ratio:g} seed {seed}: planted in {planted.build_seconds:.0f} s; "
+                  + ", ".join(f"{n} {np.mean(rows[n]['1r layer']):.2f}" for n in names), flush=True)  # fmt: skip
+
+    keys = [f"{m}r {scope}" for scope in ("layer", "global") for m in MULTIPLES]
+    result: dict[str, Any] = {"size": args.size, "world": args.world, "seeds": args.seeds, "people": args.people,
+                              "builds": builds, "recall": {}}  # fmt: skip
+    for ratio in args.ratios:
+        print(f"\nRecall@k, planting ratio {ratio:g} ({args.size} testbed, world {args.world}, seeds "
+              f"{args.seeds}, {args.people} people each): mean [95% interval] over people and seeds")  # fmt: skip
+        head = f"{'locator':<26}" + "".join(f"{k:>20}" for k in keys) + f"{'s/person':>10}"
+        print(head)
+        print("-" * len(head))
+        result["recall"][str(ratio)] = {}
+        for name in names:
+            cells, record = [], {}
+            for key in keys:
+                interval = mean_interval(values[ratio][name][key])
+                cells.append(f"{interval.mean:.2f} [{interval.low:.2f},{interval.high:.2f}]")
+                record[key] = {"mean": interval.mean, "low": interval.low, "high": interval.high}
+            record["seconds_per_person"] = float(np.mean(seconds[ratio][name]))
+            result["recall"][str(ratio)][name] = record
+            print(f"{name:<26}" + "".join(f"{c:>20}" for c in cells) + f"{record['seconds_per_person']:>10.1f}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recall.json").write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {out / 'recall.json'}")
+
+
+if __name__ == "__main__":
+    main()
