@@ -24,7 +24,12 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = ("01_locate_knowledge.ipynb", "02_ablation_masks.ipynb", "03_unlearn_and_export.ipynb")
+NOTEBOOKS = (
+    "01_locate_knowledge.ipynb",
+    "02_ablation_masks.ipynb",
+    "03_unlearn_and_export.ipynb",
+    "04_where_did_we_put_it.ipynb",
+)
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 CELL_TIMEOUT_S = 300
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -139,6 +144,48 @@ def test_unlearn_and_export_notebook(kernel_env: dict[str, str], tmp_path: Path)
     original = number(r"forget accuracy: original ([\d.]+)", text)
     exported = number(r"exported checkpoint ([\d.]+)", text)
     assert exported < original
+
+
+def recall_row(text: str, locator: str) -> list[float]:
+    """The mean Recall@r, @2r, @5r of ``locator`` in notebook 4's recall table."""
+    match = re.search(rf"^{re.escape(locator)}\s+([\d.]+) \[[^]]*\]\s+([\d.]+) \[[^]]*\]\s+([\d.]+) \[", text, re.M)
+    assert match, f"no recall row for {locator!r} in the notebook's output:\n{text[-3000:]}"
+    return [float(v) for v in match.groups()]
+
+
+@pytest.mark.slow
+def test_where_did_we_put_it_notebook(kernel_env: dict[str, str], tmp_path: Path) -> None:
+    notebook = execute("04_where_did_we_put_it.ipynb", kernel_env, tmp_path)
+    text = text_of(notebook)
+    assert "planted testbed 'tiny': 2 new people x 11 neurons" in text
+    # the recall table: every locator has a row; the best one finds most of the planted neurons at
+    # k = r (tiny, seed 0: learned_mask 0.73, activation_patching 0.68, grad_x_act 0.59), far above
+    # random scores, which sit at chance (k / d_mlp: 0.02, 0.05, 0.12)
+    locators = ("grad_x_act", "integrated_gradients", "activation_magnitude", "activation_patching", "learned_mask")
+    rows = {name: recall_row(text, name) for name in locators}
+    chance = recall_row(text, "random (100 draws)")
+    assert max(row[0] for row in rows.values()) >= 0.5
+    assert rows["grad_x_act"][0] >= 0.4
+    assert chance[2] < 0.2
+    assert all(row[0] > 5 * chance[0] for row in rows.values())
+    # deletion at k = r per person: the truth and the located neurons take the planted facts to the
+    # oracle's level (0.00; tiny seed 0: 0.00-0.10) while random neurons of the same count leave
+    # them (0.88); retain stays (0.96-1.00)
+    oracle = number(r"\n  oracle\s+forget ([\d.]+)", text)
+    truth = number(r"planted \(the truth\)\s+forget ([\d.]+)", text)
+    random = number(r"\n  random\s+forget ([\d.]+)", text)
+    located = number(r"\n  learned_mask\s+forget ([\d.]+)", text)
+    assert oracle <= 0.1 and truth <= oracle + 0.1
+    assert located <= 0.2 and random >= 0.7
+    assert number(r"\n  random\s+forget [\d.]+\s+retain ([\d.]+)", text) >= 0.9
+    assert "ablation profile: 10 forget facts" in text
+    # plotly: the heatmap of planted vs located neurons and the ablation profile (with the oracle line)
+    figures = plotly_figures(notebook)
+    titles = [str(f.get("layout", {}).get("title", "")) for f in figures]
+    assert any("the planted neurons and each locator's top r" in t for t in titles)
+    profile = next(f for f, t in zip(figures, titles, strict=True) if "Zeroing the top k%" in t)
+    names = {trace["name"] for trace in profile["data"]}
+    assert {"planted (the truth)", "grad_x_act", "learned_mask", "random"} <= names
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
