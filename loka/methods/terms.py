@@ -32,7 +32,13 @@ def attacked_log_probs(student: Any, batch: FactBatch, attacked: Attacked | None
 
 
 class ForgetTerm:
-    """LOKA's forget loss on the forget prompts (:mod:`loka.scoring.objectives`), on a batch of rows."""
+    """LOKA's forget loss on the forget prompts (:mod:`loka.scoring.objectives`), on a batch of rows.
+
+    A *row* is one fact of :attr:`knowledge`: for the ``"unknown"`` objective every prompt of the
+    forget facts (each fact's prompt, then each of its ``paraphrases``:
+    :class:`loka.data.knowledge.Prompts`), for ``"npo"`` the forget facts themselves. Every other
+    term that reads the same rows (the subject term, the adversary's fold) is built from
+    :attr:`knowledge` or :attr:`batch`, so that row ``i`` is the same text everywhere."""
 
     def __init__(self, model: Any, forget: KnowledgeSet, reference: KnowledgeSet | None, objective: str,
                  beta: float, tokenizer: Any, device: torch.device) -> None:  # fmt: skip
@@ -43,6 +49,7 @@ class ForgetTerm:
             self.unknown = unknown.to(device)
         else:
             prompts = forget
+        self.knowledge: KnowledgeSet = prompts
         self.batch = prompts.encode(tokenizer).to(device)
         skip_first, reference_model = objective == "unknown", hf_model(model)
 

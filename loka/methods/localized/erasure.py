@@ -38,7 +38,7 @@ from torch.func import functional_call
 from loka.base.errors import UsageError
 from loka.data.encoding import FactBatch
 from loka.data.facts import Fact
-from loka.data.knowledge import KnowledgeSet
+from loka.data.knowledge import KnowledgeSet, Prompts
 from loka.models import hf_model
 from loka.models import logits as model_logits
 
@@ -78,14 +78,20 @@ class SubjectTerm:
     squared difference between the edited and the original model's NLL on retain texts (the
     names and texts of people to keep stay as likely as they were). Squared, so it pulls from
     both sides. The targets are re-read with the edited model at every :meth:`refresh` (the
-    edit moves strangers' texts too)."""
+    edit moves strangers' texts too).
+
+    ``forget`` are the rows the training loop samples: pass the forget term's own rows
+    (:attr:`loka.methods.terms.ForgetTerm.knowledge`: every wording of every forget fact when
+    the facts carry ``paraphrases``), so that row ``i`` is the same text in both terms. Every
+    wording of the ``reference`` facts is a stranger's text (:class:`loka.data.knowledge.Prompts`),
+    so a forget paraphrase is pulled onto strangers' texts in that same paraphrase."""
 
     def __init__(self, model: Any, forget: KnowledgeSet, retain: KnowledgeSet, reference: KnowledgeSet,
                  tokenizer: Any, device: torch.device) -> None:  # fmt: skip
-        self.forget, self.reference = forget, reference
+        self.forget, self.reference = forget, Prompts.of(reference).knowledge
         self.batch = forget.encode(tokenizer).to(device)
         self.retain_batch = retain.encode(tokenizer).to(device)
-        self.reference_batch = reference.encode(tokenizer).to(device)
+        self.reference_batch = self.reference.encode(tokenizer).to(device)
         self.retain_original = _nll(model, self.retain_batch)
         self.refresh(model)
 

@@ -48,8 +48,9 @@ def masked_finetune(
     subject = None
     if config.erase == "subject":
         assert reference is not None
-        subject = SubjectTerm(model, forget, retain, reference, tokenizer, device)
-    attack_batch = forget.encode(tokenizer).to(device) if (config.adversary_weight or 0) > 0 else None
+        subject = SubjectTerm(model, forget_loss.knowledge, retain, reference, tokenizer, device)
+    # the adversary's fold and the subject term read the forget term's rows (one row = one wording)
+    attack_batch = forget_loss.batch if (config.adversary_weight or 0) > 0 else None
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     log: list[dict[str, float]] = []

@@ -11,8 +11,10 @@ import loka
 from ablation.params import parameter_masks
 from loka.base.errors import UsageError
 from loka.data import KnowledgeSet
+from loka.data.knowledge import Prompts
 from loka.methods import unlearn
-from loka.methods.localized.erasure import name_facts, shrink_perturb, text_nll
+from loka.methods.localized.erasure import SubjectTerm, name_facts, shrink_perturb, text_nll
+from loka.methods.terms import ForgetTerm
 from loka.models import hf_state_dict, load_model
 from loka.protocol import Protocol
 from tests.checkpoints import ARCHITECTURES, birth_facts, build_tiny_checkpoint, parts
@@ -141,3 +143,37 @@ def test_subject_erasure_moves_whole_text_membership_toward_the_oracle(tiny_test
     assert subject.config["erase"] == "subject" and "subject_gap" in subject.log[-1]
     assert abs(after - oracle) < abs(before - oracle) - 0.1, (before, after, oracle)
     assert after >= oracle - 0.15, (after, oracle)
+
+
+def test_subject_term_reads_the_forget_terms_rows_when_facts_carry_paraphrases(tiny_testbed, model, protocol) -> None:
+    """Issue 24: with forget facts that carry paraphrases (the testbed's own forget.jsonl), the
+    forget term's rows are every wording of every fact; the subject term and the adversary's fold
+    read the same rows, so row ``i`` is the same text in every term (it was a fact index in the
+    subject term: ``IndexError: index 44 is out of bounds for dimension 0 with size 30``)."""
+    forget = tiny_testbed.forget
+    assert any(f.paraphrases for f in forget)
+    device = torch.device("cpu")
+    term = ForgetTerm(model, forget, protocol.reference, "unknown", 0.1, model.tokenizer, device)
+    subject = SubjectTerm(model, term.knowledge, protocol.retain_train, protocol.reference, model.tokenizer, device)
+    assert len(subject) == len(term) == sum(1 + len(f.paraphrases) for f in forget) > len(forget)
+    assert torch.equal(subject.batch.input_ids, term.batch.input_ids)
+    # a paraphrase row's target is a reference text's NLL in that same paraphrase wording
+    reference_texts = {f.text for f in Prompts.of(protocol.reference).knowledge}
+    assert reference_texts > {f.text for f in protocol.reference}
+    rows, kept = torch.tensor([len(term) - 1, len(forget), 0]), torch.tensor([0, 1])
+    loss = subject(model.original_model, rows, kept)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_loka_unlearns_forget_facts_that_carry_paraphrases(tiny_testbed, model, protocol) -> None:
+    """``loka.unlearn(model, tb.forget, tb.retain, reference=..., method="loka")`` on the testbed's
+    own sets (forget facts with paraphrases): one step of subject erasure and the adversary reads
+    every row (a batch of 64 covers all 60 wordings), and what the method saw includes the wordings."""
+    result = unlearn(
+        model, tiny_testbed.forget, tiny_testbed.retain, reference=protocol.reference, method="loka",
+        max_steps=1, check_every=1, check_scores=0, progress=False,
+    )  # fmt: skip
+    assert result.config["erase"] == "subject" and result.config["adversary_weight"] == 1.0
+    assert {"subject_loss", "attacked_forget_loss"} <= set(result.log[-1])
+    paraphrase = tiny_testbed.forget[0].paraphrases[0]
+    assert result.seen.clash(KnowledgeSet.from_records([{"prompt": paraphrase, "target": "x"}])) is not None
