@@ -11,7 +11,9 @@
 * ``loka_edit.json``: what was done and to what: the method and its settings, the source
   checkpoint's path and fingerprint, the exported model's fingerprint, the sha256 of every weight
   file, the mask (its file ``loka_mask.json``, values beside it in safetensors), an evaluation
-  summary and notes when given.
+  summary and notes when given;
+* any further JSON ``documents`` the caller names (``loka unlearn`` writes ``loka_seen.json``,
+  what the method saw: :class:`loka.protocol.Seen`), listed in ``loka_edit.json``.
 
 A bridge's HF model is saved under its plain HF names (``loka.models.hf_state_dict``), tied input
 and output embeddings stay tied (GPT-2), and the ``output_attentions`` flag that TransformerLens
@@ -85,6 +87,24 @@ def _as_json(name: str, value: Any) -> Any:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as err:
         raise UsageError(f"{name} must be JSON-serialisable (numbers, strings, lists, dicts): {err}") from err
+
+
+def _documents(documents: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``documents`` as JSON data by file name; a UsageError for a name export may not write."""
+    if documents is None:
+        return {}
+    if not isinstance(documents, Mapping):
+        raise UsageError(f"documents must be a mapping of file name -> JSON data, got {type(documents).__name__}")
+    out = {}
+    for name, data in documents.items():
+        plain = isinstance(name, str) and Path(name).name == name and name.startswith("loka_")
+        if not plain or not name.endswith(".json") or name in (EDIT_FILE, MASK_FILE):
+            raise UsageError(
+                f"document name {name!r} is not allowed: a plain file name loka_*.json other than {EDIT_FILE} "
+                f"and {MASK_FILE}"
+            )
+        out[name] = _as_json(f"document {name}", data)
+    return out
 
 
 def _source_dirs(model: Any, source: Any) -> list[Path]:
@@ -258,6 +278,7 @@ def export_checkpoint(
     settings: Mapping[str, Any] | None = None,
     evaluation: Any = None,
     tokenizer: Any = None,
+    documents: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (a bridge or plain HF model) to ``out_dir`` as a HF checkpoint + ``loka_edit.json``.
 
@@ -273,6 +294,8 @@ def export_checkpoint(
         settings: the method's settings (JSON-serialisable).
         evaluation: an evaluation summary (a mapping, a dataclass, or an object with ``to_dict``).
         tokenizer: the tokenizer to save (default: copy the source directory's tokenizer files).
+        documents: more JSON files to write into the directory, by file name (``"loka_*.json"``,
+            not one export writes itself) -> JSON data (or an object with ``to_dict``).
 
     Returns:
         ``out_dir`` as a Path.
@@ -292,6 +315,7 @@ def export_checkpoint(
         raise UsageError(f"method must be a string, got {type(method).__name__}")
     settings_json = _as_json("settings", None if settings is None else dict(settings))
     evaluation_json = _as_json("evaluation", evaluation)
+    documents_json = _documents(documents)
     dirs = _source_dirs(model, source)
     _check_target(out_dir, dirs, overwrite)
     source_json = _source_record(source, mask, dirs)
@@ -324,7 +348,10 @@ def export_checkpoint(
             "mask": mask_json,
             "evaluation": evaluation_json,
             "notes": notes,
+            "documents": sorted(documents_json) or None,
         }
+        for name, data in documents_json.items():
+            (tmp / name).write_text(json.dumps(data, indent=1) + "\n")
         (tmp / EDIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _replace_dir(tmp, out_dir)
     except BaseException:

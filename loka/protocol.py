@@ -36,16 +36,21 @@ files.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from loka.base.errors import UsageError
 from loka.data.facts import Fact
 from loka.data.knowledge import KnowledgeSet
 
-__all__ = ["Protocol", "Seen", "strip_paraphrases"]
+__all__ = ["Protocol", "Seen", "SEEN_FILE", "strip_paraphrases"]
 
 METHOD_SETS = ("forget", "augment", "retain_train", "retain_validation", "reference")
 EVAL_SETS = ("retain_eval", "nonmembers", "paraphrase_eval", "unseen_wording_eval", "passages")
@@ -56,16 +61,31 @@ def strip_paraphrases(knowledge: KnowledgeSet) -> KnowledgeSet:
     return KnowledgeSet(tuple(replace(f, paraphrases=()) for f in knowledge), name=knowledge.name)
 
 
+SEEN_FILE = "loka_seen.json"
+"""The file ``loka unlearn`` writes beside the edited model: what the method saw (:meth:`Seen.save`)."""
+SEEN_FORMAT = "loka-seen"
+SEEN_SCHEMA_VERSION = 1
+
+
+def _digest(salt: str, text: str) -> str:
+    """The salted SHA-256 of one item (hex): ``sha256(salt + NUL + text)``."""
+    return hashlib.sha256(f"{salt}\0{text}".encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Seen:
     """What a method was shown: the people, fact ids and prompts of every set it was given.
 
     Recorded in :class:`loka.methods.UnlearningResult` so that the evaluation can refuse to score
-    a method on anything it saw."""
+    a method on anything it saw. On disk (:meth:`save`, :meth:`load`: ``loka_seen.json`` beside an
+    edited model) the items are salted SHA-256 digests (:meth:`hashed`), never the items: the file
+    travels with a model from which those very people were erased. :meth:`clash` hashes what it
+    checks with the same salt, so a hashed record refuses exactly what the plain one does."""
 
     subjects: frozenset[str] = frozenset()
     ids: frozenset[str] = frozenset()
     prompts: frozenset[str] = frozenset()
+    salt: str | None = None  # set: the items are salted digests (_digest), not the items themselves
 
     @classmethod
     def of(cls, *sets: KnowledgeSet | None) -> Seen:
@@ -76,17 +96,87 @@ class Seen:
             frozenset(p for ks in given for f in ks for p in (f.prompt, *f.paraphrases)),
         )
 
+    def _has(self, items: frozenset[str], text: str) -> bool:
+        return (text if self.salt is None else _digest(self.salt, text)) in items
+
     def clash(self, knowledge: KnowledgeSet, *, by_person: bool = True) -> str | None:
         """The first item of ``knowledge`` that was seen, in words; None when there is none."""
         for fact in knowledge:
-            if by_person and fact.subject is not None and fact.subject in self.subjects:
+            if by_person and fact.subject is not None and self._has(self.subjects, fact.subject):
                 return f"person {fact.subject!r}"
             for prompt in (fact.prompt, *fact.paraphrases):
-                if prompt in self.prompts:
+                if self._has(self.prompts, prompt):
                     return f"prompt {prompt!r}"
-            if fact.id in self.ids:
+            if self._has(self.ids, fact.id):
                 return f"fact {fact.id!r}"
         return None
+
+    def hashed(self, salt: str | None = None) -> Seen:
+        """The same record with every item replaced by its salted SHA-256 (a fresh random salt
+        unless given); a hashed record is returned as it is."""
+        if self.salt is not None:
+            return self
+        salt = secrets.token_hex(16) if salt is None else salt
+        if not isinstance(salt, str) or not salt:
+            raise UsageError(f"salt must be a non-empty string, got {salt!r}")
+        return Seen(*(frozenset(_digest(salt, x) for x in items) for items in (self.subjects, self.ids, self.prompts)),
+                    salt=salt)  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """The hashed record as JSON data: format, how each item is hashed, the salt, counts and
+        the sorted digests."""
+        record = self.hashed()
+        return {
+            "format": SEEN_FORMAT,
+            "schema_version": SEEN_SCHEMA_VERSION,
+            "what": "every person, fact id and prompt an unlearning method was given; loka evaluate refuses to "
+            "score the method on any of them",
+            "hash": "sha256(salt + NUL + item), hex",
+            "salt": record.salt,
+            "counts": {"subjects": len(record.subjects), "ids": len(record.ids), "prompts": len(record.prompts)},
+            "subjects": sorted(record.subjects),
+            "ids": sorted(record.ids),
+            "prompts": sorted(record.prompts),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "seen record") -> Seen:
+        """A record written by :meth:`to_dict`; a :class:`UsageError` naming ``where`` otherwise."""
+        if not isinstance(data, dict) or data.get("format") != SEEN_FORMAT:
+            raise UsageError(f'{where} is not a loka-seen record (no "format": "{SEEN_FORMAT}")')
+        version = data.get("schema_version")
+        if version != SEEN_SCHEMA_VERSION:
+            raise UsageError(f"{where}: schema_version {version!r} is not supported (expected {SEEN_SCHEMA_VERSION})")
+        salt = data.get("salt")
+        if not isinstance(salt, str) or not salt:
+            raise UsageError(f'{where}: "salt" must be a non-empty string')
+        items = []
+        for key in ("subjects", "ids", "prompts"):
+            value = data.get(key)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise UsageError(f"{where}: {key!r} must be a list of hex digests")
+            items.append(frozenset(value))
+        return cls(*items, salt=salt)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path`` (hashed; the file appears whole or not at all)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Seen:
+        """Read a record written by :meth:`save`; a :class:`UsageError` for a file that is not one."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"seen record {str(path)!r} does not exist (expected a {SEEN_FILE} file)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UsageError(f"{path}: not valid JSON ({err})") from None
+        return cls.from_dict(data, where=str(path))
 
 
 def _check_disjoint(a: KnowledgeSet, a_name: str, b: KnowledgeSet, b_name: str, *, by_person: bool = True) -> None:

@@ -195,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--forget", required=True)
     ev.add_argument("--retain", required=True)
     ev.add_argument("--holdout", required=True, help="facts the model never trained on (MIA non-members)")
-    ev.add_argument("--oracle", help="the model trained without the forget facts")
+    ev.add_argument("--oracle", help="the model trained without the forget facts (calibrates the attacks)")
+    ev.add_argument(
+        "--seen", metavar="SEEN_JSON",
+        help="what the method was given (loka_seen.json, written by loka unlearn; default: the one in the model "
+        "directory, if any): refuse to score anything in it",
+    )  # fmt: skip
     ev.add_argument("--passages", help="JSONL of prefix -> continuation passages (verbatim extraction)")
     ev.add_argument("--no-probe", action="store_true")
     ev.add_argument("--no-relearn", action="store_true")

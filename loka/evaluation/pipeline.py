@@ -48,6 +48,7 @@ or *significant* as |AUC - 0.5| is under 0.05, under 0.15, or more.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,10 @@ from loka.evaluation.attacks.relearning import Relearning
 from loka.evaluation.attacks.relearning import relearn as run_relearning
 from loka.evaluation.result import Detail, UnlearningEvaluation
 from loka.models import load_model
-from loka.protocol import Protocol, Seen
+from loka.protocol import SEEN_FILE, Protocol, Seen
 from loka.scoring.metrics import score_facts, text_token_log_probs
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "check_unseen"]
 
 
 # --- the evaluation -----------------------------------------------------------------------------
@@ -165,15 +166,41 @@ class _Sets:
         """Refuse to score a method on anything it was given."""
         if seen is None:
             return
-        scored = (("retain", self.retain), ("MIA non-members", self.nonmembers),
+        scored = (("retain", self.retain), ("MIA non-members (holdout)", self.nonmembers),
                   ("forget paraphrases", self.paraphrases), ("unseen wordings", self.unseen_wording))  # fmt: skip
         for name, ks in scored:
-            shared = seen.clash(ks, by_person=name in ("retain", "MIA non-members")) if ks is not None else None
+            shared = seen.clash(ks, by_person=not name.startswith(("forget", "unseen"))) if ks is not None else None
             if shared is not None:
                 raise UsageError(
-                    f"the method was given {shared}, which the evaluation scores as {name}; "
-                    "a method must never see what it is scored on (build the sets with loka.protocol.Protocol)"
+                    f"the method was given {shared}, which the evaluation scores as {name}; a method must never "
+                    "see what it is scored on: score people and wordings it was not given (split the sets by "
+                    "person, as loka.protocol.Protocol.from_sets does)"
                 )
+
+
+def check_unseen(
+    seen: Seen | str | os.PathLike[str] | None,
+    *,
+    protocol: Protocol | None = None,
+    forget: KnowledgeSet | None = None,
+    retain: KnowledgeSet | None = None,
+    holdout: KnowledgeSet | None = None,
+) -> Seen | None:
+    """What :func:`evaluate` checks before it reads a model: the sets are valid and disjoint, and
+    (with ``seen``: a :class:`loka.protocol.Seen`, or the path of a ``loka_seen.json`` that
+    :meth:`Seen.save` wrote) nothing it scores was given to the method. Returns ``seen`` as a
+    :class:`Seen`; raises a one-line :class:`UsageError` that names the first shared item."""
+    seen = _as_seen(seen)
+    _Sets.of(protocol, forget, retain, holdout, None).check_unseen(seen)
+    return seen
+
+
+def _as_seen(seen: Any) -> Seen | None:
+    if seen is None or isinstance(seen, Seen):
+        return seen
+    if isinstance(seen, str | os.PathLike):
+        return Seen.load(seen)
+    raise UsageError(f"seen must be a loka.protocol.Seen or the path of a {SEEN_FILE}, got {type(seen).__name__}")
 
 
 def evaluate(
@@ -191,7 +218,7 @@ def evaluate(
     quantize: bool = True,
     logit_lens: bool = True,
     control: Any = None,
-    seen: Seen | None = None,
+    seen: Seen | str | os.PathLike[str] | None = None,
     tokenizer: Any = None,
     min_k: float = 0.4,
     seed: int = 0,
@@ -203,8 +230,9 @@ def evaluate(
     non-members, paraphrase and unseen-wording sets, passages) or as ``forget`` (facts that should
     be gone; their paraphrases are scored too), ``retain`` (facts that should stay) and ``holdout``
     (facts the model never trained on: the membership-inference non-members), which must not share
-    people, ids or prompts. ``seen`` (an :class:`UnlearningResult`'s ``seen``) makes it an error
-    to score a method on anything it was given. ``oracle`` (a model, a directory, or an already
+    people, ids or prompts. ``seen`` (an :class:`UnlearningResult`'s ``seen``, or the path of the
+    ``loka_seen.json`` that ``loka unlearn`` writes beside the edited model) makes it an error to
+    score a method on anything it was given (:func:`check_unseen`). ``oracle`` (a model, a directory, or an already
     computed UnlearningEvaluation of the oracle) is evaluated the same way and stored as
     ``oracle``; ``control`` (a random edit of the same size) likewise as ``control``.
     ``passages`` (prefix -> continuation facts) turn on verbatim-extraction scoring.
@@ -214,6 +242,7 @@ def evaluate(
     ``logit_lens`` the logit-lens readout of the forget facts; both are cheap and on by default.
     """
     sets = _Sets.of(protocol, forget, retain, holdout, passages)
+    seen = _as_seen(seen)
     sets.check_unseen(seen)
     model = _as_model(model)
     tokenizer = _tokenizer(model, tokenizer)

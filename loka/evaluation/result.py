@@ -13,9 +13,20 @@ from loka.evaluation.attacks.probe import Probe
 from loka.evaluation.attacks.quantization import Quantization
 from loka.evaluation.attacks.relearning import Relearning
 
-__all__ = ["Detail", "UnlearningEvaluation"]
+__all__ = ["Detail", "UnlearningEvaluation", "forget_quality"]
 
 Detail = tuple[tuple[str, ...], tuple[float, ...]]  # (person of each item, value of each item)
+Quality = Literal["excellent", "good", "insufficient"]
+
+
+def forget_quality(forget_accuracy: float, retain_accuracy: float) -> Quality:
+    """The grade of a forget / retain accuracy pair: *excellent* when forget < 0.1 and retain > 0.9,
+    *good* when < 0.3 and > 0.8, else *insufficient* (of one run, or of means over runs)."""
+    if forget_accuracy < 0.1 and retain_accuracy > 0.9:
+        return "excellent"
+    if forget_accuracy < 0.3 and retain_accuracy > 0.8:
+        return "good"
+    return "insufficient"
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -44,12 +55,8 @@ class UnlearningEvaluation:
     details: Mapping[str, Detail] = field(default_factory=dict, compare=False, repr=False)
 
     @property
-    def forget_quality(self) -> Literal["excellent", "good", "insufficient"]:
-        if self.forget_accuracy < 0.1 and self.retain_accuracy > 0.9:
-            return "excellent"
-        if self.forget_accuracy < 0.3 and self.retain_accuracy > 0.8:
-            return "good"
-        return "insufficient"
+    def forget_quality(self) -> Quality:
+        return forget_quality(self.forget_accuracy, self.retain_accuracy)
 
     @property
     def privacy_leakage(self) -> Literal["minimal", "moderate", "significant"]:
@@ -110,7 +117,32 @@ class UnlearningEvaluation:
                 )
         if ref is not None:
             lines.append(f"PrivLeak vs the oracle: {self.privleak:+.1f}%.")
+        elif self.uncalibrated:
+            lines.append(f"Not calibrated (no oracle), so they flag nothing: {', '.join(self.uncalibrated)}.")
         return " ".join(lines)
+
+    @property
+    def uncalibrated(self) -> tuple[str, ...]:
+        """The checks that ran but have nothing to be calibrated against: without an oracle (a
+        model that never saw the forget facts) no one knows what a clean model scores on them,
+        so they flag nothing (the probe is read against chance only). Empty with an oracle."""
+        if self.oracle is not None:
+            return ()
+        present = (("membership inference", True), ("relearning", self.relearning is not None),
+                   ("quantization", self.quantization is not None), ("logit lens", self.logit_lens is not None),
+                   ("probe", self.probe is not None))  # fmt: skip
+        return tuple(name for name, ran in present if ran)
+
+    def calibration_note(self) -> str | None:
+        """One line saying which checks could not be calibrated and why; None with an oracle."""
+        if not self.uncalibrated:
+            return None
+        return (
+            f"not calibrated: {', '.join(self.uncalibrated)}. No oracle was given (a model trained without the "
+            "forget facts), so nothing says what a clean model scores on these checks: their numbers are shown but "
+            "flag nothing (privacy leakage is graded against AUC 0.5, which retrained models need not reach; the "
+            "probe against chance). Give an oracle to calibrate them."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -119,6 +151,7 @@ class UnlearningEvaluation:
             privacy_leakage=self.privacy_leakage,
             privleak=self.privleak,
             verdict=self.verdict(),
+            uncalibrated=list(self.uncalibrated),
         )
         for name in ("oracle", "control"):
             sub = getattr(self, name)
@@ -164,4 +197,7 @@ class UnlearningEvaluation:
             cells = "".join(f"{v[name]:>10.3f}" if v.get(name) is not None else f"{'-':>10}" for v in values)
             lines.append(f"{name:<24}{cells}")
         lines.append(f"forget quality: {self.forget_quality}; privacy leakage: {self.privacy_leakage}")
+        note = self.calibration_note()
+        if note is not None:
+            lines.append(note)
         return "\n".join(lines)

@@ -242,7 +242,19 @@ def test_bad_arguments_are_refused_before_writing(baked: TransformerBridge, tmp_
         export_checkpoint(baked, out, mask="mask.json")  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="TransformerBridge or a transformers PreTrainedModel"):
         export_checkpoint(torch.nn.Linear(2, 2), out)
+    for name in ("loka_edit.json", "../loka_x.json", "notes.json", "loka_x.txt"):
+        with pytest.raises(UsageError, match=f"document name {name!r} is not allowed: a plain file name loka_"):
+            export_checkpoint(baked, out, documents={name: {}})
+    with pytest.raises(UsageError, match="document loka_x.json must be JSON-serialisable"):
+        export_checkpoint(baked, out, documents={"loka_x.json": {"auc": float("nan")}})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_documents_are_written_beside_the_model_and_listed(baked: TransformerBridge, tmp_path: Path) -> None:
+    out = export_checkpoint(baked, tmp_path / "edited", documents={"loka_seen.json": {"format": "loka-seen"}})
+    assert json.loads((out / "loka_seen.json").read_text()) == {"format": "loka-seen"}
+    record = json.loads((out / "loka_edit.json").read_text())
+    assert record["documents"] == ["loka_seen.json"] and "loka_seen.json" not in record["weights_sha256"]
 
 
 def test_plain_hf_model_exports_with_its_source_tokenizer(checkpoint: Path, tmp_path: Path, ids: Tensor) -> None:

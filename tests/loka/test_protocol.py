@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
 import loka
+from loka.base.errors import UsageError
 from loka.data import KnowledgeSet
 from loka.evaluation import evaluate
 from loka.methods import Budget, unlearn
-from loka.protocol import Protocol, Seen
+from loka.protocol import SEEN_FILE, Protocol, Seen
 from loka.scoring.metrics import score_facts
 
 
@@ -133,3 +135,44 @@ def test_protocol_refuses_bad_input(protocol, tiny_testbed):
         Protocol.from_sets(forget=protocol.forget, retain=_holdout().split(0.5)[1], holdout=tiny_testbed.holdout)
     with pytest.raises(ValueError, match="holdout must be a non-empty KnowledgeSet, got list"):
         Protocol.from_sets(forget=protocol.forget, retain=tiny_testbed.retain, holdout=[])
+
+
+def test_seen_saved_as_salted_hashes_refuses_exactly_what_the_plain_record_does(protocol, tiny_testbed, tmp_path):
+    """``loka_seen.json`` holds salted SHA-256 digests (no person, id or prompt in the clear), and
+    the record read back refuses the same sets, naming the same item, as the one in memory."""
+    seen = Seen.of(protocol.forget, protocol.retain_train, protocol.reference)
+    path = seen.save(tmp_path / SEEN_FILE)
+    text = path.read_text()
+    assert not any(name in text for name in tiny_testbed.forget.subjects + protocol.retain_train.subjects)
+    assert not any(f.prompt in text or f.id in text for f in protocol.forget)
+    data = json.loads(text)
+    salt = data["salt"]
+    person = protocol.forget[0].subject
+    assert hashlib.sha256(f"{salt}\0{person}".encode()).hexdigest() in data["subjects"]
+    assert data["counts"] == {"subjects": len(seen.subjects), "ids": len(seen.ids), "prompts": len(seen.prompts)}
+    loaded = Seen.load(path)
+    for ks in (tiny_testbed.forget, protocol.retain_train, protocol.retain_eval, protocol.reference,
+               protocol.nonmembers, protocol.paraphrase_eval):  # fmt: skip
+        for by_person in (True, False):
+            assert loaded.clash(ks, by_person=by_person) == seen.clash(ks, by_person=by_person)
+    assert loaded.clash(protocol.retain_eval) is None and loaded.clash(protocol.reference) is not None
+    assert Seen.load(path).salt == salt and seen.hashed(salt) == loaded and loaded.hashed() is loaded
+    assert seen.save(tmp_path / "again.json").read_text() != text  # a fresh salt per record
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"format": "loka-edit"}', "is not a loka-seen record"),
+        ('{"format": "loka-seen", "schema_version": 9}', "schema_version 9 is not supported"),
+        ('{"format": "loka-seen", "schema_version": 1, "salt": "ab", "subjects": [1], "ids": [], "prompts": []}',
+         "'subjects' must be a list of hex digests"),
+    ],
+)  # fmt: skip
+def test_a_bad_seen_file_is_a_one_line_error(tmp_path, content, message):
+    (tmp_path / "seen.json").write_text(content)
+    with pytest.raises(UsageError, match=message):
+        Seen.load(tmp_path / "seen.json")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Seen.load(tmp_path / "missing.json")

@@ -1,9 +1,17 @@
-"""``loka evaluate``."""
+"""``loka evaluate``: the shared evaluation of one model directory.
+
+The leak guard of the comparison holds here too: when the model directory holds ``loka_seen.json``
+(written by ``loka unlearn``: what the method was given) or ``--seen FILE`` names one, the command
+refuses, before it loads a model or writes anything, to score the method on any person, fact or
+wording it was given (:func:`loka.evaluation.pipeline.check_unseen`). Without ``--oracle`` the
+table says which checks could not be calibrated.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from loka.base.files import check_output as new_output
 from loka.cli.common import read_knowledge, read_model
@@ -13,16 +21,26 @@ __all__ = ["evaluate_command"]
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from loka.evaluation.pipeline import evaluate
+    from loka.evaluation.pipeline import check_unseen, evaluate
+    from loka.protocol import SEEN_FILE
 
     out = new_output(args.json, overwrite=args.overwrite, is_dir=False) if args.json else None
     sets = {name: read_knowledge(getattr(args, name)) for name in ("forget", "retain", "holdout", "passages")}
+    beside = Path(args.model).expanduser() / SEEN_FILE
+    seen_file = args.seen if args.seen is not None else (beside if beside.is_file() else None)
+    seen = check_unseen(seen_file, forget=sets["forget"], retain=sets["retain"], holdout=sets["holdout"])
     model = read_model(args.model, args)
     evaluation = evaluate(
-        model, **sets, oracle=args.oracle, probe=not args.no_probe, relearn=not args.no_relearn, seed=args.seed
-    )
+        model, **sets, oracle=args.oracle, probe=not args.no_probe, relearn=not args.no_relearn, seed=args.seed,
+        seen=seen,
+    )  # fmt: skip
     print(evaluation.table())
     print(evaluation.verdict())
+    if seen_file is None:
+        print(f"leak guard off: no {SEEN_FILE} beside the model and no --seen, so nothing checks that the method "
+              "never saw what is scored")  # fmt: skip
+    else:
+        print(f"leak guard on: nothing scored was given to the method ({seen_file})")
     if out is not None and is_main_process():  # under torchrun, rank 0 writes
         out.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
         print(f"written to {out}")

@@ -1,4 +1,6 @@
-"""``loka unlearn``."""
+"""``loka unlearn``: one method on a model directory; writes the edited checkpoint and, beside it,
+``loka_seen.json`` (what the method was given, as salted hashes: :class:`loka.protocol.Seen`), which
+``loka evaluate`` reads to refuse scoring the method on any of it."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ __all__ = ["unlearn_command"]
 def unlearn_command(args: argparse.Namespace) -> int:
     from ablation import export_checkpoint
     from loka.methods.registry import METHODS, method_config, unlearn
+    from loka.protocol import SEEN_FILE
 
     if args.method not in METHODS:
         raise UsageError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
@@ -35,12 +38,12 @@ def unlearn_command(args: argparse.Namespace) -> int:
     if is_main_process():  # under torchrun, rank 0 writes
         export_checkpoint(
             result.model, out, mask=result.mask, source=model, method=args.method, settings=result.config,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, documents={SEEN_FILE: result.seen.to_dict()},
         )  # fmt: skip
     compute = (
         f"; {result.compute.steps} steps, {result.compute.forward_tokens / 1e6:.2f}M tokens" if result.compute else ""
     )
-    print(f"{args.method}: {result.seconds:.1f} s{compute}; written to {out}")
+    print(f"{args.method}: {result.seconds:.1f} s{compute}; written to {out} (what it saw: {out / SEEN_FILE})")
     print(f"  forget accuracy {accuracy_text(model, forget)} -> {accuracy_text(result.model, forget)}")
     print(f"  retain accuracy {accuracy_text(model, retain)} -> {accuracy_text(result.model, retain)}")
     return 0

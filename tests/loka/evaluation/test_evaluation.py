@@ -118,3 +118,16 @@ def test_overlapping_sets_are_refused(tiny_testbed, tiny_models):
         evaluate(model, forget=tb.forget, retain=tb.retain)
     with pytest.raises(ValueError, match="expected a model"):
         evaluate(42, forget=tb.forget, retain=tb.retain, holdout=tb.holdout)
+
+
+def test_without_an_oracle_the_table_says_which_checks_are_not_calibrated():
+    """An evaluation without an oracle does not silently flag nothing: its table and verdict name
+    the checks that ran uncalibrated (and why); with an oracle there is no such line."""
+    alone = _evaluation(0.05, 0.95, 0.9)
+    assert alone.uncalibrated == ("membership inference",)
+    note = "not calibrated: membership inference. No oracle was given"
+    assert note in alone.table() and alone.to_dict()["uncalibrated"] == ["membership inference"]
+    assert "Not calibrated (no oracle), so they flag nothing: membership inference." in alone.verdict()
+    judged = UnlearningEvaluation(0.05, 0.95, 0.9, 0.05, 0.95, None, {"loss": 0.9}, oracle=_evaluation(0.0, 1.0, 0.5))
+    assert judged.uncalibrated == () and judged.calibration_note() is None
+    assert "not calibrated" not in judged.table() and "Not calibrated" not in judged.verdict()
