@@ -218,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"method runs in this many processes of one thread each, on the testbed (default {WORKERS})",
         )  # fmt: skip
         p.add_argument(
-            "--control-seeds", type=int, default=1,
-            help="seeds that get a random control: a random-direction edit per method, LOKA's location rows (1)",
+            "--control-seeds", type=int, default=None,
+            help="seeds that get a random control: a random-direction edit per method, LOKA's location rows "
+            "(default: every seed, so a control has as many seeds as its method; fewer are met on the same seeds)",
         )  # fmt: skip
         p.add_argument(
             "--locations", nargs="*", default=["random"], metavar="LOCATION",

@@ -11,7 +11,7 @@ import numpy as np
 
 from ablation import AblationMask
 from loka.evaluation.intervals import Interval, auc_interval, mean_interval, per_person
-from loka.evaluation.result import UnlearningEvaluation
+from loka.evaluation.result import UnlearningEvaluation, forget_quality
 from loka.methods.budget import Compute
 
 __all__ = [
@@ -48,20 +48,32 @@ class MethodOutcome:
 
     @property
     def evaluation(self) -> UnlearningEvaluation:
-        """The first seed's evaluation."""
+        """The first seed's evaluation (one run; the table and the verdicts read every seed)."""
         return self.runs[0]
 
     @property
     def config(self) -> Mapping[str, Any]:
         return self.configs[0] if self.configs else {}
 
-    def interval(self, column: str, *, controls: bool = False) -> Interval | None:
-        """Mean and 95% interval of ``column`` (see :data:`COLUMNS`) over people and seeds
-        (computed once per outcome: the bootstrap is the slow part of a table)."""
+    def interval(self, column: str, *, controls: bool = False, seeds: int | None = None) -> Interval | None:
+        """Mean and 95% interval of ``column`` (see :data:`COLUMNS`) over people and seeds: every
+        run's, or the first ``seeds`` runs' (to meet a control on the seeds it ran; the runs and
+        the controls are in seed order), of the method or (``controls``) of its random controls.
+        Computed once per outcome: the bootstrap is the slow part of a table."""
         cache = self.__dict__.setdefault("_intervals", {})
-        if (column, controls) not in cache:
-            cache[column, controls] = column_interval(self.controls if controls else self.runs, column)
-        return cache[column, controls]
+        runs = self.controls if controls else self.runs
+        n = len(runs) if seeds is None else min(seeds, len(runs))
+        if (column, controls, n) not in cache:
+            cache[column, controls, n] = column_interval(runs[:n], column)
+        return cache[column, controls, n]
+
+    def forget_quality(self, *, controls: bool = False) -> str:
+        """The forget-quality grade (:func:`loka.evaluation.result.forget_quality`) of the mean
+        forget and retain accuracy over every run (or every control)."""
+        forget, retain = self.interval("forget", controls=controls), self.interval("retain", controls=controls)
+        if forget is None or retain is None:
+            return "-"
+        return forget_quality(forget.mean, retain.mean)
 
     @property
     def parameter_fraction(self) -> float | None:

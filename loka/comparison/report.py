@@ -31,7 +31,8 @@ class Report:
     """What the page shows, as plain data (:meth:`loka.comparison.Comparison.report` builds it): the
     table's rows ``(label, numbers, compute, forget quality)`` (a label that starts with a space is a
     control), each row's share of parameters changed, the verdicts in words, the columns that could
-    not tell the original from the oracle, the figures, and each method's settings."""
+    not tell the original from the oracle, the figures, each method's settings, and the checks that
+    had no oracle to be calibrated against."""
 
     title: str
     protocol: str
@@ -43,6 +44,7 @@ class Report:
     blind: Sequence[str]
     figures: Mapping[str, go.Figure]
     settings: Mapping[str, Mapping[str, Any]]
+    uncalibrated: Sequence[str] = ()  # calibrated checks with no oracle to calibrate them: shown, never judged
 
 
 _STYLE = """
@@ -86,7 +88,9 @@ def _localization(report: Report) -> str:
         "seeds) on the located components against the same edit elsewhere: <i>random</i> components of the same "
         "count per layer, the <i>least</i> attributed, the <i>complement</i> (same count, none of the located), "
         "whole MLP <i>layers</i>, the <i>full</i> set of neurons and heads. Lower forget, para and relearn are "
-        "better, higher retain, and MIA closer to the oracle's.</p><ul>" + items + "</ul>"
+        "better, higher retain, and an MIA interval that meets the oracle's where the other's does not; every "
+        "seed of the control row against the same seeds of LOKA, and no verdict from an uninformative check.</p>"
+        "<ul>" + items + "</ul>"
     )
 
 
@@ -139,9 +143,16 @@ def report_html(report: Report) -> str:
         if blind
         else ""
     )
+    if report.uncalibrated:
+        calibration += (
+            f"<p><b>Not calibrated:</b> {html.escape(', '.join(report.uncalibrated))}: there is no oracle to say "
+            "what a model that never saw the forget set scores on them; their numbers are shown, but no verdict "
+            "is drawn from them.</p>"
+        )
     body = f"""<h2>Protocol</h2><p>{html.escape(report.protocol)}</p>
 <p class="note">Sets: {html.escape(sets)}. Every number is a mean and a 95% interval (bootstrap over people
-and method seeds); intervals that overlap are "no difference". Accuracies are first-target-token top-1:
+and method seeds); where intervals overlap, a difference is "not shown" (which does not show that there is
+none). Verdicts use every seed, and a control is met on the seeds it ran. Accuracies are first-target-token top-1:
 <i>forget</i> on the forget prompts the methods were given, <i>retain</i> on retain people no method trained on,
 <i>para</i> on the forget facts in other wordings the original learned and no method saw, <i>unseen</i> on a
 wording held out of the original's training. MIA is the LOSS attack's ROC AUC on the whole text, forget facts

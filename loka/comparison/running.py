@@ -87,7 +87,7 @@ def compare(
     variants: Mapping[str, Mapping[str, Any]] | None = None,
     budget: Budget | None = None,
     seeds: int | Sequence[int] = 3,
-    control_seeds: int = 1,
+    control_seeds: int | None = None,
     control: bool = True,
     locations: Sequence[str] | None = None,
     location_seeds: int | None = None,
@@ -107,15 +107,17 @@ def compare(
     ``forget`` / ``retain`` / ``holdout`` (and ``passages``) with :meth:`Protocol.from_sets`
     (seeded by ``seed``). Every method gets the same sets, the same ``budget`` (:class:`Budget`:
     the stopping rule) and runs once per method seed (``seeds``: a count or the seeds
-    themselves); each number is then a mean with a 95% interval over people and seeds.
+    themselves); each number is then a mean with a 95% interval over people and seeds, and every
+    verdict reads all seeds.
     ``oracle`` (a model directory or model trained without ``forget``) is evaluated once and is
     every row's yardstick; ``oracle_seconds`` (its training time) goes in its row. ``options``
     maps a method name to its options for :func:`loka.unlearn`. ``variants`` adds rows of a method
     with other options, by row name (``{"loka subject": {"erase": "subject"}}``: the method is
     ``"loka"`` unless a ``"method"`` key names another; the options go on top of that method's
-    ``options``), under the same sets, budget and seeds. ``control`` adds, for the first
-    ``control_seeds`` runs of every method, the evaluation of a random edit of the same size
-    (same singular values, random directions). ``locations`` (default: ``("random",)`` when LOKA
+    ``options``), under the same sets, budget and seeds. ``control`` adds, for every run of every
+    method (the first ``control_seeds`` runs when given: fewer seeds, and the verdict then meets
+    the control on those seeds only), the evaluation of a random edit of the same size (same
+    singular values, random directions). ``locations`` (default: ``("random",)`` when LOKA
     is among the methods) adds LOKA's localization controls
     (:data:`loka.methods.localized.localization.LOCATIONS`: ``"random"``, ``"least"``, ``"complement"``,
     ``"layers"``, ``"full"``) as rows ``loka @random`` ...: the same edit, objective, budget and
@@ -165,8 +167,11 @@ def compare(
         check_sizes(curve)
     if (locations or curve) and "loka" not in methods:
         raise UsageError("locations and curve are about LOKA's edit; include 'loka' in methods or leave them out")
-    if not isinstance(control_seeds, int) or control_seeds < 0:
-        raise UsageError(f"control_seeds must be a non-negative integer, got {control_seeds!r}")
+    if control_seeds is not None and (isinstance(control_seeds, bool) or not isinstance(control_seeds, int)
+                                      or control_seeds < 0):  # fmt: skip
+        raise UsageError(f"control_seeds must be a non-negative integer or None (every seed), got {control_seeds!r}")
+    if control_seeds is None:
+        control_seeds = len(run_seeds)
     if protocol is None:
         missing = [n for n, v in (("forget", forget), ("retain", retain), ("holdout", holdout)) if v is None]
         if missing:

@@ -65,18 +65,30 @@ class Comparison:
             out[column] = None if a is None or b is None else not a.overlaps(b)
         return out
 
+    def unusable(self) -> dict[str, str]:
+        """The columns no verdict may be drawn from, each with the reason: a calibrated check that
+        cannot tell the original from the oracle (*uninformative*), or that has no oracle to be
+        calibrated against (*not calibrated*). Every verdict of :meth:`verdicts` and
+        :meth:`localization` skips them and says so."""
+        missing = "no oracle" if "oracle" not in self.names else "the original or the oracle was not scored on it"
+        reasons = {False: "uninformative: the original and the oracle are not apart on it",
+                   None: f"not calibrated: {missing}"}  # fmt: skip
+        return {c: reasons[ok] for c, ok in self.informative().items() if ok is not True}
+
     def rows(self) -> list[tuple[str, dict[str, Interval | None], dict[str, float] | None, str]]:
         """(label, interval by column, compute summary, forget quality), with a control row under
-        each method that has one. Uncalibrated checks that cannot tell the original from the
-        oracle are None in every row."""
+        each method that has one; every number and grade over all of a row's seeds. Uncalibrated
+        checks that cannot tell the original from the oracle are None in every row. A control
+        row with fewer seeds than its method says how many it has."""
         blind = {c for c, ok in self.informative().items() if ok is False}
         rows = []
         for o in self.outcomes:
             numbers = {c: (None if c in blind else o.interval(c)) for c in COLUMNS}
-            rows.append((o.name, numbers, o.compute_summary(), o.evaluation.forget_quality))
+            rows.append((o.name, numbers, o.compute_summary(), o.forget_quality()))
             if o.controls:
                 numbers = {c: (None if c in blind else o.interval(c, controls=True)) for c in COLUMNS}
-                rows.append(("  random control", numbers, None, o.controls[0].forget_quality))
+                label = "  random control" + _fewer(len(o.controls), len(o.runs))
+                rows.append((label, numbers, None, o.forget_quality(controls=True)))
         return rows
 
     def table(self) -> str:
@@ -93,6 +105,7 @@ class Comparison:
         rows = self.rows()
         columns = [c for c in COLUMNS if any(r[1][c] is not None for r in rows)]
         blind = [c for c, ok in self.informative().items() if ok is False]
+        uncalibrated = [c for c, ok in self.informative().items() if ok is None and c in columns]
         width = 17
         header = f"{'method':<17}" + "".join(f"{c:>{width}}" for c in columns)
         header += f"{'steps':>7}{'Mtok':>8}{'sec':>7}{'%par':>7}"
@@ -113,69 +126,91 @@ class Comparison:
             lines.append(
                 f"uninformative here (the original and the oracle are not apart): {', '.join(blind)}; not shown."
             )
-        lines.append("mean [95% interval] over people and method seeds; intervals that overlap mean no difference.")
+        if uncalibrated:
+            lines.append(
+                f"not calibrated (no oracle): {', '.join(uncalibrated)}; shown, but no verdict is drawn from them."
+            )
+        lines.append(
+            "mean [95% interval] over people and method seeds; where intervals overlap, a difference is not shown."
+        )
         return "\n".join(lines)
 
     def verdicts(self) -> dict[str, str]:
-        """Each method in words: against the oracle and against its random control, column by
-        column, a difference only where the intervals do not overlap."""
+        """Each method in words, from every seed: its forget quality and what the calibrated checks
+        still find against the oracle; then, column by column, against the oracle and against its
+        random control (on the seeds the control ran), a difference only where the intervals do
+        not overlap ("not shown" where they do). No verdict is drawn from a column of
+        :meth:`unusable`; each verdict names the ones it skipped."""
         out = {}
         oracle = self["oracle"] if "oracle" in self.names else None
-        blind = {c for c, ok in self.informative().items() if ok is False}
+        unusable = self.unusable()
         for o in self.outcomes:
-            parts = [o.evaluation.verdict()]
-            if oracle is not None and o.name not in ("oracle",):
-                parts.append("Against the oracle: " + _differences(o, oracle, blind) + ".")
+            yardstick = oracle if o.name != "oracle" else None
+            parts = [_summary(o, yardstick if o.name != "original" else None, unusable)]
+            if yardstick is not None:
+                parts.append("Against the oracle: " + _differences(o, yardstick, unusable) + ".")
             if o.controls:
-                parts.append("Against its random control: " + _differences(o, o, blind, controls=True) + ".")
+                seeds = f"{len(o.controls)} seed{'s' if len(o.controls) > 1 else ''}"
+                parts.append(
+                    f"Against its random control ({seeds}): " + _differences(o, o, unusable, controls=True) + "."
+                )
+            skipped = [f"{c} ({why})" for c, why in unusable.items() if o.interval(c) is not None]
+            if skipped:
+                parts.append("No verdict drawn from " + "; ".join(skipped) + ".")
             out[o.name] = " ".join(parts)
         return out
 
     def localization(self) -> dict[str, str]:
         """For every localization control row (``loka @random`` ...), in words: did the located
-        set beat it at equal budget on forget, retain, para, relearn and MIA (lower forget, para,
-        relearn and |MIA - oracle MIA| is better; higher retain)? A difference only where the
-        intervals do not overlap."""
+        set beat it at equal budget on forget, retain, para, relearn and MIA, on the same seeds
+        (the control's; LOKA's first runs)? Lower forget, para and relearn are better, higher
+        retain; for MIA, the one whose interval meets the oracle's while the other's does not. A
+        difference only where the intervals do not overlap ("not shown" where they do), and
+        never from a column of :meth:`unusable`."""
         if "loka" not in self.names:
             return {}
         located = self["loka"]
-        blind = {c for c, ok in self.informative().items() if ok is False}
+        unusable = self.unusable()
         oracle_mia = self["oracle"].interval("MIA") if "oracle" in self.names else None
         out = {}
         for o in self.outcomes:
             if not o.name.startswith(LOCATION_PREFIX):
                 continue
-            won, lost, same = [], [], []
+            n = len(o.runs)
+            won, lost, same, skipped = [], [], [], []
             for column in LOCALIZATION_COLUMNS:
-                x, y = located.interval(column), o.interval(column)
-                if column in blind or x is None or y is None:
+                x, y = located.interval(column, seeds=n), o.interval(column)
+                if x is None or y is None:
                     continue
-                relation = compare_intervals(x, y)
-                if column == "MIA" and oracle_mia is not None and relation != "no difference":
-                    better = abs(x.mean - oracle_mia.mean) < abs(y.mean - oracle_mia.mean)
-                elif relation != "no difference":
+                if column in unusable:
+                    skipped.append(f"{column} ({unusable[column]})")
+                    continue
+                better: bool | None = None
+                if column == "MIA":
+                    if oracle_mia is not None and x.overlaps(oracle_mia) != y.overlaps(oracle_mia):
+                        better = x.overlaps(oracle_mia)
+                elif (relation := compare_intervals(x, y)) != "not shown":
                     better = (relation == "higher") == (column == "retain")
                 text = f"{column} {x.mean:.2f} vs {y.mean:.2f}"
-                if relation == "no difference":
-                    same.append(text)
-                else:
-                    (won if better else lost).append(text)
+                (same if better is None else won if better else lost).append(text)
             share = (located.parameter_fraction or 0.0, o.parameter_fraction or 0.0)
             verdict = (
                 "beat"
                 if won and not lost
                 else "lost to"
                 if lost and not won
-                else "tied with"
+                else "were not shown to differ from"
                 if not won
                 else "mixed against"
             )
             out[o.name] = (
                 f"The located components {verdict} {o.name.removeprefix(LOCATION_PREFIX)} components "
-                f"({100 * share[0]:.1f}% vs {100 * share[1]:.1f}% of parameters changed). "
-                f"Better: {'; '.join(won) or 'none'}. Worse: {'; '.join(lost) or 'none'}. "
-                f"No difference: {'; '.join(same) or 'none'}."
+                f"({100 * share[0]:.1f}% vs {100 * share[1]:.1f}% of parameters changed; {n} seed"
+                f"{'s' if n > 1 else ''} each). Better: {'; '.join(won) or 'none'}. "
+                f"Worse: {'; '.join(lost) or 'none'}. Not shown (intervals overlap): {'; '.join(same) or 'none'}."
             )
+            if skipped:
+                out[o.name] += f" No verdict drawn from {'; '.join(skipped)}."
             spent = (located.compute_summary(), o.compute_summary())
             if spent[0] is not None and spent[1] is not None:
                 out[o.name] += (
@@ -192,6 +227,7 @@ class Comparison:
             "protocol": self.protocol,
             "sets": dict(self.sets),
             "informative": self.informative(),
+            "no_verdict_from": self.unusable(),
             "outcomes": [o.to_dict() for o in self.outcomes],
             "top_components": [c.label for c in self.scores.top(20)] if self.scores is not None else None,
             "curve": None if self.curve is None else self.curve.to_dict(),
@@ -257,6 +293,7 @@ class Comparison:
             title=self.title, protocol=self.protocol, sets=dict(self.sets), rows=self.rows(),
             shares={o.name: o.parameter_fraction for o in self.outcomes}, verdicts=self.verdicts(),
             localization=self.localization(), blind=[c for c, ok in self.informative().items() if ok is False],
+            uncalibrated=[c for c, ok in self.informative().items() if ok is None],
             figures=self.figures(), settings=settings,
         )  # fmt: skip
 
@@ -271,15 +308,60 @@ class Comparison:
         return out
 
 
-def _differences(a: MethodOutcome, b: MethodOutcome, blind: set[str], *, controls: bool = False) -> str:
+def _fewer(n: int, of: int) -> str:
+    """`` (n of m seeds)`` when a control ran on fewer seeds than its method, else nothing."""
+    return f" ({n} of {of} seeds)" if n < of else ""
+
+
+def _differences(a: MethodOutcome, b: MethodOutcome, unusable: Mapping[str, str], *, controls: bool = False) -> str:
+    """``a`` against ``b`` (or against ``b``'s random controls, on the seeds they ran), column by
+    column: "lower" / "higher" where the intervals do not overlap, else "not shown"; the
+    columns of ``unusable`` are left out."""
+    seeds = len(b.controls) if controls else None
     words = []
     for column in COLUMNS:
-        if column in blind:
+        if column in unusable:
             continue
-        x, y = a.interval(column), b.interval(column, controls=controls)
+        x, y = a.interval(column, seeds=seeds), b.interval(column, controls=controls)
         if x is None or y is None:
             continue
-        relation = compare_intervals(x, y)
-        words.append(f"{column} {'no difference' if relation == 'no difference' else relation}"
-                     f" ({x.mean:.2f} vs {y.mean:.2f})")  # fmt: skip
+        words.append(f"{column} {compare_intervals(x, y)} ({x.mean:.2f} vs {y.mean:.2f})")
     return "; ".join(words) if words else "nothing to compare"
+
+
+# what a check still finding the forget facts above the oracle's level means, in words
+_FINDINGS = {
+    "relearn": "relearnable",
+    "quant8": "8-bit quantization brings it back",
+    "quant4": "4-bit quantization brings it back",
+    "lens": "the logit lens reads it inside the model",
+    "probe": "a probe reads it inside the model",
+}
+
+
+def _summary(o: MethodOutcome, oracle: MethodOutcome | None, unusable: Mapping[str, str]) -> str:
+    """One method over all its seeds: the forget-quality grade of its mean forget and retain
+    accuracy, and (given the ``oracle``; not for the unedited original) each calibrated,
+    informative check whose interval lies above the oracle's (knowledge still there), or whose
+    MIA interval misses the oracle's (membership still told)."""
+    forget, retain = o.interval("forget"), o.interval("retain")
+    n = len(o.runs)
+    text = f"Over {n} seed{'s' if n > 1 else ''}: forget quality {o.forget_quality()}"
+    if forget is not None and retain is not None:
+        text += f" (forget {forget.mean:.2f}, retain {retain.mean:.2f})"
+    text += "."
+    if oracle is None:
+        return text
+    findings = []
+    for column, words in _FINDINGS.items():
+        x, y = o.interval(column), oracle.interval(column)
+        if column not in unusable and x is not None and y is not None and compare_intervals(x, y) == "higher":
+            findings.append(f"{words} ({column} {x.mean:.2f} vs oracle {y.mean:.2f})")
+    x, y = o.interval("MIA"), oracle.interval("MIA")
+    if "MIA" not in unusable and x is not None and y is not None and not x.overlaps(y):
+        side = "more" if x.mean > y.mean else "less"
+        findings.append(f"membership inference tells the forget people apart ({side} familiar than to the oracle: "
+                        f"MIA {x.mean:.2f} vs {y.mean:.2f})")  # fmt: skip
+    if findings:
+        text += " Still detectable, intervals apart from the oracle's: " + "; ".join(findings) + "."
+    return text

@@ -4,7 +4,8 @@ Every number of a comparison is a mean over people (the unit the sets are drawn 
 method seeds. Its interval comes from :func:`scipy.stats.bootstrap` with the people and the seeds
 as two samples resampled independently (a two-level percentile bootstrap): it covers both "other
 people of the same kind" and "another run of the method". Two numbers differ only when their
-intervals do not overlap; otherwise a report says "no difference".
+intervals do not overlap; otherwise a report says "not shown": overlapping intervals fail to show
+a difference, which is not evidence that there is none.
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ class Interval:
         return asdict(self)
 
 
-def compare_intervals(a: Interval, b: Interval) -> Literal["lower", "higher", "no difference"]:
-    """``a`` against ``b``: "no difference" when the intervals overlap."""
+def compare_intervals(a: Interval, b: Interval) -> Literal["lower", "higher", "not shown"]:
+    """``a`` against ``b``: "lower" or "higher" when the intervals do not overlap, else "not shown"
+    (a difference is not shown; it may still exist)."""
     if a.overlaps(b):
-        return "no difference"
+        return "not shown"
     return "lower" if a.mean < b.mean else "higher"
 
 

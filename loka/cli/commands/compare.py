@@ -25,7 +25,7 @@ def compare_command(args: argparse.Namespace) -> int:
         progress=progress_on(args), seeds=args.seeds, control_seeds=args.control_seeds, budget=budget_from(args)
     )
     common["locations"] = args.locations if "loka" in methods else ()
-    common["location_seeds"] = max(1, args.control_seeds)
+    common["location_seeds"] = None if args.control_seeds is None else max(1, args.control_seeds)
     if args.model is not None and (args.workers or 1) > 1:
         raise UsageError("--workers > 1 runs on the testbed; with --model, leave it out")
     common["workers"] = args.workers if args.workers is not None else (WORKERS if args.model is None else 1)

@@ -45,7 +45,8 @@ def test_loka_sits_beside_its_variants_and_localization_controls(localized, tmp_
     assert not loka.controls  # its controls are the location rows, not a random direction
     verdicts = localized.localization()
     assert set(verdicts) == {"loka @random", "loka @layers"}
-    assert all(v.startswith("The located components ") and "No difference:" in v for v in verdicts.values())
+    assert all(v.startswith("The located components ") and "Not shown (intervals overlap):" in v
+               and "2 seeds each" in v for v in verdicts.values())  # fmt: skip
     table = localized.table()
     assert "%par" in table and "loka @random" in table
     out = localized.save(tmp_path / "report")
@@ -89,8 +90,9 @@ def test_rows_are_the_original_the_oracle_and_each_method(tiny_testbed, comparis
 
 
 def test_every_method_has_a_random_control_of_the_same_size(comparison):
-    controls = comparison["task_vector"].controls
-    assert len(controls) == 1 and controls[0].label == "task_vector control"
+    controls = comparison["task_vector"].controls  # one per seed: as many as the method has
+    assert len(controls) == len(comparison["task_vector"].runs) == 2
+    assert {c.label for c in controls} == {"task_vector control"}
     assert not comparison["original"].controls
     rows = [label for label, *_ in comparison.rows()]
     assert rows == ["original", "oracle", "task_vector", "  random control"]
