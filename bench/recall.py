@@ -19,7 +19,8 @@ Locators (``--locators``, default all but exact patching; ``--patching`` adds th
 patching), ``integrated_gradients`` (20 steps, zero baseline), ``activation_magnitude``
 (mean |a| x ||W_out row||), ``mask hard_concrete`` / ``mask slimming`` (learned masks, "remove":
 the facts' likelihood down under an L0 / L1 sparsity, weights frozen), ``mask hard_concrete
-retain`` (the same with a retain term on ``--retain-facts`` retain facts), and ``random``.
+retain`` and ``mask slimming retain`` (with a retain term on ``--retain-facts`` retain facts; the
+latter with notebook 04's settings, 100 steps), and ``random``.
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ def _contrast(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) 
     return _importance(forget.contrast(kept, kind="difference"))
 
 
-def _mask(kind: str, retain_weight: float = 0.0) -> Locator:
+def _mask(kind: str, retain_weight: float = 0.0, steps: int = 200) -> Locator:
     def run(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
-        config = LearnedMaskConfig(kind=kind, objective="remove", retain_weight=retain_weight, seed=seed)
+        config = LearnedMaskConfig(kind=kind, objective="remove", retain_weight=retain_weight, steps=steps, seed=seed)
         given = retain if retain_weight > 0 else None
         scores = attribute(model, facts, method="learned_mask", components="neurons", mask_config=config,
                            retain=given, progress=False)  # fmt: skip
@@ -90,6 +91,7 @@ LOCATORS: dict[str, Locator] = {
     "mask hard_concrete": _mask("hard_concrete"),
     "mask slimming": _mask("slimming"),
     "mask hard_concrete retain": _mask("hard_concrete", retain_weight=1.0),
+    "mask slimming retain": _mask("slimming", retain_weight=1.0, steps=100),
     "random": _random,
 }
 PATCHING: dict[str, Locator] = {

@@ -92,7 +92,8 @@ COVERED = {"testbed", "locate", "mask", "ablate", "unlearn", "evaluate", "update
 
 def test_help_lists_the_commands_this_file_runs():
     """``loka --help`` (the console entry point) lists exactly the commands of the parser, each
-    command module of ``loka/cli/commands`` is behind one, and this file runs every one of them."""
+    command module of ``loka/cli/commands`` is behind one, and every one is run as a newcomer would: here, or
+    (``tofu``, on the tiny TOFU scale) in ``test_cli.py``."""
     result = subprocess.run([sys.executable, "-m", "loka.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     listed = set(re.findall(r"^    ([a-z]+) ", result.stdout, flags=re.M))
@@ -243,17 +244,6 @@ def test_demo_on_the_tiny_testbed(testbed_cache, tb, tmp_path):
     assert [o["name"] for o in data["outcomes"]] == ["original", "oracle", "loka", "gradient_ascent", "npo",
                                                       "task_vector"]  # fmt: skip
     assert (tmp_path / "demo" / "report.html").is_file()
-
-
-@pytest.mark.skipif(TOFU_DIR is None, reason="TOFU data not found beside the repository")
-@pytest.mark.slow
-def test_tofu_with_a_small_budget(tmp_path):
-    code, stdout, err = loka_cli(
-        "tofu", "--size", "tiny", "--data-dir", TOFU_DIR, "--cache-dir", tmp_path / "cache", "--methods", "loka",
-        *SMALL, "--out", tmp_path / "tofu",
-    )  # fmt: skip
-    assert code == 0, err
-    assert "loka" in stdout and (tmp_path / "tofu" / "tofu.html").is_file()
 
 
 # --- the README's Python ----------------------------------------------------------------------------
