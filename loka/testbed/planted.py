@@ -256,11 +256,11 @@ class PlantedTestbed:
     @property
     def forget(self) -> KnowledgeSet:
         """The new people's facts (first template; the held-out template is the paraphrase)."""
-        return _facts(self.people, self.testbed.world, name="planted")
+        return self.testbed.world.facts_of(self.people, name="planted")
 
     def forget_of(self, person: str) -> KnowledgeSet:
         """One new person's facts."""
-        return _facts((self._person(person),), self.testbed.world, name=f"planted/{person}")
+        return self.testbed.world.facts_of((self._person(person),), name=f"planted/{person}")
 
     def trained_wordings(self, person: str | None = None) -> KnowledgeSet:
         """The facts of one new person (or all) under every training template: what planting trained on."""
@@ -270,12 +270,12 @@ class PlantedTestbed:
     @property
     def retain(self) -> KnowledgeSet:
         """Facts of the testbed's retain people whose texts planting never used."""
-        return _facts(self._testbed_people(self.info["retain_people"]), self.testbed.world, name="retain")
+        return self.testbed.world.facts_of(self._testbed_people(self.info["retain_people"]), name="retain")
 
     @property
     def mixed(self) -> KnowledgeSet:
         """Facts of the testbed's retain people whose texts were mixed into planting's batches."""
-        return _facts(self._testbed_people(self.info["mixed_people"]), self.testbed.world, name="mixed")
+        return self.testbed.world.facts_of(self._testbed_people(self.info["mixed_people"]), name="mixed")
 
     @property
     def build_seconds(self) -> float:
@@ -295,25 +295,6 @@ class PlantedTestbed:
     def _testbed_people(self, names: list[str]) -> tuple[Person, ...]:
         by_name = {p.name: p for p in self.testbed.world.people}
         return tuple(by_name[name] for name in names)
-
-
-def _facts(people: tuple[Person, ...], world: World, *, name: str) -> KnowledgeSet:
-    """Like :meth:`World.facts`: one fact per person and relation, the held-out template as paraphrase."""
-    return KnowledgeSet(
-        tuple(
-            Fact(
-                id=f"{person.name}/{relation.name}",
-                prompt=relation.templates[0].format(s=person.name),
-                target=person.attributes[relation.name],
-                subject=person.name,
-                relation=relation.name,
-                paraphrases=(relation.heldout_template.format(s=person.name),),
-            )
-            for person in people
-            for relation in world.relations
-        ),
-        name=name,
-    )
 
 
 def _wordings(people: tuple[Person, ...], world: World, *, name: str) -> KnowledgeSet:
@@ -539,8 +520,8 @@ def _plant(config: PlantConfig, testbed: Testbed, tmp: Path, *, progress: bool) 
     mixed_sequences = _sequences(tokenizer, mixed_people, world, config.fact_loss)
     generator = torch.Generator().manual_seed(config.seed)
     wordings = _wordings(people, world, name="planted wordings")
-    retain_facts = _facts(untouched, world, name="retain")
-    mixed_facts = _facts(mixed_people, world, name="mixed")
+    retain_facts = world.facts_of(untouched, name="retain")
+    mixed_facts = world.facts_of(mixed_people, name="mixed")
 
     def retain_accuracy() -> dict[str, float]:
         return {
@@ -623,7 +604,7 @@ def _plant(config: PlantConfig, testbed: Testbed, tmp: Path, *, progress: bool) 
         model.save_pretrained(tmp / "planted")
     tokenizer.save_pretrained(tmp / "planted")
     save_file({"neurons": masks.contiguous()}, str(tmp / NEURONS_FILE), metadata={"format": "loka.planted"})
-    _facts(people, world, name="planted").to_jsonl(tmp / "forget.jsonl")
+    world.facts_of(people, name="planted").to_jsonl(tmp / "forget.jsonl")
     retain_facts.to_jsonl(tmp / "retain.jsonl")
     logger.info("planting took %.1f s, %d steps", seconds, steps)
     return {

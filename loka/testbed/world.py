@@ -298,6 +298,10 @@ class World:
     def facts(self, split: Split) -> KnowledgeSet:
         """One fact per person and relation, phrased with the first template; the held-out
         template is the fact's paraphrase."""
+        return self.facts_of(self.people_in(split), name=split)
+
+    def facts_of(self, people: tuple[Person, ...], *, name: str) -> KnowledgeSet:
+        """:meth:`facts` for any ``people`` (the planted testbed's new people included)."""
         facts = tuple(
             Fact(
                 id=f"{person.name}/{relation.name}",
@@ -307,10 +311,10 @@ class World:
                 relation=relation.name,
                 paraphrases=(relation.heldout_template.format(s=person.name),),
             )
-            for person in self.people_in(split)
+            for person in people
             for relation in self.relations
         )
-        return KnowledgeSet(facts, name=split)
+        return KnowledgeSet(facts, name=name)
 
     def passage_facts(self, splits: tuple[Split, ...] = SPLITS) -> KnowledgeSet:
         """Passages as facts: prompt = the first sentence, target = the rest of the passage."""
