@@ -208,3 +208,24 @@ def test_bad_input_fails_before_any_work(model, sets, monkeypatch: pytest.Monkey
     with pytest.raises(UsageError, match=message) as err:
         ablation_profile(*positional, **arguments)
     assert "\n" not in str(err.value)
+
+
+def test_heads_and_all_components(model, sets):
+    forget, retain = sets
+    scores = attribute(model, forget, progress=False)  # neurons and heads
+    for components, per_layer in (("heads", (2, 2)), ("all", (3, 3, 1, 1))):
+        profile = ablation_profile(
+            model, forget, retain, {"gxa": scores}, percents=(1.0 if components == "all" else 50.0,),
+            modes=("zero",), n_random=1, components=components,
+        )  # fmt: skip
+        row = profile.row("gxa", "zero", profile.percents[0])
+        # neurons (ceil(1% of 256) = 3), then heads (50% of 4 = 2; 1% of 4: at least 1)
+        assert row.per_layer == per_layer
+        heads = top_per_layer(scores.importance("heads"), per_layer[-1])
+        components_ = [("head", layer, int(h)) for layer, h in heads.nonzero().tolist()]
+        if components == "all":
+            neurons = top_per_layer(scores.importance("neurons"), 3)
+            components_ += [("neuron", layer, int(i)) for layer, i in neurons.nonzero().tolist()]
+        with ablate(model, AblationMask.from_components(components_, model=model)):
+            assert row.forget_accuracy == (score_facts(model, forget).answer_accuracy,)
+        assert profile.row(RANDOM, "zero", profile.percents[0]).per_layer == per_layer
