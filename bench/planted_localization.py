@@ -1,7 +1,8 @@
 """Locators against a known answer: the planted testbed, Recall@r, and ablation of the truth.
 
     python bench/planted_localization.py [--size tiny|default] [--ratio 0.02] [--people 4]
-                                         [--draws 5] [--patching] [--methods grad_x_act,...] [--out DIR]
+                                         [--draws 5] [--patching] [--methods grad_x_act,...] [--no-profile]
+                                         [--out DIR]
 
 Builds (or loads) :func:`loka.testbed.planted.load_planted` and prints:
 
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--patching", action="store_true", help="also activation_patching (slow on default)")
     parser.add_argument("--methods", default="grad_x_act", help="attribute() methods, comma-separated")
+    parser.add_argument("--no-profile", action="store_true", help="skip the ablation profile")
     parser.add_argument("--cache", default=None, help="testbed cache directory (default: loka's)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -139,6 +141,11 @@ def main() -> None:
         each = ", ".join(f"{v:.2f}" for v in values.values())
         print(f"Recall@r {name}: mean {mean:.3f} over {len(values)} people ({each})")
 
+    if args.no_profile:
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "planted_localization.json").write_text(json.dumps(result, indent=1, default=str))
+        return
     print("\nablation profile of the whole forget set")
     t0 = time.perf_counter()
     profile_locators = {
