@@ -89,7 +89,15 @@ from loka.scoring.metrics import score_facts
 from loka.testbed import SIZES, Size, Testbed, _config, default_cache_dir, load, worker
 from loka.testbed.world import Person, World, _names
 
-__all__ = ["PlantConfig", "PlantedNeurons", "PlantedTestbed", "load_planted", "planted_neurons"]
+__all__ = [
+    "MIN_NEURONS",
+    "PlantConfig",
+    "PlantedNeurons",
+    "PlantedTestbed",
+    "load_planted",
+    "new_people",
+    "planted_neurons",
+]
 
 logger = logging.getLogger(__name__)
 
