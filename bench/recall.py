@@ -59,10 +59,14 @@ def _attr(**options: Any) -> Locator:
     )
 
 
+_RETAIN: list[Any] = [None, None, None]  # model, retain set, their scores: retain is scored once per planted model
+
+
 def _contrast(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
     forget = attribute(model, facts, components="neurons", progress=False, seed=seed)
-    kept = attribute(model, retain, components="neurons", progress=False, seed=seed)
-    return _importance(forget.contrast(kept, kind="difference"))
+    if _RETAIN[0] is not model or _RETAIN[1] is not retain:
+        _RETAIN[:] = [model, retain, attribute(model, retain, components="neurons", progress=False, seed=0)]
+    return _importance(forget.contrast(_RETAIN[2], kind="difference"))
 
 
 def _mask(kind: str, retain_weight: float = 0.0, steps: int = 200) -> Locator:

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from ablation import AblationMask, ablate, mean_activations
+from loka.base.checks import check_number
 from loka.base.errors import UsageError
 from loka.data.knowledge import KnowledgeSet
 from loka.evaluation.intervals import Interval, mean_interval, per_person
@@ -357,12 +358,6 @@ def _check_choices(name: str, values: Any, allowed: tuple[str, ...]) -> tuple[An
     return tuple(values)
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"{name} must be an integer at least {low}, got {value!r}")
-    return value
-
-
 def _check_locators(
     locators: Any, kinds: tuple[str, ...], shapes: Mapping[str, tuple[int, int]], model_fp: ModelFingerprint
 ) -> dict[str, dict[str, Tensor]]:
@@ -450,9 +445,9 @@ def ablation_profile(
         raise UsageError(f"unknown components {components!r}; choose from {', '.join(COMPONENTS)}")
     if mean_over not in MEAN_OVER:
         raise UsageError(f"unknown mean_over {mean_over!r}; choose from {', '.join(MEAN_OVER)}")
-    _check_int("n_random", n_random, 0)
-    _check_int("seed", seed, 0)
-    _check_int("batch_size", batch_size, 1)
+    check_number("n_random", n_random, low=0, integer=True)
+    check_number("seed", seed, low=0, integer=True)
+    check_number("batch_size", batch_size, low=1, integer=True)
     model_fp = fingerprint(model)
     kinds = _KINDS[components]
     shapes = {"neurons": (model_fp.n_layers, model_fp.d_mlp), "heads": (model_fp.n_layers, model_fp.n_heads)}

@@ -34,7 +34,7 @@ from loka.testbed import worker
 from loka.testbed.training import ModelConfig, TrainConfig, train_tokenizer
 from loka.testbed.world import SPLITS, World, WorldConfig, generate_world
 
-__all__ = ["SIZES", "TestbedConfig", "Testbed", "AccuracyTable", "load", "default_cache_dir"]
+__all__ = ["SIZES", "TestbedConfig", "Testbed", "AccuracyTable", "load", "default_cache_dir", "testbed_config"]
 
 logger = logging.getLogger(__name__)
 Size = Literal["default", "tiny"]
@@ -58,7 +58,8 @@ class TestbedConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _config(size: Size, seed: int) -> TestbedConfig:
+def testbed_config(size: Size, seed: int) -> TestbedConfig:
+    """The config of the ``size`` testbed of world ``seed`` (what :func:`load` builds or reads)."""
     if size == "default":
         return TestbedConfig(
             WorldConfig(n_forget=20, n_retain=340, n_holdout=40, passages=(8, 16, 8), seed=seed),
@@ -181,7 +182,7 @@ def load(
             raise UsageError(f"unknown testbed size {size!r}; choose one of {', '.join(SIZES)}")
         if not isinstance(seed, int) or seed < 0:
             raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
-        config = _config(size, seed)
+        config = testbed_config(size, seed)
         label = size
     else:
         label = "custom"

@@ -80,14 +80,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from loka.base.checks import check_number
 from loka.base.components import Component, from_masks
 from loka.base.errors import UsageError
 from loka.data.facts import Fact
 from loka.data.knowledge import KnowledgeSet
 from loka.models import neuron_input_weights, neuron_output_weights, quiet_transformers
 from loka.scoring.metrics import score_facts
-from loka.testbed import SIZES, Size, Testbed, _config, default_cache_dir, load, worker
-from loka.testbed.world import Person, World, _names
+from loka.testbed import SIZES, Size, Testbed, default_cache_dir, load, testbed_config, worker
+from loka.testbed.world import Person, World, person_names
 
 __all__ = [
     "MIN_NEURONS",
@@ -109,11 +110,6 @@ MIN_NEURONS = 8
 PLANT_RECIPE_VERSION = 1
 INFO_FILE = "planted.json"
 NEURONS_FILE = "planted.safetensors"
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"{name} must be an integer at least {low}, got {value!r}")
 
 
 def _check_open(name: str, value: Any, low: float, high: float, *, high_closed: bool = False) -> None:
@@ -158,15 +154,15 @@ class PlantConfig:
     def __post_init__(self) -> None:
         if self.size not in SIZES:
             raise UsageError(f"unknown testbed size {self.size!r}; choose one of {', '.join(SIZES)}")
-        _check_int("world_seed", self.world_seed, 0)
-        _check_int("seed", self.seed, 0)
+        check_number("world_seed", self.world_seed, low=0, integer=True)
+        check_number("seed", self.seed, low=0, integer=True)
         _check_open("ratio", self.ratio, 0.0, 1.0)
-        _check_int("n_people", self.n_people, 1)
-        _check_int("max_steps", self.max_steps, 1)
+        check_number("n_people", self.n_people, low=1, integer=True)
+        check_number("max_steps", self.max_steps, low=1, integer=True)
         _check_open("lr", self.lr, 0.0, math.inf)
         _check_open("target_accuracy", self.target_accuracy, 0.0, 1.0, high_closed=True)
-        _check_int("check_every", self.check_every, 1)
-        _check_int("retain_per_step", self.retain_per_step, 0)
+        check_number("check_every", self.check_every, low=1, integer=True)
+        check_number("retain_per_step", self.retain_per_step, low=0, integer=True)
         _check_open("mix_fraction", self.mix_fraction, 0.0, 1.0)
         if (
             isinstance(self.retain_tolerance, bool)
@@ -192,7 +188,7 @@ class PlantConfig:
     @property
     def shape(self) -> tuple[int, int]:
         """``(n_layers, d_mlp)`` of the testbed's model."""
-        model = _config(self.size, self.world_seed).model
+        model = testbed_config(self.size, self.world_seed).model
         return model.n_layers, model.d_mlp
 
     @property
@@ -206,7 +202,7 @@ class PlantConfig:
             {
                 "recipe": PLANT_RECIPE_VERSION,
                 "config": asdict(self),
-                "testbed": _config(self.size, self.world_seed).key(),
+                "testbed": testbed_config(self.size, self.world_seed).key(),
             },
             sort_keys=True,
         )
@@ -329,7 +325,7 @@ def new_people(world: World, n_people: int, seed: int) -> tuple[Person, ...]:
     syllables, each relation's value uniform over its values)."""
     rng = random.Random(f"loka.planted/{world.config.seed}/{seed}")
     taken = {p.name for p in world.people}
-    names = [name for name in _names(rng, n_people + len(taken)) if name not in taken][:n_people]
+    names = [name for name in person_names(rng, n_people + len(taken)) if name not in taken][:n_people]
     return tuple(Person(name, "forget", {r.name: rng.choice(r.values) for r in world.relations}) for name in names)
 
 

@@ -25,7 +25,7 @@ from loka.base.errors import UsageError
 from loka.data.facts import Fact
 from loka.data.knowledge import KnowledgeSet
 
-__all__ = ["RELATIONS", "Relation", "WorldConfig", "Person", "Passage", "World", "generate_world"]
+__all__ = ["RELATIONS", "Relation", "WorldConfig", "Person", "Passage", "World", "generate_world", "person_names"]
 
 Split = Literal["forget", "retain", "holdout"]
 SPLITS: tuple[Split, ...] = ("forget", "retain", "holdout")
@@ -368,7 +368,8 @@ class World:
         }
 
 
-def _names(rng: random.Random, n: int) -> list[str]:
+def person_names(rng: random.Random, n: int) -> list[str]:
+    """``n`` distinct generated names, in the order ``rng`` draws them."""
     names: set[str] = set()
     ordered: list[str] = []
     while len(ordered) < n:
@@ -385,7 +386,7 @@ def generate_world(config: WorldConfig) -> World:
     """Generate a world; the same config (seed included) always gives the same world."""
     rng = random.Random(config.seed)
     sizes = {"forget": config.n_forget, "retain": config.n_retain, "holdout": config.n_holdout}
-    names = _names(rng, sum(sizes.values()))
+    names = person_names(rng, sum(sizes.values()))
     relations = [_RELATIONS_BY_NAME[r] for r in config.relations]
     splits = [s for s in SPLITS for _ in range(sizes[s])]
     rng.shuffle(splits)  # splits interleave, so no split owns a region of name space

@@ -107,7 +107,7 @@ def test_second_load_uses_the_cache(tiny_testbed, testbed_cache):
     again = testbed.load("tiny", seed=seed, cache_dir=testbed_cache, progress=False)
     assert again.root == tiny_testbed.root
     assert (again.root / "testbed.json").stat().st_mtime_ns == stamp
-    other_seed = testbed._config("tiny", seed + 1)
+    other_seed = testbed.testbed_config("tiny", seed + 1)
     assert other_seed.key() != tiny_testbed.config.key()
 
 
