@@ -3,12 +3,16 @@
     python bench/recall.py [--size default|tiny] [--ratios 0.02 0.005] [--seeds 0 1 2] [--people 4]
                            [--locators NAME ...] [--patching] [--retain-facts 60] [--out DIR]
 
-For each planting ratio r and planting seed, :func:`loka.testbed.planted.load_planted` writes the
-facts of ``--people`` new people into r of the MLP neurons each (the ground truth); every locator
-then scores the neurons on one person's trained wordings, and :func:`attribution.recall.recall_at_k`
-reads the share of that person's planted neurons among the top k of each layer (``per layer``,
-Chang et al.'s Recall@k%) and among the top k of all neurons (``global``), for k = r, 2r and 5r
-(k as a fraction of each layer's neurons, or of all neurons, rounded half up).
+For each planting ratio and planting seed, :func:`loka.testbed.planted.load_planted` trains the
+facts of ``--people`` new people into that share of the MLP neurons each, then puts back the
+trained neurons a person's facts do not need (the pruning step); what remains is the answer key,
+and r is its share of all neurons (per person). Every locator scores the neurons on one person's
+trained wordings, and :func:`attribution.recall.recall_at_k` reads the share of that person's
+answer key among the top k of each layer (``per layer``, Chang et al.'s Recall@k%) and among the
+top k of all neurons (``global``), for k = r, 2r and 5r (k as a fraction of each layer's
+neurons, or of all neurons, rounded half up). Pruning leaves the key uneven over the layers, so
+per-layer recall at k = r cannot reach 1 where a layer holds more than its share: ``global`` is
+the measure to read.
 Printed: mean and 95% interval over people and seeds (:func:`loka.evaluation.intervals.mean_interval`)
 and each locator's seconds per person. Random scores recall k by construction.
 
@@ -136,13 +140,16 @@ def main() -> None:
             start = time.perf_counter()
             planted = load_planted(args.size, ratio=ratio, n_people=args.people, world_seed=args.world, seed=seed,
                                    progress=False)  # fmt: skip
+            key = [len(planted.planted[p.name]) for p in planted.people]
             builds.append({"ratio": ratio, "seed": seed, "load_s": round(time.perf_counter() - start, 1),
-                           "build_s": planted.build_seconds, "steps": planted.planting["steps"]})  # fmt: skip
+                           "build_s": planted.build_seconds, "steps": planted.planting["steps"],
+                           "answer_key": key, "key_share": float(np.mean(key)) / planted.mask.numel()})  # fmt: skip
             model = loka.load_model(planted.model_dir)
             retain = KnowledgeSet(planted.retain.facts[: args.retain_facts], name="retain")
             rows: dict[str, dict[str, list[float]]] = {n: {} for n in names}
             for p, person in enumerate(planted.people):
                 truth = planted.planted[person.name].mask
+                share = int(truth.sum()) / truth.numel()  # k = r: the answer key's share of all neurons
                 facts = planted.trained_wordings(person.name)
                 for name in names:
                     t0 = time.perf_counter()
@@ -150,12 +157,13 @@ def main() -> None:
                     seconds[ratio][name].append(time.perf_counter() - t0)
                     for m in MULTIPLES:
                         for scope in ("layer", "global"):
-                            r = recall_at_k(importance, truth, min(1.0, ratio * m), per_layer=scope == "layer")
+                            r = recall_at_k(importance, truth, min(1.0, share * m), per_layer=scope == "layer")
                             rows[name].setdefault(f"{m}r {scope}", []).append(r.recall)
             for name in names:
                 for key, per_person in rows[name].items():
                     values[ratio][name].setdefault(key, []).append(per_person)
-            print(f"ratio {ratio:g} seed {seed}: planted in {planted.build_seconds:.0f} s; "
+            print(f"ratio {ratio:g} seed {seed}: planted in {planted.build_seconds:.0f} s, answer keys {key} "
+                  f"(of {planted.config.neurons_per_person} trained); "
                   + ", ".join(f"{n} {np.mean(rows[n]['1r layer']):.2f}" for n in names), flush=True)  # fmt: skip
 
     keys = [f"{m}r {scope}" for scope in ("layer", "global") for m in MULTIPLES]

@@ -40,7 +40,21 @@ How planting works (:func:`load_planted`):
   a later stage disturbed) gets another stage; planting ends when everyone is learned, or fails
   at ``max_steps`` steps in all (a UsageError; nothing is cached).
 
-Every entry outside the planted slices is bit-identical to the original afterwards (checked
+* **Pruning** (``prune_tolerance``, default 0.01 nats; ``None`` skips it). Adam moves every
+  trained neuron, but on the default testbed (2%: 41 neurons a person) about half of them end
+  up carrying nothing: putting those back to the original leaves the person's facts, the other
+  people and retain exactly as they were, while putting back the other half takes the person to
+  -5.5 to -7.0 nats (measured on seed 0). No locator can find a neuron that does nothing, so an
+  answer key that lists them measures the planting, not the locator. So after planting, each
+  person's neurons are put back to the original one at a time, weakest first (the drop in the
+  person's mean log-probability when that neuron alone is put back), while the drop since
+  pruning began stays within ``prune_tolerance``, the person stays at ``target_accuracy`` and at
+  least :data:`MIN_NEURONS` remain (if that left another person below the target, the person
+  keeps every neuron). The answer key is what remains: exactly the neurons that differ from the
+  original (``planted.safetensors`` also holds the ``trained`` sets; ``planted.json`` every
+  trained neuron's effect).
+
+Every entry outside the answer key's slices is bit-identical to the original afterwards (checked
 before saving, and by the tests). Measured (CPU): the default testbed, 4 people x 41 neurons
 (2%), 250 steps, 37 s, retain (untouched people) 1.00 -> 0.94; the tiny testbed, 2 people x 11
 neurons, 125 steps, 3 s, retain 1.00 -> 0.97 (4 people there take 1425 steps and leave 0.81: two
@@ -107,7 +121,7 @@ FACT_LOSSES: tuple[FactLoss, ...] = get_args(FactLoss)
 MIN_NEURONS = 8
 """The fewest neurons a person may be planted into (a smaller set is too easy to find by chance)."""
 # bump when planting changes in a way the config does not capture
-PLANT_RECIPE_VERSION = 1
+PLANT_RECIPE_VERSION = 2  # 2: the pruning step (prune_tolerance)
 INFO_FILE = "planted.json"
 NEURONS_FILE = "planted.safetensors"
 
@@ -150,6 +164,7 @@ class PlantConfig:
     mix_fraction: float = 0.5
     fact_loss: FactLoss = "answer"
     retain_tolerance: float = 0.02
+    prune_tolerance: float | None = 0.01
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -170,6 +185,8 @@ class PlantConfig:
             or not (0 <= self.retain_tolerance <= 1)
         ):
             raise UsageError(f"retain_tolerance must be a number in [0, 1], got {self.retain_tolerance!r}")
+        if self.prune_tolerance is not None:
+            check_number("prune_tolerance", self.prune_tolerance, low=0)
         if self.fact_loss not in FACT_LOSSES:
             raise UsageError(f"unknown fact_loss {self.fact_loss!r}; choose one of {', '.join(FACT_LOSSES)}")
         n_layers, d_mlp = self.shape
@@ -457,6 +474,85 @@ def _slices_masks(model: Any, neurons: Tensor) -> dict[str, Tensor]:
     return out
 
 
+def _neuron_slices(model: Any, layer: int, index: int) -> tuple[Any, ...]:
+    return (*neuron_input_weights(model, layer, index), neuron_output_weights(model, layer, index))
+
+
+def _restore(
+    model: Any,
+    neurons: Bool[Tensor, "n_layers d_mlp"],
+    *,
+    source: dict[str, Tensor] | None,
+    saved: dict[tuple[int, int], list[Tensor]] | None = None,
+) -> dict[tuple[int, int], list[Tensor]]:
+    """Copy ``neurons``' slices from ``source`` (the original's weights) or, with ``source=None``,
+    back from ``saved``; returns what they held before."""
+    params = dict(model.named_parameters())
+    before: dict[tuple[int, int], list[Tensor]] = {}
+    for layer, index in neurons.nonzero().tolist():
+        slices = _neuron_slices(model, layer, index)
+        views = [params[s.name].narrow(s.dim, s.start, s.stop - s.start) for s in slices]
+        before[(layer, index)] = [v.detach().clone() for v in views]
+        for j, (piece, view) in enumerate(zip(slices, views, strict=True)):
+            if source is not None:
+                view.copy_(source[piece.name].narrow(piece.dim, piece.start, piece.stop - piece.start))
+            else:
+                assert saved is not None
+                view.copy_(saved[(layer, index)][j])
+    return before
+
+
+def _prune(
+    model: Any,
+    tokenizer: Any,
+    facts: KnowledgeSet,
+    neurons: Bool[Tensor, "n_layers d_mlp"],
+    originals: dict[str, Tensor],
+    config: PlantConfig,
+) -> tuple[Bool[Tensor, "n_layers d_mlp"], dict[str, Any]]:
+    """Put back to the original the trained neurons a person's facts do not need (the pruning step).
+
+    Each neuron's *effect* is how much the person's mean log-probability over their trained
+    wordings drops when that neuron alone is put back. Weakest first, a neuron is put back for
+    good while the drop since pruning began stays within ``config.prune_tolerance`` nats, the
+    person stays at ``target_accuracy``, and at least :data:`MIN_NEURONS` remain; the first that
+    breaks a rule stays, and so do all stronger ones. Returns the kept neurons and a record
+    (every neuron's effect, the log-probabilities before and after, and what ``_restore`` saved).
+    """
+    base = score_facts(model, facts, tokenizer=tokenizer).mean_log_prob
+    effects: dict[tuple[int, int], float] = {}
+    for layer, index in neurons.nonzero().tolist():
+        one = torch.zeros_like(neurons)
+        one[layer, index] = True
+        saved = _restore(model, one, source=originals)
+        effects[(layer, index)] = base - score_facts(model, facts, tokenizer=tokenizer).mean_log_prob
+        _restore(model, one, source=None, saved=saved)
+    kept = neurons.clone()
+    restored: dict[tuple[int, int], list[Tensor]] = {}
+    after = base
+    for layer, index in sorted(effects, key=lambda key: (effects[key], key)):
+        if int(kept.sum()) <= MIN_NEURONS:
+            break
+        one = torch.zeros_like(neurons)
+        one[layer, index] = True
+        saved = _restore(model, one, source=originals)
+        scores = score_facts(model, facts, tokenizer=tokenizer)
+        assert config.prune_tolerance is not None
+        if base - scores.mean_log_prob > config.prune_tolerance or scores.answer_accuracy < config.target_accuracy:
+            _restore(model, one, source=None, saved=saved)
+            break
+        kept[layer, index] = False
+        restored.update(saved)
+        after = scores.mean_log_prob
+    record = {
+        "log_prob_before": round(base, 5),
+        "log_prob_after": round(after, 5),
+        "effects": {f"L{layer}N{index}": round(value, 5) for (layer, index), value in effects.items()},
+        "saved": restored,
+    }
+    return kept, record
+
+
 def _accuracy_by_person(model: Any, tokenizer: Any, wordings: KnowledgeSet) -> dict[str, float]:
     scores = score_facts(model, wordings, tokenizer=tokenizer)
     per_fact = (scores.n_correct_tokens / scores.n_target_tokens.clamp(min=1)).tolist()
@@ -596,8 +692,34 @@ def _plant(config: PlantConfig, testbed: Testbed, tmp: Path, *, progress: bool) 
             f"{retain_floor:.3f} within max_steps={config.max_steps} ({late or 'all learned'}; mixed retain "
             f"{mixed_now:.3f}); raise max_steps or lower lr"
         )
+    trained = masks.clone()
+    pruning: dict[str, Any] = {}
+    if config.prune_tolerance is not None:
+        with torch.no_grad():
+            for p, person in enumerate(people):
+                facts = _wordings((person,), world, name=person.name)
+                kept, pruning[person.name] = _prune(model, tokenizer, facts, masks[p], originals, config)
+                # restoring p's spare neurons must leave everyone learned; if not, p keeps them all
+                accuracy = _accuracy_by_person(model, tokenizer, wordings)
+                if min(accuracy.values()) < config.target_accuracy:
+                    _restore(model, masks[p] & ~kept, source=None, saved=pruning[person.name].pop("saved"))
+                    pruning[person.name]["undone"] = True
+                    accuracy = _accuracy_by_person(model, tokenizer, wordings)
+                else:
+                    masks[p] = kept
+                pruning[person.name].pop("saved", None)
+            for person in people:  # after every person's pruning (a later one may move an earlier one a little)
+                facts = _wordings((person,), world, name=person.name)
+                final = score_facts(model, facts, tokenizer=tokenizer).mean_log_prob
+                pruning[person.name]["log_prob_final"] = round(final, 5)
+        owned = [_slices_masks(model, masks[p]) for p in range(config.n_people)]
     with torch.no_grad():  # the guarantee, checked: nothing outside the planted slices moved
-        union = {name: torch.stack([o[name] for o in owned if name in o]).any(dim=0) for name in names}
+        union = {
+            name: torch.stack([o[name] for o in owned if name in o]).any(dim=0)
+            if any(name in o for o in owned)
+            else torch.zeros_like(params[name], dtype=torch.bool)
+            for name in names
+        }
         for name in names:
             if not torch.equal(params[name][~union[name]], originals[name][~union[name]]):
                 raise RuntimeError(f"planting changed {name} outside the planted neurons")
@@ -607,7 +729,11 @@ def _plant(config: PlantConfig, testbed: Testbed, tmp: Path, *, progress: bool) 
     with quiet_transformers():  # no "Writing model shards" bar
         model.save_pretrained(tmp / "planted")
     tokenizer.save_pretrained(tmp / "planted")
-    save_file({"neurons": masks.contiguous()}, str(tmp / NEURONS_FILE), metadata={"format": "loka.planted"})
+    save_file(
+        {"neurons": masks.contiguous(), "trained": trained.contiguous()},
+        str(tmp / NEURONS_FILE),
+        metadata={"format": "loka.planted"},
+    )
     world.facts_of(people, name="planted").to_jsonl(tmp / "forget.jsonl")
     retain_facts.to_jsonl(tmp / "retain.jsonl")
     logger.info("planting took %.1f s, %d steps", seconds, steps)
@@ -622,6 +748,8 @@ def _plant(config: PlantConfig, testbed: Testbed, tmp: Path, *, progress: bool) 
                 "attributes": person.attributes,
                 "per_layer": masks[p].sum(dim=1).tolist(),
                 "neurons": [c.label for c in from_masks(masks[p], None)],
+                "trained": int(trained[p].sum()),
+                "pruning": pruning.get(person.name),
             }
             for p, person in enumerate(people)
         ],

@@ -53,7 +53,7 @@ def test_only_the_planted_slices_change(planted: PlantedTestbed, models):
             # and every planted neuron was trained: its output row moved
             assert not torch.equal(out.of(planted_model), out.of(original)), f"L{layer}N{index} never moved"
     n_owned = sum(int(m.sum()) for m in owned.values())
-    assert n_owned == len(planted.people) * CONFIG.neurons_per_person * (2 * 64 + 1)  # W_in col, b_in, W_out row
+    assert n_owned == int(planted.mask.sum()) * (2 * 64 + 1)  # W_in col, b_in, W_out row
     for name in before:
         keep = ~owned[name]
         assert torch.equal(after[name][keep], before[name][keep]), f"{name} changed outside the planted slices"
@@ -61,12 +61,16 @@ def test_only_the_planted_slices_change(planted: PlantedTestbed, models):
 
 def test_neurons_are_disjoint_spread_and_recorded(planted: PlantedTestbed):
     masks = torch.stack([p.mask for p in planted.planted.values()])
-    assert masks.shape == (2, 2, 256) and masks.dtype == torch.bool
+    trained = load_file(str(planted.root / "planted.safetensors"))["trained"]
+    assert masks.shape == trained.shape == (2, 2, 256) and masks.dtype == trained.dtype == torch.bool
     assert CONFIG.neurons_per_person == 11 >= MIN_NEURONS  # ceil(0.02 * 512)
-    assert masks.sum(dim=(1, 2)).tolist() == [11, 11]
-    assert int(masks.sum(dim=0).max()) == 1  # disjoint
+    assert trained.sum(dim=(1, 2)).tolist() == [11, 11]
+    assert int(trained.sum(dim=0).max()) == 1  # disjoint
+    assert not (masks & ~trained).any()  # the answer key is what pruning kept of the trained neurons
+    assert all(MIN_NEURONS <= len(p) <= 11 for p in planted.planted.values())
+    for row in trained:
+        assert sorted(row.sum(dim=1).tolist()) == [5, 6]  # spread evenly over the layers
     for person in planted.planted.values():
-        assert sorted(person.per_layer) == [5, 6]  # spread evenly over the layers
         assert [("neuron", layer, index) for _, layer, index in person.components] == [
             ("neuron", int(layer), int(index)) for layer, index in person.mask.nonzero().tolist()
         ]
@@ -77,7 +81,38 @@ def test_neurons_are_disjoint_spread_and_recorded(planted: PlantedTestbed):
     assert torch.equal(planted.mask, masks.any(dim=0))
     # the same seed draws the same neurons; a person never shares one
     again = planted_neurons(2, 256, 11, 2, seed=CONFIG.seed)
-    assert torch.equal(again, masks)
+    assert torch.equal(again, trained)
+
+
+def test_pruning_keeps_the_neurons_that_carry_each_person(planted: PlantedTestbed, models, tokenizer):
+    """Every neuron of the answer key differs from the original; putting one person's whole key
+    back takes their facts to what the original knows of them, and leaves the other person learned;
+    the record's log-probabilities are what the planted model scores."""
+    planted_model, original = models
+    info = json.loads((planted.root / "planted.json").read_text())
+    for entry in info["people"]:
+        record = entry["pruning"]
+        assert record["log_prob_before"] - record["log_prob_after"] <= CONFIG.prune_tolerance + 1e-6
+        assert len(record["effects"]) == entry["trained"] == 11
+    for person in planted.people:
+        key = planted.planted[person.name]
+        for _, layer, index in key.components:
+            assert not torch.equal(
+                neuron_output_weights(planted_model, layer, index).of(planted_model),
+                neuron_output_weights(original, layer, index).of(original),
+            )
+        wordings = planted.trained_wordings(person.name)
+        record = next(e["pruning"] for e in info["people"] if e["name"] == person.name)
+        logp = score_facts(planted_model, wordings, tokenizer=tokenizer).mean_log_prob
+        assert logp == pytest.approx(record["log_prob_final"], abs=1e-4)
+        copy = AutoModelForCausalLM.from_pretrained(planted.model_dir).eval()
+        originals = dict(original.named_parameters())
+        with torch.no_grad():
+            planted_module._restore(copy, key.mask, source={n: t.detach() for n, t in originals.items()})
+        oracle_acc = score_facts(original, wordings, tokenizer=tokenizer).answer_accuracy
+        assert score_facts(copy, wordings, tokenizer=tokenizer).answer_accuracy <= oracle_acc + 0.2
+        other = next(p for p in planted.people if p.name != person.name)
+        assert score_facts(copy, planted.trained_wordings(other.name), tokenizer=tokenizer).answer_accuracy >= 0.9
 
 
 def test_new_people_are_learned_and_unknown_to_the_original(planted: PlantedTestbed, models, tokenizer):
