@@ -272,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("after", metavar="AFTER", help="the edited model directory")
     cert.add_argument("--forget", required=True, help="JSONL of the facts (or passages) that should be gone")
     cert.add_argument(
-        "--reference", required=True,
-        help="JSONL of facts of the same kind about people (or texts) neither model ever saw",
+        "--reference",
+        help="(required) JSONL of facts of the same kind about people (or texts) neither model ever saw",
     )  # fmt: skip
     cert.add_argument("--retain", help="JSONL of facts that should stay (collateral damage, probe, relearning)")
     cert.add_argument(
