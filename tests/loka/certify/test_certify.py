@@ -139,3 +139,36 @@ def test_bad_inputs_are_refused_before_a_model_loads(tiny_testbed, tmp_path):
         check_inputs(tb.model_dir, bigger, tb.forget, tb.holdout)
     with pytest.raises(UsageError, match="unknown attack suite"):
         certify(tb.model_dir, tb.oracle_dir, tb.forget, tb.holdout, attacks="everything")  # type: ignore[arg-type]
+
+
+def test_relearning_quantization_and_extraction_find_the_original_and_not_the_oracle(tiny_testbed):
+    from loka.certify.checks.extraction import extraction_check
+    from loka.certify.checks.quantization import quantization_checks
+    from loka.certify.checks.relearning import relearning_checks
+    from loka.certify.statistics import decide
+    from loka.models import load_model
+
+    tb = tiny_testbed
+    full = suite("full", n_splits=100, n_resamples=300, relearn_lrs=(6e-4,))
+    verdicts = {}
+    for name, directory in (("original", tb.model_dir), ("oracle", tb.oracle_dir)):
+        model = load_model(directory)
+        tok = model.tokenizer
+        checks = relearning_checks(model, tok, tb.forget, tb.holdout, tb.retain, full)
+        checks += quantization_checks(model, tok, tb.forget, tb.holdout, full)
+        checks.append(extraction_check(model, tok, tb.passages_of("forget"), tb.passages_of("holdout"), full))
+        verdicts[name] = {c.name: c.verdict for c in decide(checks, alpha=full.alpha)}
+    names = ["relearning.forget_half", "relearning.retain_only", "extraction.verbatim"]
+    names += [f"quantization.{b}bit.{what}" for b in (8, 4) for what in ("answers", "loss")]
+    assert set(verdicts["original"]) == set(names)
+    assert all(verdicts["original"][n] == "FAIL" for n in names), verdicts["original"]
+    assert "FAIL" not in verdicts["oracle"].values(), verdicts["oracle"]
+
+
+def test_loaded_models_are_named_by_their_weights(tiny_testbed):
+    from loka.models import fingerprint, load_model
+
+    model = load_model(tiny_testbed.model_dir)
+    cert = certify(model, model, tiny_testbed.forget, tiny_testbed.holdout, suite=FAST)
+    assert cert.provenance["after"] == {"weights_sha256": fingerprint(model).weights_sha256}
+    assert cert.check("direct.answers").verdict == "FAIL"
