@@ -42,10 +42,12 @@ __all__ = ["certify", "check_inputs", "EDIT_FILE"]
 
 logger = logging.getLogger(__name__)
 EDIT_FILE = "loka_edit.json"  # ablation.export.EDIT_FILE (ablation sits below certify, but the name is all we need)
+MIN_REFERENCE_PEOPLE = 4  # two per half: the fewest a null from splits (and the blind check's folds) can use
 _UNKNOWN_METHOD = (
     f"no {EDIT_FILE} beside AFTER: the method is unknown, so no check is known to be one it trained against; "
     "every check counts as held-out"
 )
+_FACT_FAMILIES = ("direct", "membership", "relearning", "quantization", "readout")
 _ARCHITECTURE_KEYS = (
     "model_type", "architectures", "n_layer", "num_hidden_layers", "n_embd", "hidden_size", "n_head",
     "num_attention_heads", "n_inner", "intermediate_size", "vocab_size", "n_positions", "max_position_embeddings",
@@ -127,6 +129,12 @@ def check_inputs(
         shared = Seen.of(a).clash(b)
         if shared is not None:
             raise UsageError(f"{a_name} and {b_name} overlap ({shared} is in both); they must be disjoint")
+    units = {f.subject if f.subject is not None else f.id for f in reference_}
+    if len(units) < MIN_REFERENCE_PEOPLE:
+        raise UsageError(
+            f"the reference holds {len(units)} people (or texts without a subject); every null is measured between "
+            f"random halves of them, so it needs at least {MIN_REFERENCE_PEOPLE}"
+        )
     _check_same_architecture(before, after)
     seen_, where = _seen(seen, after)
     paraphrases = forget_.paraphrased() if any(f.paraphrases for f in forget_) else None
@@ -196,8 +204,13 @@ def certify(
     def load(m: Any) -> Any:
         return load_model(m, device=device or "cpu") if isinstance(m, str | os.PathLike) else m
 
+    same = before is after or (
+        isinstance(before, str | os.PathLike)
+        and isinstance(after, str | os.PathLike)
+        and Path(before).expanduser().resolve() == Path(after).expanduser().resolve()
+    )
     after_model = load(after)
-    before_model = after_model if before is after else load(before)
+    before_model = after_model if same else load(before)
     tokenizer = getattr(after_model, "tokenizer", None)
     if tokenizer is None:
         raise UsageError("AFTER has no tokenizer attached; load it with loka.load_model or pass a model directory")
@@ -214,8 +227,12 @@ def certify(
         if suite.quantization:
             checks += quantization_checks(after_model, tokenizer, f, r, suite)
         checks += readout_checks(after_model, tokenizer, f, r, sets.retain, suite)
-    elif sets.forget_passages is not None and sets.reference_passages is not None:
-        blind = blind_check(sets.forget_passages, sets.reference_passages, suite)
+    else:
+        side = "forget" if sets.forget is None else "reference"
+        why = f"the {side} set holds no facts (only passages): these checks compare facts"
+        checks += [Check.skip(name, "", why) for name in _FACT_FAMILIES]
+        if sets.forget_passages is not None and sets.reference_passages is not None:
+            blind = blind_check(sets.forget_passages, sets.reference_passages, suite)
     checks.append(extraction_check(after_model, tokenizer, sets.forget_passages, sets.reference_passages, suite))
     checks.append(collateral_check(after_model, before_model, tokenizer, sets.retain, suite))
     checks = [c.with_(role="dev") if c.name in dev and c.role == "held-out" else c for c in checks]

@@ -137,6 +137,9 @@ def test_bad_inputs_are_refused_before_a_model_loads(tiny_testbed, tmp_path):
     (bigger / "config.json").write_text(json.dumps({**config, "n_layer": 4}))
     with pytest.raises(UsageError, match="different architectures .n_layer: 2 vs 4"):
         check_inputs(tb.model_dir, bigger, tb.forget, tb.holdout)
+    three = KnowledgeSet(tuple(f for f in tb.holdout if f.subject in tb.holdout.subjects[:3]))
+    with pytest.raises(UsageError, match="the reference holds 3 people .* at least 4"):
+        check_inputs(tb.model_dir, tb.oracle_dir, tb.forget, three)
     with pytest.raises(UsageError, match="unknown attack suite"):
         certify(tb.model_dir, tb.oracle_dir, tb.forget, tb.holdout, attacks="everything")  # type: ignore[arg-type]
 
@@ -172,3 +175,14 @@ def test_loaded_models_are_named_by_their_weights(tiny_testbed):
     cert = certify(model, model, tiny_testbed.forget, tiny_testbed.holdout, suite=FAST)
     assert cert.provenance["after"] == {"weights_sha256": fingerprint(model).weights_sha256}
     assert cert.check("direct.answers").verdict == "FAIL"
+
+
+def test_passages_are_told_from_facts(tiny_testbed):
+    from loka.certify.checks import Sets
+
+    tb = tiny_testbed
+    sets = Sets.of(tb.forget + tb.passages_of("forget"), tb.holdout + tb.passages_of("holdout"), tb.retain)
+    assert sets.forget.ids == tb.forget.ids and sets.reference.ids == tb.holdout.ids
+    assert sets.forget_passages.ids == tb.passages_of("forget").ids
+    assert sets.reference_passages.ids == tb.passages_of("holdout").ids
+    assert Sets.of(tb.forget, tb.holdout, None).forget_passages is None
