@@ -190,15 +190,17 @@ class Certificate:
         rows = []
         for c in (*self.checks, *([self.blind] if self.blind is not None else [])):
             if c.skipped is not None:
-                rows.append(f"<tr><td>{e(c.name)}</td><td>{c.role}</td><td colspan=7>skipped: {e(c.skipped)}</td></tr>")
+                rows.append(f"<tr><td>{e(c.name)}</td><td>{c.role}</td><td colspan=8>skipped: {e(c.skipped)}</td></tr>")
                 continue
             iv = "" if c.interval is None else f"[{c.interval[0]:.3f}, {c.interval[1]:.3f}]"
             p = c.p_holm if c.p_holm is not None else c.p_value
             colour = _COLOURS[c.verdict]
+            margin = f"&plusmn;{c.margin:g}" if c.sided == "two-sided" else f"&le; +{c.margin:g}"
+            about = e(f"{c.description}; {c.test}" + (f"; {c.note}" if c.note else ""), quote=True)
             rows.append(
-                f"<tr><td title='{e(c.description)}'>{e(c.name)}</td><td>{c.role}</td>"
+                f"<tr><td title='{about}'>{e(c.name)}</td><td>{c.role}</td>"
                 f"<td>{_f(c.forget_value)}</td><td>{_f(c.reference_value)}</td><td>{_f(c.observed)}</td>"
-                f"<td>{_f(c.center)}</td><td>{iv}</td><td>{_f(p)}</td>"
+                f"<td>{_f(c.center)}</td><td>{iv}</td><td>{margin}</td><td>{_f(p)}</td>"
                 f"<td style='color:{colour};font-weight:bold'>{c.verdict or ''}</td></tr>"
             )
         prov = e(json.dumps(self.provenance, indent=1, default=json_default))
@@ -209,9 +211,12 @@ class Certificate:
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{text-align:left}}</style></head>
 <body><h1 style="color:{_COLOURS[self.status]}">{self.status}</h1><p>{e(self.statement())}</p>
 <p>suite <b>{self.suite.name}</b> (sha256 {self.suite.sha256[:16]}...), alpha {self.suite.alpha} (Holm over
-all checks); only held-out checks count. Nulls are measured between random halves of the reference people.</p>
+the held-out and dev checks). Only held-out checks count: a dev check is one the method could have trained
+against, an info check is never counted. Each null is measured between random halves of the reference
+people; each interval ({self.suite.confidence:.0%}) resamples people; the margin (fixed in the suite) bounds the
+deviation from the null's centre. Hover a check's name for what it measures.</p>
 <table><tr><th>check</th><th>role</th><th>forget</th><th>reference</th><th>statistic</th><th>null centre</th>
-<th>interval</th><th>p (Holm)</th><th>verdict</th></tr>
+<th>interval</th><th>margin</th><th>p (Holm)</th><th>verdict</th></tr>
 {chr(10).join(rows)}</table>
 {figure}
 <h2>Provenance</h2><pre>{prov}</pre></body></html>
