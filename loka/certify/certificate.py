@@ -85,6 +85,7 @@ class Certificate:
             "provenance": self.provenance,
             "blind": None if self.blind is None else self.blind.to_dict(),
             "checks": [c.to_dict() for c in self.checks],
+            "coverage": self.coverage,
             "seconds": round(self.seconds, 2),
         }
 
@@ -129,9 +130,30 @@ class Certificate:
             return (f"no residual knowledge detected under {len(self.held_out)} held-out attacks, comparing "
                     f"{n_f} forget people with {n_ref} never-seen reference people; evidence, not proof")  # fmt: skip
         if self.status == "FAIL":
-            failed = ", ".join(c.name for c in self.held_out if c.verdict == "FAIL")
-            return f"residual knowledge detected: {failed}"
+            failed = [c.name for c in self.held_out if c.verdict == "FAIL"]
+            residual = [n for n in failed if not n.startswith("collateral.")]
+            parts = [f"residual knowledge detected: {', '.join(residual)}"] if residual else []
+            if len(residual) < len(failed):
+                parts.append("the edit damaged the retain facts")
+            return "; ".join(parts)
         return "undecided: some held-out checks are too uncertain at this number of people to pass or fail"
+
+    @property
+    def coverage(self) -> dict[str, list[str]]:
+        """Which attack families of the EDPB's list (Opinion 28/2024: attribute and membership
+        inference, exfiltration, regurgitation, model inversion, reconstruction) the measured
+        checks cover, by check name; a family with no check is listed with an empty list."""
+        measured = [c.name for c in self.checks if c.skipped is None]
+        families = {
+            "membership inference": ("membership.",),
+            "attribute inference": ("direct.", "readout.", "quantization."),
+            "recovery by fine-tuning": ("relearning.",),
+            "regurgitation of training data": ("extraction.",),
+            "model inversion": (),
+            "reconstruction": (),
+        }
+        return {family: [n for n in measured if n.startswith(prefixes)] if prefixes else []
+                for family, prefixes in families.items()}  # fmt: skip
 
     def table(self) -> str:
         """A plain-text table of the checks (what the command line prints)."""

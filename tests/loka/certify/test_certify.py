@@ -186,3 +186,17 @@ def test_passages_are_told_from_facts(tiny_testbed):
     assert sets.forget_passages.ids == tb.passages_of("forget").ids
     assert sets.reference_passages.ids == tb.passages_of("holdout").ids
     assert Sets.of(tb.forget, tb.holdout, None).forget_passages is None
+
+
+def test_statement_and_coverage_from_constructed_checks():
+    def judged(name: str, verdict: str) -> Check:
+        return Check(name=name, description="", observed=0.0, interval=(0.0, 0.0), verdict=verdict)  # type: ignore[arg-type]
+
+    damaged = Certificate((judged("direct.answers", "PASS"), judged("collateral.retain", "FAIL")), FAST)
+    assert damaged.status == "FAIL" and damaged.statement() == "the edit damaged the retain facts"
+    leaky = Certificate((judged("membership.loss", "FAIL"), Check.skip("extraction.verbatim", "", "no passages")), FAST)
+    assert leaky.statement() == "residual knowledge detected: membership.loss"
+    assert leaky.coverage["membership inference"] == ["membership.loss"]
+    assert leaky.coverage["regurgitation of training data"] == [] and leaky.coverage["model inversion"] == []
+    dev_fail = Certificate((judged("direct.answers", "FAIL").with_(role="dev"), judged("readout.probe", "PASS")), FAST)
+    assert dev_fail.status == "PASS"  # a dev check never decides
