@@ -49,7 +49,9 @@ def with_context(knowledge: KnowledgeSet) -> KnowledgeSet | None:
     return KnowledgeSet(tuple(facts), name=f"{knowledge.name}/in-context") if facts else None
 
 
-def direct_checks(model: Any, tokenizer: Any, forget: KnowledgeSet, reference: KnowledgeSet, suite: Suite) -> list:
+def direct_checks(
+    model: Any, tokenizer: Any, forget: KnowledgeSet, reference: KnowledgeSet, suite: Suite
+) -> list[Check]:
     out = [answers(model, tokenizer, forget, reference, suite, name="direct.answers", what="the given wording")]
     name, description = "direct.other_wordings", "first-token accuracy on the facts' paraphrases"
     if any(f.paraphrases for f in forget) and any(f.paraphrases for f in reference):

@@ -27,7 +27,9 @@ from loka.evaluation.attacks.probe import fit_probe
 __all__ = ["readout_checks"]
 
 
-def _lens(model: Any, tokenizer: Any, forget: KnowledgeSet, reference: KnowledgeSet, retain: Any, suite: Suite):
+def _lens(
+    model: Any, tokenizer: Any, forget: KnowledgeSet, reference: KnowledgeSet, retain: Any, suite: Suite
+) -> Check:
     name, description = "readout.logit_lens", "answers read top-1 at an intermediate block, forget minus reference"
     f, r = logit_lens(model, tokenizer, forget), logit_lens(model, tokenizer, reference)
     if f.n_layers < 2:
@@ -44,7 +46,9 @@ def _lens(model: Any, tokenizer: Any, forget: KnowledgeSet, reference: Knowledge
     )  # fmt: skip
 
 
-def _probe(model: Any, tokenizer: Any, forget: KnowledgeSet, reference: KnowledgeSet, retain: Any, suite: Suite):
+def _probe(
+    model: Any, tokenizer: Any, forget: KnowledgeSet, reference: KnowledgeSet, retain: Any, suite: Suite
+) -> Check:
     name = "readout.probe"
     description = "relation values read by a linear probe fitted on retain, forget minus reference"
     if retain is None:
