@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,9 @@ def certify(
     seen: Any = None,
     salt: str | None = None,
     device: str | None = None,
+    dtype: str | None = None,
+    device_map: str | None = None,
+    max_memory: Mapping[str | int, str | int] | None = None,
 ) -> Certificate:
     """Certify ``after`` (an edit of ``before``; model directories or loaded models) on ``forget``
     against ``reference`` (never-seen people or texts of the same kind), with ``retain`` for the
@@ -187,7 +191,9 @@ def certify(
     :class:`KnowledgeSet` values or JSONL paths. ``attacks`` names the suite ("quick" leaves
     out relearning and quantization); ``suite`` replaces it. ``seen`` (a :class:`Seen` or the
     path of a ``loka_seen.json``; default: the one in AFTER's directory) turns on the leak
-    guard. ``salt`` fixes the salt of the forget items' hashes (random by default)."""
+    guard. ``salt`` fixes the salt of the forget items' hashes (random by default). ``device``,
+    ``dtype``, ``device_map`` and ``max_memory`` say where model directories load
+    (:func:`loka.models.load_model`)."""
     start = time.perf_counter()
     if suite is None:
         if attacks not in SUITES:
@@ -202,7 +208,9 @@ def certify(
     dev = set(dev_checks(method))
 
     def load(m: Any) -> Any:
-        return load_model(m, device=device or "cpu") if isinstance(m, str | os.PathLike) else m
+        if not isinstance(m, str | os.PathLike):
+            return m
+        return load_model(m, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory)
 
     same = before is after or (
         isinstance(before, str | os.PathLike)

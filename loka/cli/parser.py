@@ -284,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seen", metavar="SEEN_JSON",
         help="what the method was given (default: loka_seen.json in AFTER, if any): refuse to score anything in it",
     )  # fmt: skip
-    cert.add_argument("--device", help="torch device for both models (default cpu)")
     cert.add_argument("--out", required=True, help="directory for certificate.json and certificate.html")
+    placement_options(cert)
     overwrite(cert)
 
     tf = command(

@@ -26,7 +26,8 @@ def certify_command(args: argparse.Namespace) -> int:
     check_inputs(args.before, args.after, sets["forget"], sets["reference"], sets["retain"], seen=args.seen)
     certificate = certify(
         args.before, args.after, sets["forget"], sets["reference"], sets["retain"], attacks=args.attacks,
-        seen=args.seen, device=args.device,
+        seen=args.seen, device=args.device, dtype=args.dtype, device_map=args.device_map,
+        max_memory=dict(args.max_memory) if args.max_memory else None,
     )  # fmt: skip
     certificate.save(out, overwrite=args.overwrite)
     print(certificate.table())
