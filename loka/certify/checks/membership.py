@@ -113,9 +113,8 @@ def _auc_check(name: str, description: str, f: np.ndarray, fp: Sequence[str], r:
 def loss_check(model: Any, tokenizer: Any, forget: KnowledgeSet, reference: KnowledgeSet, suite: Suite,
                *, name: str) -> Check:  # fmt: skip
     """The LOSS attack's AUC alone (what the quantization checks re-run)."""
-    stats = [token_statistics(model, tokenizer, ks) for ks in (forget, reference)]
-    f, r = (attack_scores(s, [x.text for x in ks], suite.min_k)["loss"] for s, ks in zip(stats, (forget, reference),
-                                                                                         strict=True))  # fmt: skip
+    f, r = (membership_scores([t[0] for t in token_statistics(model, tokenizer, ks)], [x.text for x in ks],
+                              attack="loss") for ks in (forget, reference))  # fmt: skip
     return _auc_check(name, "LOSS membership AUC, forget vs reference", f, people(forget), r, people(reference), suite)
 
 
