@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # names for type checkers and IDEs; at run time __getattr__ i
     from loka.base.components import Component  # noqa: F401
     from loka.base.errors import UsageError  # noqa: F401
     from loka.benchmarks.tofu.loading import load_tofu  # noqa: F401
+    from loka.certify import Certificate, certify  # noqa: F401
     from loka.comparison import Comparison, compare  # noqa: F401
     from loka.data import Fact, FactBatch, KnowledgeSet  # noqa: F401
     from loka.evaluation import UnlearningEvaluation, evaluate  # noqa: F401
@@ -41,6 +42,8 @@ _EXPORTS = {
     "UnlearningEvaluation": "loka.evaluation",
     "compare": "loka.comparison",
     "Comparison": "loka.comparison",
+    "certify": "loka.certify",
+    "Certificate": "loka.certify",
 }
 __all__ = [*_EXPORTS, "testbed"]
 

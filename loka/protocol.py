@@ -50,7 +50,7 @@ from loka.base.errors import UsageError
 from loka.data.facts import Fact
 from loka.data.knowledge import KnowledgeSet
 
-__all__ = ["Protocol", "Seen", "SEEN_FILE", "strip_paraphrases"]
+__all__ = ["Protocol", "Seen", "SEEN_FILE", "refuse_seen", "strip_paraphrases"]
 
 METHOD_SETS = ("forget", "augment", "retain_train", "retain_validation", "reference")
 EVAL_SETS = ("retain_eval", "nonmembers", "paraphrase_eval", "unseen_wording_eval", "passages")
@@ -177,6 +177,29 @@ class Seen:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UsageError(f"{path}: not valid JSON ({err})") from None
         return cls.from_dict(data, where=str(path))
+
+
+def refuse_seen(
+    seen: Seen | None,
+    scored: Iterable[tuple[str, KnowledgeSet | None, bool]],
+    *,
+    scorer: str = "the evaluation",
+) -> None:
+    """The leak guard that ``loka evaluate`` and ``loka certify`` share: refuse to score a method on
+    anything it was given. ``scored`` holds ``(name, set, by_person)`` for every set the scorer
+    reads (None: not scored); a set compared ``by_person`` clashes on a shared person too, else
+    only on a shared prompt or fact id (a forget person's other wordings). A one-line
+    :class:`UsageError` names the first shared item."""
+    if seen is None:
+        return
+    for name, knowledge, by_person in scored:
+        shared = seen.clash(knowledge, by_person=by_person) if knowledge is not None else None
+        if shared is not None:
+            raise UsageError(
+                f"the method was given {shared}, which {scorer} scores as {name}; a method must never "
+                "see what it is scored on: score people and wordings it was not given (split the sets by "
+                "person, as loka.protocol.Protocol.from_sets does)"
+            )
 
 
 def _check_disjoint(a: KnowledgeSet, a_name: str, b: KnowledgeSet, b_name: str, *, by_person: bool = True) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 from loka.base.errors import UsageError
 from loka.cli.commands.ablate import ablate_command
+from loka.cli.commands.certify import certify_command
 from loka.cli.commands.compare import compare_command, demo_command
 from loka.cli.commands.evaluate import evaluate_command
 from loka.cli.commands.locate import locate_command
@@ -258,6 +259,34 @@ def build_parser() -> argparse.ArgumentParser:
         demo_command,
     )
     compare_options(demo, DEMO_OUT)
+
+    cert = command(
+        "certify",
+        "evidence of erasure without an oracle: forget vs never-seen reference people inside AFTER, every null "
+        "measured, writes certificate.json and certificate.html",
+        "loka certify ./model ./model-unlearned --forget f.jsonl --reference strangers.jsonl --retain r.jsonl "
+        "--out cert/",
+        certify_command,
+    )
+    cert.add_argument("before", metavar="BEFORE", help="the model directory before the edit")
+    cert.add_argument("after", metavar="AFTER", help="the edited model directory")
+    cert.add_argument("--forget", required=True, help="JSONL of the facts (or passages) that should be gone")
+    cert.add_argument(
+        "--reference",
+        help="(required) JSONL of facts of the same kind about people (or texts) neither model ever saw",
+    )  # fmt: skip
+    cert.add_argument("--retain", help="JSONL of facts that should stay (collateral damage, probe, relearning)")
+    cert.add_argument(
+        "--attacks", choices=("quick", "full"), default="full",
+        help="the attack suite: quick leaves out relearning and quantization (default full)",
+    )  # fmt: skip
+    cert.add_argument(
+        "--seen", metavar="SEEN_JSON",
+        help="what the method was given (default: loka_seen.json in AFTER, if any): refuse to score anything in it",
+    )  # fmt: skip
+    cert.add_argument("--out", required=True, help="directory for certificate.json and certificate.html")
+    placement_options(cert)
+    overwrite(cert)
 
     tf = command(
         "tofu",

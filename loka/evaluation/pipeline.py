@@ -67,7 +67,7 @@ from loka.evaluation.attacks.relearning import Relearning
 from loka.evaluation.attacks.relearning import relearn as run_relearning
 from loka.evaluation.result import Detail, UnlearningEvaluation
 from loka.models import load_model
-from loka.protocol import SEEN_FILE, Protocol, Seen
+from loka.protocol import SEEN_FILE, Protocol, Seen, refuse_seen
 from loka.scoring.metrics import score_facts, text_token_log_probs
 
 __all__ = ["evaluate", "check_unseen"]
@@ -164,18 +164,9 @@ class _Sets:
 
     def check_unseen(self, seen: Seen | None) -> None:
         """Refuse to score a method on anything it was given."""
-        if seen is None:
-            return
         scored = (("retain", self.retain), ("MIA non-members (holdout)", self.nonmembers),
                   ("forget paraphrases", self.paraphrases), ("unseen wordings", self.unseen_wording))  # fmt: skip
-        for name, ks in scored:
-            shared = seen.clash(ks, by_person=not name.startswith(("forget", "unseen"))) if ks is not None else None
-            if shared is not None:
-                raise UsageError(
-                    f"the method was given {shared}, which the evaluation scores as {name}; a method must never "
-                    "see what it is scored on: score people and wordings it was not given (split the sets by "
-                    "person, as loka.protocol.Protocol.from_sets does)"
-                )
+        refuse_seen(seen, [(name, ks, not name.startswith(("forget", "unseen"))) for name, ks in scored])
 
 
 def check_unseen(

@@ -67,7 +67,7 @@ def test_internal_errors_show_a_traceback_and_usage_errors_one_line(tmp_path, mo
 
 @pytest.mark.skipif(not LOKA.exists(), reason="console script not installed in this environment")
 @pytest.mark.parametrize(
-    "command", ["testbed", "locate", "mask", "ablate", "unlearn", "evaluate", "compare", "demo", "update"]
+    "command", ["testbed", "locate", "mask", "ablate", "unlearn", "evaluate", "certify", "compare", "demo", "update"]
 )
 def test_console_script_help_shows_an_example(command):
     result = subprocess.run([str(LOKA), command, "--help"], capture_output=True, text=True, timeout=60)

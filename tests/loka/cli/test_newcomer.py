@@ -87,7 +87,7 @@ def edited(own, tmp_path_factory) -> tuple[Path, str]:
 
 
 # --- the commands ---------------------------------------------------------------------------------
-COVERED = {"testbed", "locate", "mask", "ablate", "unlearn", "evaluate", "update", "compare", "demo", "tofu"}
+COVERED = {"testbed", "locate", "mask", "ablate", "unlearn", "evaluate", "certify", "update", "compare", "demo", "tofu"}
 
 
 def test_help_lists_the_commands_this_file_runs():
@@ -166,6 +166,39 @@ def test_evaluate_refuses_what_the_method_was_given_and_writes_nothing(own, edit
     )
     assert code == 2 and "which the evaluation scores as retain" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_certify_refuses_the_reference_the_method_was_given(own, edited, tmp_path):
+    """``loka certify`` with the holdout people as the never-seen reference: the issue's command
+    gave them to LOKA as its reference, so they are not never-seen; one line, exit 2, nothing written."""
+    out, _ = edited
+    code, stdout, err = loka_cli("certify", own["original"], out, "--forget", own["forget"], "--reference",
+                                 own["holdout"], "--out", tmp_path / "cert")  # fmt: skip
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert "which the certificate scores as reference" in err
+    assert not (tmp_path / "cert").exists()
+
+
+def test_certify_on_people_the_method_never_saw(own, split, tmp_path):
+    """The way through: the method is given the protocol's sets; the certificate compares the
+    testbed's forget.jsonl (paraphrases included: wordings the method never saw) with the MIA
+    non-members as the reference, and reads the method's name from loka_edit.json."""
+    out = tmp_path / "ga"
+    code, _, err = loka_cli(
+        "unlearn", own["original"], "--forget", split["forget"], "--retain", split["retain_train"], "--reference",
+        split["reference"], "--method", "gradient_ascent", "--out", out, *SMALL,
+    )  # fmt: skip
+    assert code == 0, err
+    code, stdout, err = loka_cli(
+        "certify", own["original"], out, "--forget", own["forget"], "--reference", split["nonmembers"], "--retain",
+        split["retain_eval"], "--attacks", "quick", "--out", tmp_path / "cert",
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"leak guard: {out / SEEN_FILE}" in stdout
+    data = json.loads((tmp_path / "cert" / "certificate.json").read_text())
+    roles = {c["name"]: c["role"] for c in data["checks"]}
+    assert data["provenance"]["method"]["name"] == "gradient_ascent"
+    assert roles["direct.answers"] == "dev" and roles["direct.other_wordings"] == "held-out"
 
 
 def test_evaluate_on_people_the_method_never_saw(own, split, tmp_path):

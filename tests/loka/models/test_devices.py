@@ -145,7 +145,7 @@ def test_bfloat16_attribution_ranks_like_float32(tiny_testbed) -> None:
         assert rho >= 0.95, (kind, rho)
 
 
-@pytest.mark.parametrize("command", ["locate", "ablate", "unlearn", "evaluate", "compare", "update"])
+@pytest.mark.parametrize("command", ["locate", "ablate", "unlearn", "evaluate", "certify", "compare", "update"])
 def test_cli_placement_flags(llama_dir: Path, command: str) -> None:
     """Every command that loads a model takes --device, --dtype and --device-map to load_model."""
     from loka.cli import common
@@ -156,6 +156,7 @@ def test_cli_placement_flags(llama_dir: Path, command: str) -> None:
         "ablate": ["M", "mask.json", "--out", "o"],
         "unlearn": ["M", "--forget", "f", "--retain", "r", "--method", "loka", "--out", "o"],
         "evaluate": ["M", "--forget", "f", "--retain", "r", "--holdout", "h"],
+        "certify": ["M", "M", "--forget", "f", "--reference", "u", "--out", "o"],
         "compare": ["--model", "M"],
         "update": ["M", "--updates", "u", "--retain", "r", "--out", "o"],
     }[command]
