@@ -157,7 +157,8 @@ def main() -> None:
     result["recall"] = locators
     print("\nablation over people (mean [95% interval]): the person's forget accuracy, and retain")
     for key in next(iter(ablations.values())):
-        interval = mean_interval([rows[key] for rows in ablations.values()])
+        by_seed = [[row[key] for name, row in ablations.items() if name.startswith(f"{seed}/")] for seed in args.seeds]
+        interval = mean_interval(by_seed)
         print(f"  {key:<36}{interval.mean:>7.3f} [{interval.low:.3f}, {interval.high:.3f}]")
     for name, values in locators.items():
         mean = sum(values.values()) / len(values)

@@ -140,10 +140,11 @@ def main() -> None:
             start = time.perf_counter()
             planted = load_planted(args.size, ratio=ratio, n_people=args.people, world_seed=args.world, seed=seed,
                                    progress=False)  # fmt: skip
-            key = [len(planted.planted[p.name]) for p in planted.people]
+            key_sizes = [len(planted.planted[p.name]) for p in planted.people]
             builds.append({"ratio": ratio, "seed": seed, "load_s": round(time.perf_counter() - start, 1),
                            "build_s": planted.build_seconds, "steps": planted.planting["steps"],
-                           "answer_key": key, "key_share": float(np.mean(key)) / planted.mask.numel()})  # fmt: skip
+                           "answer_key": key_sizes,
+                           "key_share": float(np.mean(key_sizes)) / planted.mask.numel()})  # fmt: skip
             model = loka.load_model(planted.model_dir)
             retain = KnowledgeSet(planted.retain.facts[: args.retain_facts], name="retain")
             rows: dict[str, dict[str, list[float]]] = {n: {} for n in names}
@@ -162,7 +163,7 @@ def main() -> None:
             for name in names:
                 for key, per_person in rows[name].items():
                     values[ratio][name].setdefault(key, []).append(per_person)
-            print(f"ratio {ratio:g} seed {seed}: planted in {planted.build_seconds:.0f} s, answer keys {key} "
+            print(f"ratio {ratio:g} seed {seed}: planted in {planted.build_seconds:.0f} s, answer keys {key_sizes} "
                   f"(of {planted.config.neurons_per_person} trained); "
                   + ", ".join(f"{n} {np.mean(rows[n]['1r layer']):.2f}" for n in names), flush=True)  # fmt: skip
 
