@@ -198,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--holdout", required=True, help="facts the model never trained on (MIA non-members)")
     ev.add_argument("--oracle", help="the model trained without the forget facts (calibrates the attacks)")
     ev.add_argument(
+        "--before", metavar="DIR",
+        help="the model before the edit; without --oracle, the reference-calibrated checks (loka certify's quick "
+        "suite: forget vs --holdout people inside the model) read it for the loss ratio and retain damage",
+    )  # fmt: skip
+    ev.add_argument(
         "--seen", metavar="SEEN_JSON",
         help="what the method was given (loka_seen.json, written by loka unlearn; default: the one in the model "
         "directory, if any): refuse to score anything in it",

@@ -4,7 +4,11 @@ The leak guard of the comparison holds here too: when the model directory holds 
 (written by ``loka unlearn``: what the method was given) or ``--seen FILE`` names one, the command
 refuses, before it loads a model or writes anything, to score the method on any person, fact or
 wording it was given (:func:`loka.evaluation.pipeline.check_unseen`). Without ``--oracle`` the
-table says which checks could not be calibrated.
+table says which checks could not be calibrated, and the command runs the checks that need no oracle
+instead: :func:`loka.certify` with its quick suite, the forget people against the ``--holdout``
+people (never seen) inside the same model, each with a null measured from holdout-vs-holdout
+splits (``--before``: the model before the edit, for the loss ratio and retain damage; default:
+the model itself). With ``--json`` the certificate is stored under ``"certificate"``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ __all__ = ["evaluate_command"]
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
+    from loka.certify.run import MIN_REFERENCE_PEOPLE
     from loka.evaluation.pipeline import check_unseen, evaluate
     from loka.protocol import SEEN_FILE
 
@@ -36,12 +41,34 @@ def evaluate_command(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(evaluation.table())
     print(evaluation.verdict())
+    certificate = None
+    people = len(set(sets["holdout"].subjects)) if sets["holdout"] is not None else 0
+    if args.oracle is None and people < MIN_REFERENCE_PEOPLE:
+        print(
+            f"no --oracle, and the --holdout set has {people} people: the checks that need no oracle compare "
+            f"the forget people with at least {MIN_REFERENCE_PEOPLE} never-seen people, so they were not run"
+        )
+    elif args.oracle is None:
+        from loka.certify import certify
+
+        print("\nno --oracle: the checks that need none (loka certify, quick suite): the forget people against the "
+              "--holdout people inside this model")  # fmt: skip
+        before = args.before if args.before is not None else model
+        certificate = certify(
+            before, model, sets["forget"], sets["holdout"], sets["retain"], attacks="quick", seen=seen,
+            device=args.device, dtype=args.dtype, device_map=args.device_map,
+            max_memory=dict(args.max_memory) if args.max_memory else None,
+        )  # fmt: skip
+        print(certificate.table())
     if seen_file is None:
         print(f"leak guard off: no {SEEN_FILE} beside the model and no --seen, so nothing checks that the method "
               "never saw what is scored")  # fmt: skip
     else:
         print(f"leak guard on: nothing scored was given to the method ({seen_file})")
     if out is not None and is_main_process():  # under torchrun, rank 0 writes
-        out.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+        data = evaluation.to_dict()
+        if certificate is not None:
+            data["certificate"] = certificate.to_dict()
+        out.write_text(json.dumps(data, indent=2) + "\n")
         print(f"written to {out}")
     return 0

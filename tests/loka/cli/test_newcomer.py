@@ -215,12 +215,20 @@ def test_evaluate_on_people_the_method_never_saw(own, split, tmp_path):
     )  # fmt: skip
     assert code == 0, err
     sets = ["--forget", own["forget"], "--retain", split["retain_eval"], "--holdout", split["nonmembers"]]
-    code, stdout, err = loka_cli("evaluate", out, *sets, "--no-probe", "--no-relearn", "--json", tmp_path / "ev.json")
+    code, stdout, err = loka_cli(
+        "evaluate", out, *sets, "--no-probe", "--no-relearn", "--before", own["original"],
+        "--json", tmp_path / "ev.json",
+    )  # fmt: skip
     assert code == 0, err
     assert "leak guard on" in stdout
     assert "not calibrated: membership inference, quantization, logit lens. No oracle was given" in stdout
     saved = json.loads((tmp_path / "ev.json").read_text())
     assert saved["uncalibrated"] == ["membership inference", "quantization", "logit lens"]
+    # instead, the checks that need no oracle: loka certify's quick suite, forget vs the holdout people
+    assert "no --oracle: the checks that need none (loka certify, quick suite)" in stdout
+    certificate = saved["certificate"]
+    names = {c["name"] for c in certificate["checks"]}
+    assert {"direct.answers", "direct.other_wordings"} <= names and certificate["suite"]["name"] == "quick"
     direct = loka.evaluate(
         load_model(out), forget=KnowledgeSet.from_jsonl(own["forget"]), probe=False, relearn=False,
         retain=KnowledgeSet.from_jsonl(split["retain_eval"]), holdout=KnowledgeSet.from_jsonl(split["nonmembers"]),
@@ -230,6 +238,7 @@ def test_evaluate_on_people_the_method_never_saw(own, split, tmp_path):
     assert saved["paraphrase_forget_accuracy"] == direct.paraphrase_forget_accuracy is not None
     code, stdout, _ = loka_cli("evaluate", out, *sets, "--no-probe", "--no-relearn", "--oracle", own["oracle"])
     assert code == 0 and "not calibrated" not in stdout and "PrivLeak vs the oracle" in stdout
+    assert "no --oracle" not in stdout
 
 
 def test_update_on_the_testbeds_files(tb, own, tmp_path):
