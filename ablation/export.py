@@ -49,7 +49,7 @@ from ablation.mask import AblationMask
 from ablation.mask_file import file_sha256
 from loka.base.errors import UsageError
 from loka.base.files import check_output
-from loka.models import ModelFingerprint, fingerprint, hf_model, quiet_transformers
+from loka.models import TOKENIZER_PATTERNS, ModelFingerprint, fingerprint, hf_model, quiet_transformers
 from loka.models.weights import weight_values
 
 __all__ = ["EDIT_FILE", "MASK_FILE", "export_checkpoint"]
@@ -59,17 +59,6 @@ logger = logging.getLogger(__name__)
 EDIT_FILE = "loka_edit.json"
 MASK_FILE = "loka_mask.json"
 EDIT_SCHEMA_VERSION = 1
-_TOKENIZER_PATTERNS = (
-    "tokenizer*.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "spiece.model",
-    "chat_template.*",
-)
 GENERATION_FILE = "generation_config.json"
 _HOOK_FLAGS = ("output_attentions", "output_hidden_states", "return_dict_in_generate")
 _UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -235,7 +224,7 @@ def _write_tokenizer(model: Any, tokenizer: Any, tmp: Path, dirs: list[Path]) ->
         tokenizer.save_pretrained(tmp)
         return "tokenizer argument"
     for src in dirs:
-        files = sorted({p for pattern in _TOKENIZER_PATTERNS for p in src.glob(pattern) if p.is_file()})
+        files = sorted({p for pattern in TOKENIZER_PATTERNS for p in src.glob(pattern) if p.is_file()})
         if files:
             for f in files:
                 shutil.copy2(f, tmp / f.name)

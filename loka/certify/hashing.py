@@ -20,20 +20,10 @@ from typing import Any
 
 from loka.base.errors import UsageError
 from loka.data.knowledge import KnowledgeSet
+from loka.models import TOKENIZER_PATTERNS
 
-__all__ = ["TOKENIZER_PATTERNS", "file_sha256", "directory_hashes", "salted_hashes", "knowledge_sha256", "new_salt"]
+__all__ = ["file_sha256", "directory_hashes", "salted_hashes", "knowledge_sha256", "new_salt"]
 
-TOKENIZER_PATTERNS = (
-    "tokenizer*.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "spiece.model",
-    "chat_template.*",
-)
 _CHUNK = 1 << 20
 
 

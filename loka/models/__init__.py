@@ -33,7 +33,7 @@ from loka.models.architectures import SUPPORTED_ARCHITECTURES, ArchitectureSpec,
 from loka.models.copies import plain_copy, same_kind_as
 from loka.models.fingerprints import ModelFingerprint, fingerprint
 from loka.models.forward import input_device, logits
-from loka.models.loading import DTYPES, load_model, quiet_transformers, resolve_dtype
+from loka.models.loading import DTYPES, TOKENIZER_PATTERNS, load_model, quiet_transformers, resolve_dtype
 from loka.models.weights import (
     AttentionLayout,
     WeightSlice,
@@ -48,6 +48,7 @@ from loka.models.weights import (
 __all__ = [
     "DTYPES",
     "SUPPORTED_ARCHITECTURES",
+    "TOKENIZER_PATTERNS",
     "ArchitectureSpec",
     "AttentionLayout",
     "Model",

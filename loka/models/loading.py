@@ -32,7 +32,21 @@ __all__ = [
     "load_model",
     "quiet_transformers",
     "resolve_dtype",
+    "TOKENIZER_PATTERNS",
 ]
+
+TOKENIZER_PATTERNS = (
+    "tokenizer*.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "chat_template.*",
+)
+"""Glob patterns of the files a Hugging Face tokenizer is saved as (what an export copies and a certificate hashes)."""
 
 logger = logging.getLogger(__name__)
 
