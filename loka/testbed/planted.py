@@ -148,7 +148,9 @@ class PlantConfig:
     ``retain_per_step`` retain texts per step, drawn from the ``mix_fraction`` of the testbed's
     retain people (the *mixed* people; the others are :attr:`PlantedTestbed.retain`);
     ``fact_loss`` is ``"answer"`` (answer tokens) or ``"all"`` (every token, the testbed's recipe).
-    Invalid values raise a one-line UsageError when the config is made.
+    ``prune_tolerance`` (nats, or ``None`` to keep every trained neuron) bounds the pruning step
+    (the module docstring): how much of a person's mean log-probability putting back their spare
+    neurons may cost. Invalid values raise a one-line UsageError when the config is made.
     """
 
     size: Size = "default"

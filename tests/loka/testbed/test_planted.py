@@ -169,6 +169,8 @@ def test_second_load_is_a_cache_hit(planted: PlantedTestbed, testbed_cache: Path
         ({"mix_fraction": 1.0}, r"mix_fraction must be a number in \(0, 1\)"),
         ({"fact_loss": "prompt"}, r"unknown fact_loss 'prompt'"),
         ({"world_seed": -1}, r"world_seed must be an integer at least 0"),
+        ({"prune_tolerance": -0.01}, r"prune_tolerance must be a number at least 0"),
+        ({"prune_tolerance": "0.01"}, r"prune_tolerance must be a number at least 0"),
     ],
 )
 def test_bad_settings_fail_in_one_line_and_write_nothing(tmp_path: Path, settings: dict, message: str):
