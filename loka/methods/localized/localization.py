@@ -28,8 +28,10 @@ head: all attention and MLP weights). Whether the location matters is then a mea
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -39,9 +41,10 @@ import attribution
 from ablation import AblationMask
 from ablation.params import parameter_masks
 from ablation.selection import random_like_layers
+from loka.base import distributed
 from loka.base.errors import UsageError
 from loka.data.knowledge import KnowledgeSet
-from loka.models import hf_state_dict
+from loka.models import fingerprint, hf_state_dict
 
 __all__ = [
     "COMPONENT_CHOICES",
@@ -140,11 +143,28 @@ def _kinds(components: ComponentChoice) -> tuple[str, ...]:
     return ("neurons", "heads") if components == "all" else (components,)
 
 
+_SCORED: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+_SCORED_MAX = 8
+"""The last attributions :func:`_score` computed in this process, by what determines them: LOKA's
+location controls (random, least, complement, layers) place themselves by the located ranking of
+the same seed, so a control run after its LOKA run (the same worker process) reads the ranking
+instead of computing it again; the scores are the same either way (attribution is seeded)."""
+
+
 def _score(model: Any, knowledge: KnowledgeSet, localize: Localize, components: ComponentChoice, seed: int) -> Any:
-    return attribution.attribute(
+    facts = hashlib.sha256(repr(knowledge.facts).encode()).hexdigest()
+    key = (fingerprint(model).weights_sha256, facts, localize, components, seed, distributed.world_size())
+    if key in _SCORED:
+        _SCORED.move_to_end(key)
+        return _SCORED[key]
+    scores = attribution.attribute(
         model, knowledge, components=_kinds(components), positions=_POSITIONS[localize], seed=seed,
         progress=False, **_SETTINGS,
     )  # fmt: skip
+    _SCORED[key] = scores
+    while len(_SCORED) > _SCORED_MAX:
+        _SCORED.popitem(last=False)
+    return scores
 
 
 def _pool(scores: Any, components: ComponentChoice) -> int:

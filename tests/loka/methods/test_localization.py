@@ -165,6 +165,34 @@ def test_controls_keep_the_count_per_layer(model, protocol, located) -> None:
     assert control_mask(model, located, "random", seed=1).parameters == located.parameters
 
 
+def test_a_control_reads_the_ranking_its_loka_run_computed(model, protocol, monkeypatch) -> None:
+    """LOKA's location controls run ``locate`` with the same inputs as LOKA: the second call reads
+    the attribution the first computed (equal scores, no new attribution); another seed, another
+    set or changed weights compute again."""
+    from loka.methods.localized import localization
+
+    localization._SCORED.clear()
+    calls = []
+    real = localization.attribution.attribute
+    counted = lambda *a, **k: calls.append(k["seed"]) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(localization.attribution, "attribute", counted)
+    forget, retain = protocol.forget, protocol.retain_train
+    first = locate(model, forget, retain, size=0.05, check=0, seed=3)
+    assert calls == [3, 3]  # forget, retain
+    again = locate(model, forget, retain, size=0.05, check=0, seed=3)
+    assert calls == [3, 3] and torch.equal(again.scores.neurons, first.scores.neurons)
+    assert again.mask == first.mask
+    locate(model, forget, retain, size=0.05, check=0, seed=4)
+    assert calls == [3, 3, 4, 4]
+    locate(model, KnowledgeSet(forget.facts[:-1]), retain, size=0.05, check=0, seed=3)
+    assert calls == [3, 3, 4, 4, 3]  # the retain scores are reused, the forget set is new
+    copy = plain_copy(model)
+    with torch.no_grad():
+        next(copy.parameters()).add_(1e-3)
+    locate(same_kind_as(copy, model), forget, retain, size=0.05, check=0, seed=3)
+    assert calls == [3, 3, 4, 4, 3, 3, 3]
+
+
 def test_size_is_a_fraction_or_a_count(model, protocol) -> None:
     assert count_for_size(0.01, 2048) == 21 and count_for_size(7, 2048) == 7 and count_for_size(1.0, 10) == 10
     for bad in (0, 1.5, -0.1, True, "half", 5000):
