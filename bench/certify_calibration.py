@@ -244,19 +244,54 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
     }
 
 
+EXTRA_ROWS = ("original", "oracle", "suppression", "loss matching")
+
+
+def certify_all(
+    tb: Any, protocol: Protocol, models: dict[str, Path], evs: dict, world: int, seed: int, suite_seed: int
+) -> list[dict]:
+    """Certify every model of one run (the oracle first: its certificate is the fallback truth)."""
+    runs, certs = [], {}
+    for name in ["oracle", *(n for n in models if n != "oracle")]:
+        start = time.perf_counter()
+        certs[name] = certify(tb.model_dir, models[name], tb.forget, protocol.nonmembers, protocol.retain_eval,
+                              suite=suite("full", seed=suite_seed), salt="calibration")  # fmt: skip
+        wall = time.perf_counter() - start
+        cert = certs[name]
+        rows = judge(cert, certs["oracle"], evs[name], evs["oracle"])
+        counted = [r for r in rows if r["role"] == "held-out"]
+        oracle_status = "FAIL" if any(r["oracle_verdict"] == "FAIL" for r in counted) else "PASS"
+        runs.append({
+            "world": world, "seed": seed, "suite_seed": suite_seed, "model": name, "status": cert.status,
+            "oracle_status": oracle_status, "remains": any(r["remains"] for r in counted), "seconds": wall,
+            "checks": rows,
+        })  # fmt: skip
+        verdicts = " ".join(f"{r['check']}={(r['verdict'] or '-')[0]}/{(r['oracle_verdict'] or '-')[0]}" for r in rows)
+        print(f"  {name:<20} {cert.status:<13} oracle-based {oracle_status:<5} {wall:5.0f} s  {verdicts}", flush=True)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--worlds", type=int, nargs="*", default=[0, 1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--models", nargs="*", default=None, help="only these rows (default: all)")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "loka" / "certify-calibration"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "certify_calibration.json"))
     parser.add_argument("--write-package", action="store_true", help=f"also write {PACKAGE_FILE.relative_to(ROOT)}")
     parser.add_argument("--no-certify", action="store_true", help="only train and evaluate (fill the cache)")
+    parser.add_argument(
+        "--suite-seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help=f"certify seeds (the first for every row, the others for {', '.join(EXTRA_ROWS)} only)",
+    )
+    parser.add_argument("--merge", nargs="*", default=[], help="also read the runs of these earlier --out files")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = Path(args.cache)
-    runs, seconds = [], []
+    runs: list[dict] = []
     for world in args.worlds:
         tb = loka.testbed.load("default", seed=world, progress=False)
         protocol = Protocol.from_testbed(tb)
@@ -268,36 +303,41 @@ def main() -> None:
             evs = evaluations(world, seed, models, protocol, cache)
             if args.no_certify:
                 continue
-            certs: dict[str, Certificate] = {}
-            for name in ["oracle", *(n for n in models if n != "oracle")]:
-                start = time.perf_counter()
-                certs[name] = certify(tb.model_dir, models[name], tb.forget, protocol.nonmembers, protocol.retain_eval,
-                                      suite=suite("full", seed=seed), salt="calibration")  # fmt: skip
-                wall = time.perf_counter() - start
-                seconds.append(wall)
-                cert = certs[name]
-                rows = judge(cert, certs["oracle"], evs[name], evs["oracle"])
-                counted = [r for r in rows if r["role"] == "held-out" and not r["uninformative"]]
-                oracle_status = "FAIL" if any(r["oracle_verdict"] == "FAIL" for r in counted) else "PASS"
-                runs.append({
-                    "world": world, "seed": seed, "model": name, "status": cert.status, "oracle_status": oracle_status,
-                    "remains": any(r["remains"] for r in counted), "seconds": wall, "checks": rows,
-                })  # fmt: skip
-                verdicts = " ".join(f"{r['check']}={r['verdict'][0]}/{(r['oracle_verdict'] or '-')[0]}" for r in rows)
-                print(f"  {name:<20} {cert.status:<13} oracle-based {oracle_status:<5} {wall:5.0f} s  {verdicts}",
-                      flush=True)  # fmt: skip
+            for suite_seed in args.suite_seeds:
+                rows_now = models if suite_seed == args.suite_seeds[0] else {
+                    k: v for k, v in models.items() if k in EXTRA_ROWS
+                }  # fmt: skip
+                runs += certify_all(tb, protocol, rows_now, evs, world, seed, suite_seed)
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps({"runs": runs}, indent=1))  # so far (summarised below)
     if args.no_certify:
         return
+    for path in args.merge:
+        runs += json.loads(Path(path).read_text())["runs"]
     summary = summarise(runs)
     summary["setup"] = {
-        "testbed": "default", "worlds": args.worlds, "seeds": args.seeds, "suite": "full",
-        "certify_seconds": {"mean": sum(seconds) / len(seconds), "max": max(seconds)},
+        "testbed": "default", "worlds": sorted({r["world"] for r in runs}), "seeds": sorted({r["seed"] for r in runs}),
+        "suite": "full",
+        "suite_seeds": sorted({r["suite_seed"] for r in runs}),
+        "certify_seconds": {
+            "mean": sum(r["seconds"] for r in runs) / len(runs),
+            "max": max(r["seconds"] for r in runs),
+        },
         "command": "python bench/certify_calibration.py " + " ".join(sys.argv[1:]),
     }  # fmt: skip
     print(format_table(summary))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**summary, "runs": runs}, indent=1))
+    disagreements = [
+        {k: r[k] for k in ("world", "seed", "suite_seed", "model")} | {k: row[k] for k in
+         ("check", "role", "verdict", "oracle_verdict", "model_value", "oracle_value", "source")}
+        for r in runs for row in r["checks"]
+        if row["oracle_verdict"] is not None and row["role"] != "info" and row["verdict"] != row["oracle_verdict"]
+    ]  # fmt: skip
+    for d in disagreements:
+        print(f"disagreement: world {d['world']} {d['model']:<20} {d['check']:<30} certify {d['verdict']:<13} "
+              f"oracle-based {d['oracle_verdict']} ({d['model_value']} vs oracle {d['oracle_value']})")  # fmt: skip
+    out.write_text(json.dumps({**summary, "disagreements": disagreements, "runs": runs}, indent=1))
     if args.write_package:
         PACKAGE_FILE.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"written to {out}" + (f" and {PACKAGE_FILE}" if args.write_package else ""))

@@ -122,14 +122,16 @@ class Certificate:
 
     # --- reading ----------------------------------------------------------------------------------
     def statement(self) -> str:
-        n_ref = max((c.n_reference for c in self.held_out), default=0)
-        n_f = max((c.n_forget for c in self.held_out), default=0)
+        people = [c for c in self.held_out if not c.name.startswith("collateral.")]  # collateral counts retain people
+        n_ref = max((c.n_reference for c in people), default=0)
+        n_f = max((c.n_forget for c in people), default=0)
         if not self.reference_valid:
             return ("the reference set is not comparable with the forget set (a model-free classifier tells them "
                     "apart), so no check can pass")  # fmt: skip
         if self.status == "PASS":
             return (f"no residual knowledge detected under {len(self.held_out)} held-out attacks, comparing "
-                    f"{n_f} forget people with {n_ref} never-seen reference people; evidence, not proof")  # fmt: skip
+                    f"{n_f} forget people with {n_ref} never-seen reference people, each within its stated PASS "
+                    "margin; evidence, not proof")  # fmt: skip
         if self.status == "FAIL":
             failed = [c.name for c in self.held_out if c.verdict == "FAIL"]
             residual = [n for n in failed if not n.startswith("collateral.")]
