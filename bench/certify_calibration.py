@@ -42,6 +42,7 @@ import loka  # noqa: E402
 from ablation import export_checkpoint  # noqa: E402
 from loka.certify import Certificate, certify, suite  # noqa: E402
 from loka.certify.adversaries import match_reference_loss, suppress  # noqa: E402
+from loka.certify.certificate import JSON_FILE  # noqa: E402
 from loka.models import load_model  # noqa: E402
 from loka.protocol import SEEN_FILE, Protocol, Seen  # noqa: E402
 
@@ -60,7 +61,7 @@ METHOD_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 # certify check -> the evaluation column measuring the same thing on the same forget facts
 COLUMNS: dict[str, str] = {
     "direct.answers": "forget_accuracy",
-    "direct.other_wordings": "paraphrase_forget_accuracy",
+    "direct.other_wordings": "unseen_wording_forget_accuracy",  # the testbed's forget paraphrases: the held-out wording
     "membership.loss": "mia_aucs.loss",
     "membership.zlib": "mia_aucs.zlib",
     "membership.min_k": "mia_aucs.min_k",
@@ -82,6 +83,7 @@ def _columns(ev: Any) -> dict[str, float | None]:
     out: dict[str, float | None] = {
         "forget_accuracy": ev.forget_accuracy,
         "paraphrase_forget_accuracy": ev.paraphrase_forget_accuracy,
+        "unseen_wording_forget_accuracy": ev.unseen_wording_forget_accuracy,
         "retain_accuracy": ev.retain_accuracy,
         "relearning.after": None if ev.relearning is None else ev.relearning.after,
         "probe.forget_accuracy": None if ev.probe is None else ev.probe.forget_accuracy,
@@ -175,7 +177,7 @@ def judge(cert: Certificate, oracle_cert: Certificate, ev: dict, oracle_ev: dict
             continue
         check = {"name": c.name, "sided": c.sided}
         column = COLUMNS.get(c.name)
-        if column is not None:
+        if column is not None and ev.get(column) is not None and oracle_ev.get(column) is not None:
             m, o, source = ev.get(column), oracle_ev.get(column), f"evaluate: {column}"
         else:
             other = oracle_cert.check(c.name)
@@ -248,16 +250,28 @@ EXTRA_ROWS = ("original", "oracle", "suppression", "loss matching")
 
 
 def certify_all(
-    tb: Any, protocol: Protocol, models: dict[str, Path], evs: dict, world: int, seed: int, suite_seed: int
+    tb: Any,
+    protocol: Protocol,
+    models: dict[str, Path],
+    evs: dict,
+    world: int,
+    seed: int,
+    suite_seed: int,
+    cache: Path,
+    reuse: bool,
 ) -> list[dict]:
     """Certify every model of one run (the oracle first: its certificate is the fallback truth)."""
     runs, certs = [], {}
     for name in ["oracle", *(n for n in models if n != "oracle")]:
-        start = time.perf_counter()
-        certs[name] = certify(tb.model_dir, models[name], tb.forget, protocol.nonmembers, protocol.retain_eval,
-                              suite=suite("full", seed=suite_seed), salt="calibration")  # fmt: skip
-        wall = time.perf_counter() - start
+        saved = cache / f"world-{world}" / f"seed-{seed}" / "certificates" / f"suite-{suite_seed}" / _slug(name)
+        if reuse and (saved / JSON_FILE).is_file():
+            certs[name] = Certificate.from_dict(json.loads((saved / JSON_FILE).read_text()))
+        else:
+            certs[name] = certify(tb.model_dir, models[name], tb.forget, protocol.nonmembers, protocol.retain_eval,
+                                  suite=suite("full", seed=suite_seed), salt="calibration")  # fmt: skip
+            certs[name].save(saved, overwrite=True)
         cert = certs[name]
+        wall = cert.seconds
         rows = judge(cert, certs["oracle"], evs[name], evs["oracle"])
         counted = [r for r in rows if r["role"] == "held-out"]
         oracle_status = "FAIL" if any(r["oracle_verdict"] == "FAIL" for r in counted) else "PASS"
@@ -287,6 +301,7 @@ def main() -> None:
         default=[0],
         help=f"certify seeds (the first for every row, the others for {', '.join(EXTRA_ROWS)} only)",
     )
+    parser.add_argument("--reuse", action="store_true", help="read certificates saved by an earlier run (re-judge)")
     parser.add_argument("--merge", nargs="*", default=[], help="also read the runs of these earlier --out files")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -307,7 +322,7 @@ def main() -> None:
                 rows_now = models if suite_seed == args.suite_seeds[0] else {
                     k: v for k, v in models.items() if k in EXTRA_ROWS
                 }  # fmt: skip
-                runs += certify_all(tb, protocol, rows_now, evs, world, seed, suite_seed)
+                runs += certify_all(tb, protocol, rows_now, evs, world, seed, suite_seed, cache, args.reuse)
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.out).write_text(json.dumps({"runs": runs}, indent=1))  # so far (summarised below)
     if args.no_certify:
