@@ -28,6 +28,7 @@ so a rerun re-certifies only. ``--write-package`` writes the summary to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -43,6 +44,8 @@ from ablation import export_checkpoint  # noqa: E402
 from loka.certify import Certificate, certify, suite  # noqa: E402
 from loka.certify.adversaries import match_reference_loss, suppress  # noqa: E402
 from loka.certify.certificate import JSON_FILE  # noqa: E402
+from loka.certify.result import Check  # noqa: E402
+from loka.certify.statistics import decide, p_value, test_scale  # noqa: E402
 from loka.models import load_model  # noqa: E402
 from loka.protocol import SEEN_FILE, Protocol, Seen  # noqa: E402
 
@@ -246,6 +249,18 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
     }
 
 
+def rejudge(cert: Certificate) -> Certificate:
+    """A saved certificate's verdicts again, from its saved numbers, under this library's p-value
+    scale and verdict rules (which BEFORE-sensitivity roles it holds are kept as saved)."""
+    checks = []
+    for c in cert.checks:
+        if c.skipped is None and c.null is not None and c.interval is not None and c.test == Check.test:
+            scale = test_scale(c.null, c.n_forget, c.n_reference, c.interval, cert.suite.confidence)
+            c = c.with_(p_value=p_value(c.observed, c.null, c.sided, scale=scale))
+        checks.append(c)
+    return dataclasses.replace(cert, checks=tuple(decide(checks, alpha=cert.suite.alpha)))
+
+
 EXTRA_ROWS = ("original", "oracle", "suppression", "loss matching")
 
 
@@ -265,7 +280,7 @@ def certify_all(
     for name in ["oracle", *(n for n in models if n != "oracle")]:
         saved = cache / f"world-{world}" / f"seed-{seed}" / "certificates" / f"suite-{suite_seed}" / _slug(name)
         if reuse and (saved / JSON_FILE).is_file():
-            certs[name] = Certificate.from_dict(json.loads((saved / JSON_FILE).read_text()))
+            certs[name] = rejudge(Certificate.from_dict(json.loads((saved / JSON_FILE).read_text())))
         else:
             certs[name] = certify(tb.model_dir, models[name], tb.forget, protocol.nonmembers, protocol.retain_eval,
                                   suite=suite("full", seed=suite_seed), salt="calibration")  # fmt: skip

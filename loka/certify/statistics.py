@@ -7,16 +7,21 @@ retrained models score 0.52-0.72, see ``notes/erasure-evidence.md``), and an acc
 has a spread that depends on how many people there are. So each check's null is *measured*: the
 reference people are split at random into two halves (``n_splits`` times, seeded), and the same
 statistic is computed between the halves. Its mean is the centre the forget set is compared with,
-its standard deviation the scale of the test. Halves hold fewer people than the real comparison,
-so the null is wider than the real statistic's sampling spread: the test is conservative.
+its standard deviation, rescaled from two halves of the reference to the real comparison (forget
+people against all reference people: ``sqrt((1/n_f + 1/n_r) / (1/h_1 + 1/h_2))``, 0.71 for 20
+against 20), the scale of the test. (Read unscaled, the halves' spread made the test too
+conservative: on the default testbed gradient ascent's forget texts, AUC 0.17 against a centre
+of 0.50, were not shown different after Holm.)
 
 **Interval.** The statistic is recomputed on people resampled with replacement, forget and
 reference people independently (:func:`scipy.stats.bootstrap`, percentile; an AUC with
 :func:`loka.evaluation.intervals.auc_interval`): it covers "other people of the same kind".
 
 **p-value.** ``(observed - centre) / scale`` read against the normal tail (two-sided, or one-sided
-where only "forget above reference" fails), with ``scale`` the larger of the null's standard
-deviation and the standard error the interval implies (its width over 2 x 1.96): a reference
+where only "forget above reference" fails), with ``scale`` the larger of the comparison's standard
+error read from the null (the null's sd rescaled from two halves of the reference to forget
+against the whole reference, :func:`comparison_se`) and the standard error the interval implies
+(its width over 2 z): a reference
 whose values do not vary at all (every stranger's answer wrong) must not make any forget
 deviation "certain". A normal tail rather than the split count, because a small reference has
 few distinct splits (8 people: 35 halvings) and a rank p-value could then never fall below
@@ -66,6 +71,8 @@ __all__ = [
     "holm",
     "verdict",
     "pass_margin",
+    "comparison_se",
+    "test_scale",
     "measure",
     "decide",
 ]
@@ -202,19 +209,37 @@ def verdict(
     return "INCONCLUSIVE"
 
 
+def comparison_se(null: Null | None, n_forget: int, n_reference: int) -> float:
+    """The statistic's standard error between ``n_forget`` forget and ``n_reference`` reference
+    people, read from the null between halves of the reference (h_1 and h_2 people):
+    ``null sd x sqrt((1/n_f + 1/n_r) / (1/h_1 + 1/h_2))`` (0 without a null or people)."""
+    if null is None or n_forget < 1 or n_reference < 2 or null.sd <= 0:
+        return 0.0
+    h1 = n_reference // 2
+    h2 = n_reference - h1
+    return float(null.sd * np.sqrt((1 / n_forget + 1 / n_reference) / (1 / h1 + 1 / h2)))
+
+
 def pass_margin(
     null: Null | None, n_forget: int, n_reference: int, margin: float, *, alpha: float, power: float, margin_max: float
 ) -> float:
     """The margin a PASS is judged at (see the module docstring): the power-limited margin
     ``(z_{1-alpha} + z_{(1+power)/2}) se``, at least ``margin`` and at most ``margin_max`` (never
     below ``margin``); ``margin`` when there is no null or too few people to read an se."""
-    if null is None or n_forget < 1 or n_reference < 2 or null.sd <= 0:
+    se = comparison_se(null, n_forget, n_reference)
+    if se <= 0:
         return margin
-    h1 = n_reference // 2
-    h2 = n_reference - h1
-    se = null.sd * np.sqrt((1 / n_forget + 1 / n_reference) / (1 / h1 + 1 / h2))
     reach = (norm.ppf(1 - alpha) + norm.ppf((1 + power) / 2)) * se
     return float(max(margin, min(reach, margin_max)))
+
+
+def test_scale(null: Null, n_forget: int, n_reference: int, interval: tuple[float, float], confidence: float) -> float:
+    """The scale a deviation is read against: the larger of the comparison's standard error read
+    from the null (:func:`comparison_se`) and the one the bootstrap interval implies (its width
+    over 2 z), or the null's own sd when there are too few people to rescale it."""
+    standard_error = (interval[1] - interval[0]) / (2 * norm.ppf(0.5 + confidence / 2))
+    se = comparison_se(null, n_forget, n_reference)
+    return max(se if se > 0 else null.sd, standard_error)
 
 
 def measure(
@@ -261,10 +286,9 @@ def measure(
         )
         forget_value = float(per_person(f, forget_people)[1].mean())
         reference_value = float(per_person(r, reference_people)[1].mean())
-    standard_error = (interval[1] - interval[0]) / (2 * norm.ppf(0.5 + confidence / 2))
-    scale = max(null.sd, standard_error)
-    p, test = p_override if p_override is not None else (p_value(observed, null, sided, scale=scale), Check.test)
     n_f, n_r = len(set(forget_people)), len(set(reference_people))
+    scale = test_scale(null, n_f, n_r, interval, confidence)
+    p, test = p_override if p_override is not None else (p_value(observed, null, sided, scale=scale), Check.test)
     wide = margin if margin_max is None else pass_margin(null, n_f, n_r, margin, alpha=alpha, power=power,
                                                          margin_max=margin_max)  # fmt: skip
     return Check(
