@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from loka.base.files import check_output, json_default
+from loka.certify.calibration import calibration, describe
 from loka.certify.result import Check, Null
 from loka.certify.suite import Suite
 
@@ -121,14 +122,16 @@ class Certificate:
 
     # --- reading ----------------------------------------------------------------------------------
     def statement(self) -> str:
-        n_ref = max((c.n_reference for c in self.held_out), default=0)
-        n_f = max((c.n_forget for c in self.held_out), default=0)
+        people = [c for c in self.held_out if not c.name.startswith("collateral.")]  # collateral counts retain people
+        n_ref = max((c.n_reference for c in people), default=0)
+        n_f = max((c.n_forget for c in people), default=0)
         if not self.reference_valid:
             return ("the reference set is not comparable with the forget set (a model-free classifier tells them "
                     "apart), so no check can pass")  # fmt: skip
         if self.status == "PASS":
             return (f"no residual knowledge detected under {len(self.held_out)} held-out attacks, comparing "
-                    f"{n_f} forget people with {n_ref} never-seen reference people; evidence, not proof")  # fmt: skip
+                    f"{n_f} forget people with {n_ref} never-seen reference people, each within its stated PASS "
+                    "margin; evidence, not proof")  # fmt: skip
         if self.status == "FAIL":
             failed = [c.name for c in self.held_out if c.verdict == "FAIL"]
             residual = [n for n in failed if not n.startswith("collateral.")]
@@ -158,7 +161,7 @@ class Certificate:
     def table(self) -> str:
         """A plain-text table of the checks (what the command line prints)."""
         lines = [f"{'check':<34}{'role':<10}{'forget':>8}{'ref':>8}{'stat':>8}{'null':>8}  {'interval':<17}"
-                 f"{'p(Holm)':>9}  verdict"]  # fmt: skip
+                 f"{'margin':>10}{'p(Holm)':>9}  verdict"]  # fmt: skip
         lines.append("-" * len(lines[0]))
         for c in (*self.checks, *([self.blind] if self.blind is not None else [])):
             if c.skipped is not None:
@@ -171,13 +174,14 @@ class Certificate:
             iv = "" if c.interval is None else f"[{c.interval[0]:.3f}, {c.interval[1]:.3f}]"
             p = c.p_holm if c.p_holm is not None else c.p_value
             lines.append(f"{c.name:<34}{c.role:<10}{num(c.forget_value):>8}{num(c.reference_value):>8}"
-                         f"{num(c.observed):>8}{num(c.center):>8}  {iv:<17}{num(p):>9}  {c.verdict or ''}")  # fmt: skip
+                         f"{num(c.observed):>8}{num(c.center):>8}  {iv:<17}{_margins(c):>10}{num(p):>9}  "
+                         f"{c.verdict or ''}")  # fmt: skip
         lines.append(f"overall (held-out checks): {self.status} - {self.statement()}")
         return "\n".join(lines)
 
     def plot(self) -> Any:
         """A plotly figure: each measured check's deviation from its null centre with its interval,
-        the margin as a grey band, coloured by verdict."""
+        the PASS margin as a grey band, coloured by verdict."""
         import plotly.graph_objects as go
 
         shown = [c for c in (*self.checks, *([self.blind] if self.blind else [])) if c.skipped is None and c.interval]
@@ -192,13 +196,13 @@ class Certificate:
                 error_x={"type": "data", "symmetric": False,
                          "array": [c.interval[1] - c.observed for c in group],  # type: ignore[index,operator]
                          "arrayminus": [c.observed - c.interval[0] for c in group]},  # type: ignore[index,operator]
-                customdata=[[c.margin, c.p_holm if c.p_holm is not None else c.p_value] for c in group],
+                customdata=[[c.equivalence_margin, c.p_holm if c.p_holm is not None else c.p_value] for c in group],
                 hovertemplate="%{y}<br>deviation %{x:.3f}<br>margin ±%{customdata[0]}<br>p %{customdata[1]:.3g}",
             ))  # fmt: skip
         for i, c in enumerate(shown):
-            low = -c.margin if c.sided == "two-sided" else -1.0
-            figure.add_shape(type="rect", x0=low, x1=c.margin, y0=i - 0.4, y1=i + 0.4, fillcolor="lightgrey",
-                             opacity=0.4, line_width=0, layer="below", yref="y")  # fmt: skip
+            low = -c.equivalence_margin if c.sided == "two-sided" else -1.0
+            figure.add_shape(type="rect", x0=low, x1=c.equivalence_margin, y0=i - 0.4, y1=i + 0.4,
+                             fillcolor="lightgrey", opacity=0.4, line_width=0, layer="below", yref="y")  # fmt: skip
         figure.update_layout(
             title=f"loka certificate: {self.status}", xaxis_title="forget minus null centre (accuracy or AUC)",
             yaxis={"categoryorder": "array", "categoryarray": [f"{c.name} ({c.role})" for c in shown]},
@@ -212,18 +216,20 @@ class Certificate:
         rows = []
         for c in (*self.checks, *([self.blind] if self.blind is not None else [])):
             if c.skipped is not None:
-                rows.append(f"<tr><td>{e(c.name)}</td><td>{c.role}</td><td colspan=8>skipped: {e(c.skipped)}</td></tr>")
+                rows.append(f"<tr><td>{e(c.name)}</td><td>{c.role}</td><td colspan=9>skipped: {e(c.skipped)}</td></tr>")
                 continue
             iv = "" if c.interval is None else f"[{c.interval[0]:.3f}, {c.interval[1]:.3f}]"
             p = c.p_holm if c.p_holm is not None else c.p_value
             colour = _COLOURS[c.verdict]
-            margin = f"&plusmn;{c.margin:g}" if c.sided == "two-sided" else f"&le; +{c.margin:g}"
+            sign = "&plusmn;" if c.sided == "two-sided" else "+"
+            margin = f"{sign}{c.margin:g}" + ("" if c.pass_margin in (None, c.margin) else
+                                              f" (PASS within {sign}{c.pass_margin:.2f})")  # fmt: skip
             about = e(f"{c.description}; {c.test}" + (f"; {c.note}" if c.note else ""), quote=True)
             rows.append(
                 f"<tr><td title='{about}'>{e(c.name)}</td><td>{c.role}</td>"
                 f"<td>{_f(c.forget_value)}</td><td>{_f(c.reference_value)}</td><td>{_f(c.observed)}</td>"
                 f"<td>{_f(c.center)}</td><td>{iv}</td><td>{margin}</td><td>{_f(p)}</td>"
-                f"<td style='color:{colour};font-weight:bold'>{c.verdict or ''}</td></tr>"
+                f"<td style='color:{colour};font-weight:bold'>{c.verdict or ''}</td><td>{e(describe(c.name))}</td></tr>"
             )
         prov = e(json.dumps(self.provenance, indent=1, default=json_default))
         figure = self.plot().to_html(full_html=False, include_plotlyjs=True)
@@ -235,14 +241,42 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{
 <p>suite <b>{self.suite.name}</b> (sha256 {self.suite.sha256[:16]}...), alpha {self.suite.alpha} (Holm over
 the held-out and dev checks). Only held-out checks count: a dev check is one the method could have trained
 against, an info check is never counted. Each null is measured between random halves of the reference
-people; each interval ({self.suite.confidence:.0%}) resamples people; the margin (fixed in the suite) bounds the
-deviation from the null's centre. Hover a check's name for what it measures.</p>
+people; each interval ({self.suite.confidence:.0%}) resamples people. A check FAILs when a deviation from the null's
+centre beyond its margin (fixed in the suite) is shown; it PASSes when its interval lies within the PASS margin: the
+margin, widened to what {self.suite.power:.0%} of clean models reach at this many people, at most
+&plusmn;{self.suite.margin_max:g}. A check that BEFORE passes too is information only.
+Hover a check's name for what it measures.</p>
 <table><tr><th>check</th><th>role</th><th>forget</th><th>reference</th><th>statistic</th><th>null centre</th>
-<th>interval</th><th>margin</th><th>p (Holm)</th><th>verdict</th></tr>
+<th>interval</th><th>margin</th><th>p (Holm)</th><th>verdict</th><th>agrees with an oracle</th></tr>
 {chr(10).join(rows)}</table>
+<p>{e(_calibration_note())}</p>
 {figure}
 <h2>Provenance</h2><pre>{prov}</pre></body></html>
 """
+
+
+def _margins(c: Check) -> str:
+    """The FAIL margin, and the PASS margin after it when they differ ("0.15/0.23")."""
+    if c.pass_margin is None or c.pass_margin == c.margin:
+        return f"{c.margin:g}"
+    return f"{c.margin:g}/{c.pass_margin:.2f}"
+
+
+def _calibration_note() -> str:
+    data = calibration()
+    if data is None:
+        return "No calibration of the checks is shipped with this install."
+    setup, overall = data.get("setup", {}), data.get("overall", {})
+    fp = overall.get("false_pass_rate")
+    return (
+        "'agrees with an oracle': on loka's default testbed (worlds "
+        f"{', '.join(str(w) for w in setup.get('worlds', []))}; seeds {setup.get('seeds')}), how often this check's "
+        "verdict equalled the one read from the exact-retrain oracle (INCONCLUSIVE never agrees), over the "
+        "original, the oracle, every method, an output-only suppression and a loss-matching edit, and how often it "
+        f"PASSed where knowledge remained. Overall verdict: {overall.get('agreement', 0):.0%} agreement"
+        + ("" if fp is None else f", false PASS {fp:.0%}")
+        + ". It describes the checks on that testbed, not this model."
+    )
 
 
 def _f(x: float | None) -> str:

@@ -38,6 +38,8 @@ class Check:
     reference fails). ``p_value`` tests "no deviation" (normal tail of the null's spread, or the
     named test); ``p_holm`` is Holm-adjusted over every check of the certificate. ``role``:
     held-out (counts), dev (the method could have trained against it) or info (never counts).
+    ``margin`` bounds a FAIL (a shown difference beyond it), ``pass_margin`` (None: ``margin``) a
+    PASS (see :mod:`loka.certify.statistics`).
     A skipped check has ``skipped`` (why) and no numbers."""
 
     name: str
@@ -45,6 +47,7 @@ class Check:
     statistic: Literal["difference", "auc"] = "difference"
     sided: Sided = "two-sided"
     margin: float = 0.0
+    pass_margin: float | None = None
     observed: float | None = None
     forget_value: float | None = None
     reference_value: float | None = None
@@ -67,6 +70,11 @@ class Check:
     @property
     def deviation(self) -> float | None:
         return None if self.observed is None else self.observed - self.center
+
+    @property
+    def equivalence_margin(self) -> float:
+        """The margin a PASS of this check is judged at."""
+        return self.margin if self.pass_margin is None else self.pass_margin
 
     @property
     def counts(self) -> bool:

@@ -49,6 +49,7 @@ _UNKNOWN_METHOD = (
     "every check counts as held-out"
 )
 _FACT_FAMILIES = ("direct", "membership", "relearning", "quantization", "readout")
+_SENSITIVE = ("direct.", "membership.", "quantization.", "readout.")  # the families re-run on BEFORE
 _ARCHITECTURE_KEYS = (
     "model_type", "architectures", "n_layer", "num_hidden_layers", "n_embd", "hidden_size", "n_head",
     "num_attention_heads", "n_inner", "intermediate_size", "vocab_size", "n_positions", "max_position_embeddings",
@@ -169,6 +170,35 @@ def _version() -> str:
     return str(getattr(sys.modules["loka"], "__version__", "unknown"))
 
 
+def _sensitivity(
+    checks: list[Check], before: Any, tokenizer: Any, sets: Sets, suite: Suite, *, same: bool
+) -> list[Check]:
+    """Re-run the cheap fact checks on BEFORE (the model that holds the facts): a check BEFORE
+    PASSes too cannot see the facts on this model, so AFTER's verdict on it says nothing; it is
+    turned into information (never counted), with BEFORE's numbers in its note."""
+    f, r = sets.forget, sets.reference
+    assert f is not None and r is not None
+    if same:
+        on_before = checks
+    else:
+        on_before = direct_checks(before, tokenizer, f, r, suite)
+        on_before += membership_checks(before, None, tokenizer, f, r, suite)
+        if suite.quantization:
+            on_before += quantization_checks(before, tokenizer, f, r, suite)
+        on_before += readout_checks(before, tokenizer, f, r, sets.retain, suite)
+        on_before = decide(on_before, alpha=suite.alpha)
+    passed = {c.name: c for c in on_before if c.verdict == "PASS" and c.name.startswith(_SENSITIVE)}
+    out = []
+    for c in checks:
+        b = passed.get(c.name)
+        if b is not None and c.skipped is None and c.role != "info":
+            why = (f"uninformative: BEFORE, which holds the facts, passes it too (forget {b.forget_value:.3f}, "
+                   f"reference {b.reference_value:.3f}); never counted")  # fmt: skip
+            c = c.with_(role="info", note=(c.note + "; " if c.note else "") + why)
+        out.append(c)
+    return out
+
+
 def certify(
     before: Any,
     after: Any,
@@ -245,6 +275,8 @@ def certify(
     checks.append(collateral_check(after_model, before_model, tokenizer, sets.retain, suite))
     checks = [c.with_(role="dev") if c.name in dev and c.role == "held-out" else c for c in checks]
     checks = decide(checks, alpha=suite.alpha)
+    if suite.sensitivity and sets.facts_comparable:
+        checks = _sensitivity(checks, before_model, tokenizer, sets, suite, same=same)
     reference_valid = True
     if blind is not None and blind.skipped is None:
         blind = decide([blind], alpha=suite.alpha)[0]

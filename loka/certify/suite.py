@@ -29,19 +29,29 @@ SUITES: tuple[SuiteName, ...] = ("quick", "full")
 class Suite:
     """Every choice a certificate's verdicts depend on.
 
-    ``alpha``: the family-wise error rate (Holm) of the FAIL verdicts. ``margin_*``: how far the
-    forget set may sit from the reference (after subtracting the null's centre) and still be
+    ``alpha``: the family-wise error rate (Holm) of the FAIL verdicts, and the level of each PASS
+    (two one-sided tests on the ``confidence`` = 1 - 2 ``alpha`` interval). ``margin_*``: how far
+    the forget set may sit from the reference (after subtracting the null's centre) and still be
     "the same": in accuracy for answers, relearning, probe, logit lens and extraction (ROUGE-L
     recall); in ROC AUC for membership and the blind check; ``margin_collateral`` is the drop of
-    retain accuracy (BEFORE minus AFTER) that is tolerated. ``n_splits`` random halves of the
-    reference people make each null; ``n_resamples`` bootstrap resamples over people make each
-    interval (``confidence``). ``min_k`` is Min-K%'s and Min-K%++'s fraction. ``relearning`` and
-    ``quantization`` switch those families on (the quick suite leaves them out).
+    retain accuracy (BEFORE minus AFTER) that is tolerated. A deviation beyond the margin that is
+    shown (Holm) FAILs; a PASS is judged at the **pass margin**: the margin, widened to what a
+    test at this many people reaches with probability ``power`` when the forget people are
+    strangers, and never beyond ``margin_max`` (:mod:`loka.certify.statistics`). ``n_splits``
+    random halves of the reference people make each null; ``n_resamples`` bootstrap resamples
+    over people make each interval (``confidence``). ``sensitivity``: a check that BEFORE (which
+    holds the facts) PASSes too cannot see them on this model; it is recorded as information and
+    never counted (relearning, extraction and collateral damage are not re-run on BEFORE).
+    ``min_k`` is Min-K%'s and Min-K%++'s fraction. ``relearning`` and ``quantization`` switch
+    those families on (the quick suite leaves them out).
     """
 
     name: SuiteName = "full"
     alpha: float = 0.05
-    confidence: float = 0.95
+    confidence: float = 0.90
+    power: float = 0.95
+    margin_max: float = 0.25
+    sensitivity: bool = True
     n_splits: int = 200
     n_resamples: int = 1000
     seed: int = 0
@@ -62,7 +72,7 @@ class Suite:
     def __post_init__(self) -> None:
         if self.name not in SUITES:
             raise UsageError(f"unknown attack suite {self.name!r}; choose one of {', '.join(SUITES)}")
-        for field in ("alpha", "confidence", "min_k"):
+        for field in ("alpha", "confidence", "power", "min_k"):
             value = getattr(self, field)
             if not 0 < value < 1 or isinstance(value, bool):
                 raise UsageError(f"suite {field} must be strictly between 0 and 1, got {value!r}")
@@ -70,6 +80,9 @@ class Suite:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"suite {field} must be a positive integer, got {value!r}")
+
+        if isinstance(self.margin_max, bool) or not isinstance(self.margin_max, int | float) or self.margin_max <= 0:
+            raise UsageError(f"suite margin_max must be a positive number, got {self.margin_max!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -57,7 +57,9 @@ def compare_intervals(a: Interval, b: Interval) -> Literal["lower", "higher", "n
     return "lower" if a.mean < b.mean else "higher"
 
 
-def _bootstrap(statistic: Callable[..., float], samples: Sequence[np.ndarray], seed: int) -> tuple[float, float]:
+def _bootstrap(
+    statistic: Callable[..., float], samples: Sequence[np.ndarray], seed: int, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
     """Percentile interval of ``statistic(*samples)``, resampling each sample of two or more
     observations independently (a sample of one, e.g. a single seed, is held fixed)."""
     free = [i for i, s in enumerate(samples) if len(s) >= 2]
@@ -73,7 +75,7 @@ def _bootstrap(statistic: Callable[..., float], samples: Sequence[np.ndarray], s
 
     result = bootstrap(
         tuple(samples[i] for i in free), partial, vectorized=False, paired=False, n_resamples=N_RESAMPLES,
-        confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed),
+        confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed),
     )  # fmt: skip
     low, high = result.confidence_interval
     return float(low), float(high)
@@ -113,10 +115,12 @@ def auc_interval(
     nonmember_people: Sequence[str],
     *,
     seed: int = 0,
+    confidence: float = CONFIDENCE,
 ) -> Interval:
     """The mean over seeds of a membership attack's ROC AUC, and its interval resampling member
     people, non-member people and seeds. ``members[s][i]`` is seed ``s``'s score of member text
-    ``i`` (higher = "member"); the people say whose text each is.
+    ``i`` (higher = "member"); the people say whose text each is; ``confidence`` is the
+    interval's level (95% by default).
 
     The AUC is the Mann-Whitney statistic (the share of member-non-member pairs the attack orders
     right, ties half), which equals sklearn's ``roc_auc_score``; it is summed per pair of people
@@ -141,7 +145,7 @@ def auc_interval(
 
     samples = (np.arange(len(members)), np.arange(counts.shape[0]), np.arange(counts.shape[1]))
     mean = statistic(*samples)
-    low, high = _bootstrap(statistic, samples, seed)
+    low, high = _bootstrap(statistic, samples, seed, confidence)
     return Interval(mean, min(low, mean), max(high, mean), counts.shape[0] + counts.shape[1], len(members))
 
 

@@ -70,4 +70,7 @@ def common(suite: Suite) -> dict[str, Any]:
         "n_resamples": suite.n_resamples,
         "confidence": suite.confidence,
         "seed": suite.seed,
+        "alpha": suite.alpha,
+        "power": suite.power,
+        "margin_max": suite.margin_max,
     }

@@ -35,6 +35,17 @@ def test_the_original_fails_the_held_out_direct_answer_check(original):
     assert original.reference_valid  # the testbed's holdout people are comparable with the forget people
 
 
+def test_a_check_the_original_passes_is_never_counted(original):
+    """BEFORE holds the facts: a check it PASSes cannot see them, so it is information only (here
+    BEFORE is AFTER, so every PASS of a fact check is one)."""
+    uninformative = [c for c in original.checks if "uninformative" in c.note]
+    assert all(c.role == "info" and c.verdict == "PASS" for c in uninformative)
+    assert not [c.name for c in original.held_out if c.verdict == "PASS"]
+    for c in original.checks:  # the margin a PASS is judged at is never below the FAIL margin, nor beyond the cap
+        if c.skipped is None and c.pass_margin is not None:
+            assert c.margin <= c.pass_margin <= max(c.margin, FAST.margin_max)
+
+
 def test_the_oracle_does_not_fail(tiny_testbed):
     tb = tiny_testbed
     cert = certify(tb.model_dir, tb.oracle_dir, tb.forget, tb.holdout, tb.retain, suite=FAST, salt="fixed")
@@ -59,6 +70,7 @@ def test_provenance_and_files(original, tiny_testbed, tmp_path):
     assert Certificate.from_dict(data).to_dict() == original.to_dict()
     page = (out / "certificate.html").read_text()
     assert "<script src=" not in page and "Plotly.newPlot" in page  # plotly inlined: renders offline
+    assert "agrees with an oracle" in page  # the shipped calibration, per check
     with pytest.raises(FileExistsError):
         original.save(out)
     original.save(out, overwrite=True)

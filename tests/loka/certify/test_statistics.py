@@ -17,6 +17,7 @@ from loka.certify.statistics import (
     measure,
     null_from_splits,
     p_value,
+    pass_margin,
     verdict,
 )
 
@@ -97,6 +98,48 @@ def test_the_three_verdicts_on_constructed_numbers():
     assert verdict(-0.30, (-0.40, -0.20), m, 0.001, **one) == "PASS"  # below the reference is fine
     assert verdict(0.30, (0.20, 0.40), m, 0.001, **one) == "FAIL"
     assert verdict(0.05, (-0.05, 0.15), m, 0.3, **one) == "INCONCLUSIVE"
+
+
+def test_a_wider_pass_margin_passes_a_wide_interval_but_never_overrules_a_shown_difference():
+    m, two = 0.1, {"sided": "two-sided", "alpha": 0.05}
+    assert verdict(0.05, (-0.15, 0.25), m, 0.6, **two, pass_margin=0.25) == "PASS"
+    assert verdict(0.05, (-0.15, 0.25), m, 0.6, **two, pass_margin=0.2) == "INCONCLUSIVE"
+    # significant and beyond the margin: FAIL, though the interval lies within the pass margin
+    assert verdict(0.15, (0.12, 0.18), m, 0.001, **two, pass_margin=0.25) == "FAIL"
+
+
+def test_pass_margin_is_the_power_formula_clipped_to_the_suite():
+    null = Null(0.5, 0.1, 0.3, 0.7, 200)
+    kw = {"alpha": 0.05, "power": 0.95, "margin_max": 0.5}
+    # 20 forget, 20 reference people (halves of 10): se = 0.1 * sqrt((1/20 + 1/20) / (1/10 + 1/10))
+    se = 0.1 * np.sqrt(0.5)
+    assert pass_margin(null, 20, 20, 0.15, **kw) == pytest.approx((1.6449 + 1.9600) * se, abs=1e-3)
+    assert pass_margin(null, 20, 20, 0.15, **{**kw, "margin_max": 0.2}) == 0.2  # capped
+    assert pass_margin(null, 20, 20, 0.3, **kw) == 0.3  # never below the suite's margin
+    # four times the people halve the null's spread: the suite's margin stands
+    assert pass_margin(Null(0.5, 0.05, 0.4, 0.6, 200), 80, 80, 0.15, **kw) == 0.15
+    assert pass_margin(None, 20, 20, 0.15, **kw) == 0.15
+    # more people, a smaller reach (the null sd itself shrinks too; here held fixed)
+    assert pass_margin(null, 40, 20, 0.01, **kw) < pass_margin(null, 10, 20, 0.01, **kw)
+
+
+def test_a_clean_forget_set_passes_at_the_pass_margin_in_most_draws():
+    """Forget and reference people drawn from one distribution, with person effects (what makes a
+    membership AUC wide): at the suite's margin alone few draws PASS, at the pass margin nearly all."""
+    rng = np.random.default_rng(1)
+    kw = {"sided": "two-sided", "n_splits": 100, "n_resamples": 300, "confidence": 0.90, "alpha": 0.05,
+          "power": 0.95}  # fmt: skip
+    passed = {None: 0, 0.3: 0}
+    draws = 20
+    for seed in range(draws):
+        people = np.repeat(np.arange(40), 5)
+        values = rng.normal(size=40)[people] + 0.5 * rng.normal(size=200)
+        f, r = values[:100], values[100:]
+        fp, rp = [f"f{i}" for i in people[:100]], [f"r{i}" for i in people[100:]]
+        for cap in passed:
+            c = measure("x", "", f, fp, r, rp, statistic="auc", margin=0.1, seed=seed, margin_max=cap, **kw)
+            passed[cap] += decide([c], alpha=0.05)[0].verdict == "PASS"
+    assert passed[None] <= draws // 2 and passed[0.3] >= draws - 2
 
 
 def test_measure_and_decide_fail_a_memorised_set_and_pass_a_matched_one():
