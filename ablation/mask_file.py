@@ -29,7 +29,6 @@ The class lives in :mod:`ablation.mask`; this module reads and writes the file's
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -44,6 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from ablation.mask_schema import FORMAT, KEYS, MODES, SCHEMA_VERSION, VALUE_FIELDS, WIDTHS, Mode
 from loka.base.errors import UsageError
+from loka.base.files import file_sha256
 from loka.models import ModelFingerprint
 
 __all__ = ["MaskFile", "file_sha256", "mask_file_error", "mask_to_json", "read_mask", "values_path", "write_mask"]
@@ -69,12 +69,6 @@ class MaskFile:
 def values_path(path: str | os.PathLike[str]) -> Path:
     """Where the values of the mask saved at ``path`` go: the same name with ``.safetensors``."""
     return Path(path).with_suffix(".safetensors")
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, as hex (recorded beside saved values and exported weights)."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _compact_int_lists(text: str) -> str:

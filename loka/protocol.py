@@ -36,7 +36,6 @@ files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from loka.base.errors import UsageError
+from loka.base.files import salted_sha256
 from loka.data.facts import Fact
 from loka.data.knowledge import KnowledgeSet
 
@@ -67,11 +67,6 @@ SEEN_FORMAT = "loka-seen"
 SEEN_SCHEMA_VERSION = 1
 
 
-def _digest(salt: str, text: str) -> str:
-    """The salted SHA-256 of one item (hex): ``sha256(salt + NUL + text)``."""
-    return hashlib.sha256(f"{salt}\0{text}".encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Seen:
     """What a method was shown: the people, fact ids and prompts of every set it was given.
@@ -85,7 +80,7 @@ class Seen:
     subjects: frozenset[str] = frozenset()
     ids: frozenset[str] = frozenset()
     prompts: frozenset[str] = frozenset()
-    salt: str | None = None  # set: the items are salted digests (_digest), not the items themselves
+    salt: str | None = None  # set: the items are salted digests (salted_sha256), not the items themselves
 
     @classmethod
     def of(cls, *sets: KnowledgeSet | None) -> Seen:
@@ -97,7 +92,7 @@ class Seen:
         )
 
     def _has(self, items: frozenset[str], text: str) -> bool:
-        return (text if self.salt is None else _digest(self.salt, text)) in items
+        return (text if self.salt is None else salted_sha256(self.salt, text)) in items
 
     def clash(self, knowledge: KnowledgeSet, *, by_person: bool = True) -> str | None:
         """The first item of ``knowledge`` that was seen, in words; None when there is none."""
@@ -119,8 +114,8 @@ class Seen:
         salt = secrets.token_hex(16) if salt is None else salt
         if not isinstance(salt, str) or not salt:
             raise UsageError(f"salt must be a non-empty string, got {salt!r}")
-        return Seen(*(frozenset(_digest(salt, x) for x in items) for items in (self.subjects, self.ids, self.prompts)),
-                    salt=salt)  # fmt: skip
+        items = (self.subjects, self.ids, self.prompts)
+        return Seen(*(frozenset(salted_sha256(salt, x) for x in group) for group in items), salt=salt)
 
     def to_dict(self) -> dict[str, Any]:
         """The hashed record as JSON data: format, how each item is hashed, the salt, counts and

@@ -10,11 +10,12 @@ whose data may hold paths, tuples, tensors or knowledge sets.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_output", "json_default"]
+__all__ = ["check_output", "file_sha256", "json_default", "salted_sha256"]
 
 
 def check_output(
@@ -65,3 +66,15 @@ def json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return repr(value)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, as hex (streamed: exported weights, saved values, certified models)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def salted_sha256(salt: str, text: str) -> str:
+    """The salted SHA-256 of one item (hex): ``sha256(salt + NUL + text)`` (what the leak guard and
+    a certificate record instead of the item)."""
+    return hashlib.sha256(f"{salt}\0{text}".encode()).hexdigest()

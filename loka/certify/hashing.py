@@ -19,21 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from loka.base.errors import UsageError
+from loka.base.files import file_sha256, salted_sha256
 from loka.data.knowledge import KnowledgeSet
 from loka.models import TOKENIZER_PATTERNS
 
 __all__ = ["file_sha256", "directory_hashes", "salted_hashes", "knowledge_sha256", "new_salt"]
-
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes (hex), read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_tokenizer(name: str) -> bool:
@@ -70,12 +60,9 @@ def salted_hashes(knowledge: KnowledgeSet, salt: str) -> dict[str, Sequence[str]
     if not isinstance(salt, str) or not salt:
         raise UsageError(f"salt must be a non-empty string, got {salt!r}")
 
-    def digest(text: str) -> str:
-        return hashlib.sha256(f"{salt}\0{text}".encode()).hexdigest()
-
     return {
-        "facts": sorted(digest(_record(f)) for f in knowledge),
-        "people": sorted(digest(p) for p in knowledge.subjects),
+        "facts": sorted(salted_sha256(salt, _record(f)) for f in knowledge),
+        "people": sorted(salted_sha256(salt, p) for p in knowledge.subjects),
     }
 
 
