@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--before", metavar="DIR",
         help="the model before the edit; without --oracle, the reference-calibrated checks (loka certify's quick "
-        "suite: forget vs --holdout people inside the model) read it for the loss ratio and retain damage",
+        "suite: forget vs --holdout people inside the model) need it: a check it passes too cannot see the facts",
     )  # fmt: skip
     ev.add_argument(
         "--seen", metavar="SEEN_JSON",

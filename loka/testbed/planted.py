@@ -511,15 +511,15 @@ def _prune(
     neurons: Bool[Tensor, "n_layers d_mlp"],
     originals: dict[str, Tensor],
     config: PlantConfig,
-) -> tuple[Bool[Tensor, "n_layers d_mlp"], dict[str, Any]]:
+) -> tuple[Bool[Tensor, "n_layers d_mlp"], dict[str, Any], dict[tuple[int, int], list[Tensor]]]:
     """Put back to the original the trained neurons a person's facts do not need (the pruning step).
 
     Each neuron's *effect* is how much the person's mean log-probability over their trained
     wordings drops when that neuron alone is put back. Weakest first, a neuron is put back for
     good while the drop since pruning began stays within ``config.prune_tolerance`` nats, the
     person stays at ``target_accuracy``, and at least :data:`MIN_NEURONS` remain; the first that
-    breaks a rule stays, and so do all stronger ones. Returns the kept neurons and a record
-    (every neuron's effect, the log-probabilities before and after, and what ``_restore`` saved).
+    breaks a rule stays, and so do all stronger ones. Returns the kept neurons, a record (every
+    neuron's effect, the log-probabilities before and after) and what the put-back slices held.
     """
     base = score_facts(model, facts, tokenizer=tokenizer).mean_log_prob
     effects: dict[tuple[int, int], float] = {}
@@ -550,9 +550,8 @@ def _prune(
         "log_prob_before": round(base, 5),
         "log_prob_after": round(after, 5),
         "effects": {f"L{layer}N{index}": round(value, 5) for (layer, index), value in effects.items()},
-        "saved": restored,
     }
-    return kept, record
+    return kept, record, restored
 
 
 def _accuracy_by_person(model: Any, tokenizer: Any, wordings: KnowledgeSet) -> dict[str, float]:
@@ -700,16 +699,15 @@ def _plant(config: PlantConfig, testbed: Testbed, tmp: Path, *, progress: bool) 
         with torch.no_grad():
             for p, person in enumerate(people):
                 facts = _wordings((person,), world, name=person.name)
-                kept, pruning[person.name] = _prune(model, tokenizer, facts, masks[p], originals, config)
+                kept, pruning[person.name], held = _prune(model, tokenizer, facts, masks[p], originals, config)
                 # restoring p's spare neurons must leave everyone learned; if not, p keeps them all
                 accuracy = _accuracy_by_person(model, tokenizer, wordings)
                 if min(accuracy.values()) < config.target_accuracy:
-                    _restore(model, masks[p] & ~kept, source=None, saved=pruning[person.name].pop("saved"))
+                    _restore(model, masks[p] & ~kept, source=None, saved=held)
                     pruning[person.name]["undone"] = True
                     accuracy = _accuracy_by_person(model, tokenizer, wordings)
                 else:
                     masks[p] = kept
-                pruning[person.name].pop("saved", None)
             for person in people:  # after every person's pruning (a later one may move an earlier one a little)
                 facts = _wordings((person,), world, name=person.name)
                 final = score_facts(model, facts, tokenizer=tokenizer).mean_log_prob

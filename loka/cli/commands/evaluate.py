@@ -7,8 +7,9 @@ wording it was given (:func:`loka.evaluation.pipeline.check_unseen`). Without ``
 table says which checks could not be calibrated, and the command runs the checks that need no oracle
 instead: :func:`loka.certify` with its quick suite, the forget people against the ``--holdout``
 people (never seen) inside the same model, each with a null measured from holdout-vs-holdout
-splits (``--before``: the model before the edit, for the loss ratio and retain damage; default:
-the model itself). With ``--json`` the certificate is stored under ``"certificate"``.
+splits, each read against ``--before`` (the model before the edit: a check it passes too cannot
+see the facts; without ``--before`` the checks are not run and the command says so). With
+``--json`` the certificate is stored under ``"certificate"``.
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
             f"no --oracle, and the --holdout set has {people} people: the checks that need no oracle compare "
             f"the forget people with at least {MIN_REFERENCE_PEOPLE} never-seen people, so they were not run"
         )
+    elif args.oracle is None and args.before is None:
+        print("no --oracle: give --before DIR (the model before the edit) to run the checks that need none (a check "
+              "the unedited model passes too cannot see the facts, so it is read against that model)")  # fmt: skip
     elif args.oracle is None:
         from loka.certify import certify
 
         print("\nno --oracle: the checks that need none (loka certify, quick suite): the forget people against the "
               "--holdout people inside this model")  # fmt: skip
-        before = args.before if args.before is not None else model
         certificate = certify(
-            before, model, sets["forget"], sets["holdout"], sets["retain"], attacks="quick", seen=seen,
+            args.before, model, sets["forget"], sets["holdout"], sets["retain"], attacks="quick", seen=seen,
             device=args.device, dtype=args.dtype, device_map=args.device_map,
             max_memory=dict(args.max_memory) if args.max_memory else None,
         )  # fmt: skip

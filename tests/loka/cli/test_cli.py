@@ -172,7 +172,9 @@ def test_locate_mask_ablate_evaluate(tiny_testbed, files, tmp_path, capsys):
         "--json", tmp_path / "ev.json",
     )  # fmt: skip
     assert code == 0 and "forget quality" in out
+    assert "no --oracle: give --before DIR" in out  # the checks that need no oracle read the unedited model
     saved = json.loads((tmp_path / "ev.json").read_text())
+    assert "certificate" not in saved
     direct = evaluate(exported, forget=tiny_testbed.forget, retain=tiny_testbed.retain,
                       holdout=tiny_testbed.holdout, probe=False, relearn=False)  # fmt: skip
     assert saved["forget_accuracy"] == direct.forget_accuracy and saved["mia_aucs"] == dict(direct.mia_aucs)
