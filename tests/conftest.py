@@ -28,6 +28,7 @@ Markers: ``slow`` (registered in pyproject.toml); ``pytest -m "not slow"`` is th
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ from loka import testbed
 
 TEST_SEED = int(os.environ.get("LOKA_TEST_SEED", "0"))
 THREADS = int(os.environ.get("LOKA_TEST_THREADS", "1"))
+STARTED = time.time()  # this process's session start: a cached build written after it was built by this session
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,6 +59,12 @@ def testbed_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     if cache is not None:
         return Path(cache.mkdir("loka-testbed"))
     return tmp_path_factory.mktemp("testbed-cache")
+
+
+@pytest.fixture(scope="session")
+def session_start() -> float:
+    """When this test process started (a testbed whose ``testbed.json`` is newer was built by this session)."""
+    return STARTED
 
 
 @pytest.fixture(scope="session")

@@ -188,8 +188,7 @@ def load(
         label = "custom"
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache / f"{label}-{config.key()}"
-    if not (root / "testbed.json").is_file():
-        _build(config, root, progress=progress)
+    worker.build_once(root, "testbed.json", lambda: _build(config, root, progress=progress))
     info = json.loads((root / "testbed.json").read_text())
     return Testbed(root=root, config=config, world=generate_world(config.world), info=info)
 

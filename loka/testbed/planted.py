@@ -401,8 +401,7 @@ def load_planted(
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     testbed = load(config.size, config.world_seed, cache, progress=progress)
     root = cache / f"planted-{config.size}-{config.key()}"
-    if not (root / INFO_FILE).is_file():
-        _build(config, testbed, root, progress=progress)
+    worker.build_once(root, INFO_FILE, lambda: _build(config, testbed, root, progress=progress))
     info = json.loads((root / INFO_FILE).read_text())
     masks = load_file(str(root / NEURONS_FILE))["neurons"]
     people = tuple(Person(p["name"], "forget", dict(p["attributes"])) for p in info["people"])

@@ -11,7 +11,9 @@ shown only if it fails. :func:`wait` polls those files and shows **one** tqdm ba
 build in the calling process (a widget in a notebook, with ``ipywidgets``).
 
 :func:`build_directory` gives a build a temporary directory beside its cache entry that is renamed
-into place only when everything succeeded; the testbed and the TOFU benchmark both use it.
+into place only when everything succeeded; :func:`build_once` makes processes that want the same
+entry at once (two notebooks, test workers) build it once: the others wait for it. The testbed, its
+planted variant and the TOFU benchmark use both.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from transformers import PreTrainedTokenizerFast
 
 from loka.testbed.training import ModelConfig, TrainConfig, count_steps, train_model
 
-__all__ = ["job", "train", "start", "wait", "build_directory"]
+__all__ = ["job", "train", "start", "wait", "build_directory", "build_once"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +175,31 @@ def wait(
             (directory / f"{name}{suffix}").unlink(missing_ok=True)
         logs[name] = json.loads((directory / name / "train_log.json").read_text())
     return logs
+
+
+def build_once(root: Path, marker: str, build: Callable[[], None]) -> bool:
+    """Call ``build`` unless ``root / marker`` exists, holding an exclusive lock on
+    ``.{root.name}.lock`` beside ``root`` (``fcntl``; without it, as before: a process that finishes
+    second keeps the first copy), so a second process asking for the same entry waits for the first
+    one's build instead of repeating it. True when this call built it."""
+    if (root / marker).is_file():
+        return False
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None  # type: ignore[assignment]
+    with open(root.parent / f".{root.name}.lock", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if (root / marker).is_file():  # built while this process waited
+                return False
+            build()
+            return True
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

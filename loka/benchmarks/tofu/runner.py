@@ -24,6 +24,7 @@ from loka.methods.budget import Budget
 from loka.methods.registry import unlearn
 from loka.models import load_model, quiet_transformers
 from loka.protocol import Protocol, Seen
+from loka.testbed import worker
 
 __all__ = ["run"]
 
@@ -102,9 +103,9 @@ def run(
     protocol = data.protocol
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache / f"{size}-{split}-r{config.n_retain_authors}-{config.key()}"
-    built_now = not (root / "build.json").is_file()
-    if built_now:
-        build_models(config, data, root, progress=progress, workers=size != "tiny")
+    built_now = worker.build_once(
+        root, "build.json", lambda: build_models(config, data, root, progress=progress, workers=size != "tiny")
+    )
     build = json.loads((root / "build.json").read_text())
     build_seconds = time.perf_counter() - start
 

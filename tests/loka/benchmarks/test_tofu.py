@@ -339,11 +339,12 @@ TINY_BUDGET = Budget(check_every=10, max_steps=20)
 
 
 @pytest.fixture(scope="module")
-def tiny_report(tmp_path_factory):
-    """The tiny protocol with one real method (the others are wired in a test below)."""
+def tiny_report(testbed_cache):
+    """The tiny protocol with one real method (the others are wired in a test below); its models
+    are cached with the session's testbeds (``loka tofu``'s test reads the same cache)."""
     if DATA is None:
         pytest.skip("TOFU data not found (set LOKA_TOFU_DIR)")
-    cache = tmp_path_factory.mktemp("tofu-cache")
+    cache = testbed_cache / "tofu"
     report = tofu.run(
         "forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("gradient_ascent",), progress=False,
         budget=TINY_BUDGET,
@@ -415,7 +416,7 @@ def test_methods_get_the_protocols_sets_and_the_cache_is_reused(tiny_report, mon
         "forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("loka",),
         method_options={"loka": {"lams": (3.0,)}}, progress=False, seeds=2, budget=TINY_BUDGET,
     )  # fmt: skip
-    assert report.info["built_now"] and not again.info["built_now"]
+    assert not again.info["built_now"]  # the first run built the models, or found them cached
     assert again.names == ("original", "retain", "loka")
     assert again["original"].forget_truth_ratios == pytest.approx(report["original"].forget_truth_ratios)
     assert [(method, options["seed"]) for method, *_, options in calls] == [("loka", 0), ("loka", 1)]

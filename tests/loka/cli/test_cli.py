@@ -232,13 +232,13 @@ def test_update_replaces_facts_and_keeps_neighbours(tiny_testbed, files, tmp_pat
 def test_compare_writes_a_report(tiny_testbed, testbed_cache, tmp_path, capsys):
     code, out, _ = run(
         capsys, "compare", "--size", "tiny", "--cache-dir", testbed_cache, "--methods", "task_vector",
-        "--max-steps", "10", "--check-every", "5", "--seeds", "2", "--no-control", "--out", tmp_path / "cmp",
+        "--max-steps", "10", "--check-every", "5", "--seeds", "1", "--no-control", "--out", tmp_path / "cmp",
     )  # fmt: skip
     assert code == 0
     assert "task_vector" in out and "oracle" in out and f"report: {tmp_path / 'cmp' / 'report.html'}" in out
     data = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert [o["name"] for o in data["outcomes"]] == ["original", "oracle", "task_vector"]
-    assert len(data["outcomes"][2]["runs"]) == 2 and data["outcomes"][2]["computes"][0]["steps"] <= 10
+    assert len(data["outcomes"][2]["runs"]) == 1 and data["outcomes"][2]["computes"][0]["steps"] <= 10
     assert "[" in out and "Mtok" in out  # intervals and compute in the printed table
 
 
@@ -295,9 +295,9 @@ TOFU_DIR = next(
 
 @pytest.mark.skipif(TOFU_DIR is None, reason="TOFU data not found beside the repository")
 @pytest.mark.slow
-def test_tofu_prints_the_table_and_writes_the_report(tmp_path, capsys):
+def test_tofu_prints_the_table_and_writes_the_report(testbed_cache, tmp_path, capsys):
     code, out, _ = run(
-        capsys, "tofu", "--size", "tiny", "--data-dir", TOFU_DIR, "--cache-dir", tmp_path / "cache",
+        capsys, "tofu", "--size", "tiny", "--data-dir", TOFU_DIR, "--cache-dir", testbed_cache / "tofu",
         "--methods", "gradient_ascent", "--max-steps", "20", "--check-every", "10", "--out", tmp_path / "tofu",
     )  # fmt: skip
     assert code == 0

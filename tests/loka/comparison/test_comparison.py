@@ -199,8 +199,8 @@ def test_bad_inputs(tiny_testbed, kwargs, message):
 
 def test_worker_processes_give_the_same_numbers(tiny_testbed):
     """Two worker processes (one thread each) reproduce the one-process comparison exactly."""
-    kwargs = dict(methods=("gradient_ascent",), budget=FAST, seeds=2, relearn=False, progress=False,
-                  attribute=False)  # fmt: skip
+    kwargs = dict(methods=("gradient_ascent",), budget=FAST, seeds=2, relearn=False, probe=False, control=False,
+                  progress=False, attribute=False)  # fmt: skip
     one = compare_testbed(tiny_testbed, **kwargs)
     two = compare_testbed(tiny_testbed, workers=2, **kwargs)
     assert [(label, numbers) for label, numbers, *_ in one.rows()] == [

@@ -5,6 +5,8 @@ to explain a failure)."""
 from __future__ import annotations
 
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -47,3 +49,20 @@ def test_a_failing_worker_says_why(tmp_path):
             jobs["broken"] = worker.start(tmp, "broken", spec)  # no tokenizer in tmp: the worker fails
             worker.wait(tmp, jobs, {"broken": spec}, progress=False, desc="test")
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_two_callers_at_once_build_an_entry_once(tmp_path):
+    """``build_once``: the second caller waits for the first one's build and then finds it built."""
+    root = tmp_path / "entry"
+    calls: list[int] = []
+
+    def build() -> None:
+        calls.append(1)
+        time.sleep(0.3)  # long enough for the other thread to reach the lock
+        root.mkdir()
+        (root / "done.json").write_text("{}")
+
+    with ThreadPoolExecutor(2) as pool:
+        built = list(pool.map(lambda _: worker.build_once(root, "done.json", build), range(2)))
+    assert calls == [1] and sorted(built) == [False, True]
+    assert worker.build_once(root, "done.json", build) is False and calls == [1]
