@@ -35,6 +35,7 @@ Conventions:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -183,6 +184,23 @@ class AblationProfile:
             if (row.locator, row.mode, row.percent) == (locator, mode, float(percent)):
                 return row
         raise KeyError(f"no row for locator={locator!r}, mode={mode!r}, percent={percent!r}")
+
+    def forget_at_retain(self, locator: str, mode: Mode, retain: float) -> float | None:
+        """``locator``'s (or ``"random"``'s) forget accuracy at the point where its retain accuracy
+        first falls to ``retain``, walking k up from 0 (the model before any ablation) and linear
+        between the grid's points (exact means over facts, over draws for the control): the
+        comparison at matched retain. None when the curve never falls that far."""
+        rows = sorted((r for r in self.rows if (r.locator, r.mode) == (locator, mode)), key=lambda r: r.percent)
+        if not rows:
+            raise KeyError(f"no rows for locator={locator!r}, mode={mode!r}")
+        points = [(self.base_retain_accuracy, self.base_forget_accuracy)] + [
+            (sum(r.retain_accuracy) / len(r.retain_accuracy), sum(r.forget_accuracy) / len(r.forget_accuracy))
+            for r in rows
+        ]  # fmt: skip
+        for (r0, f0), (r1, f1) in itertools.pairwise(points):
+            if r1 <= retain <= r0:
+                return f0 if r0 == r1 else f0 + (f1 - f0) * (r0 - retain) / (r0 - r1)
+        return None
 
     def format(self) -> str:
         """A text table, one line per (mode, locator, k)."""

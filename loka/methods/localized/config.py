@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
+from attribution import LearnedMaskConfig
 from loka.base.checks import check_number
 from loka.base.errors import UsageError
 from loka.methods.config import MethodConfig, set_field
@@ -12,6 +13,7 @@ from loka.methods.localized.localization import (
     COMPONENT_CHOICES,
     LOCALIZE,
     LOCATIONS,
+    MASK_DEFAULTS,
     ComponentChoice,
     Localize,
     Location,
@@ -48,7 +50,10 @@ class LokaConfig(MethodConfig):
     changes and shares every other one with the input model (same storage, frozen;
     :func:`loka.models.copies.shared_copy`), so an edit of 5% of the neurons costs their layers'
     tensors, not a second model; call :func:`loka.models.copies.materialize` on the result before
-    writing its weights in place. False copies the whole model."""
+    writing its weights in place. False copies the whole model.
+    ``localize="mask"`` ranks by a learned mask (:data:`loka.methods.localized.localization.MASK_DEFAULTS`)
+    with ``mask_retain_weight``, ``mask_sparsity`` and ``mask_steps``; with ``edit="ablate"`` it
+    is LOKA that deletes: the located components are switched off (baked), nothing is trained."""
 
     method: ClassVar[str] = "loka"
     edit: Literal["finetune", "ablate", "rewrite"] = "finetune"
@@ -77,6 +82,9 @@ class LokaConfig(MethodConfig):
     adversary_weight: float | None = None
     adversary_lr: float = 3e-3
     share: bool = True
+    mask_retain_weight: float = 3.0
+    mask_sparsity: float = 1.0
+    mask_steps: int = 100
 
     def __post_init__(self) -> None:
         check_choice("edit", self.edit, ("finetune", "ablate", "rewrite"))
@@ -105,6 +113,9 @@ class LokaConfig(MethodConfig):
         check_number("batch_size", self.batch_size, low=1, integer=True)
         check_number("max_layers", self.max_layers, low=1, integer=True)
         check_number("check_scores", self.check_scores, integer=True)
+        check_number("mask_retain_weight", self.mask_retain_weight)
+        check_number("mask_sparsity", self.mask_sparsity)
+        check_number("mask_steps", self.mask_steps, low=1, integer=True)
         lams, sizes = self.lams, self.sizes
         if not isinstance(lams, tuple | list) or not lams or any(
             isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in lams
@@ -118,3 +129,11 @@ class LokaConfig(MethodConfig):
         set_field(self, "sizes", tuple(sizes))
         if self.size != "auto":
             count_for_size(self.size, 1 << 62)  # the type and range check; the pool is known after attribution
+
+    @property
+    def mask(self) -> LearnedMaskConfig | None:
+        """The learned mask ``localize="mask"`` trains (None for the other localizations)."""
+        if self.localize != "mask":
+            return None
+        return replace(MASK_DEFAULTS, retain_weight=self.mask_retain_weight, sparsity=self.mask_sparsity,
+                       steps=self.mask_steps)  # fmt: skip

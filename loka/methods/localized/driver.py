@@ -67,7 +67,7 @@ def run_loka(
             check = config.check_scores if config.location == "located" else 0
             located = locate(model, forget, retain, size=candidate, localize=config.localize,
                              components=config.components, contrast=config.contrast, check=check,
-                             seed=seed)  # fmt: skip
+                             seed=seed, mask=config.mask)  # fmt: skip
         else:
             located = located.resized(model, candidate, config.components)
         if config.erase == "subject":  # the names' own components too

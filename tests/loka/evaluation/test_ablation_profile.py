@@ -229,3 +229,25 @@ def test_heads_and_all_components(model, sets):
         with ablate(model, AblationMask.from_components(components_, model=model)):
             assert row.forget_accuracy == (score_facts(model, forget).answer_accuracy,)
         assert profile.row(RANDOM, "zero", profile.percents[0]).per_layer == per_layer
+
+
+def test_forget_at_retain_walks_the_curve_from_the_unablated_model(recorded):
+    """At matched retain: the first segment (k = 0, then the grid) whose retain falls across the
+    target, linear in between, computed here by hand from the rows' exact means."""
+    profile, _ = recorded
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    checked = 0
+    for locator in ("grad_x_act", "noise", "random"):
+        rows = sorted((r for r in profile.rows if (r.locator, r.mode) == (locator, "zero")), key=lambda r: r.percent)
+        points = [(profile.base_retain_accuracy, profile.base_forget_accuracy)]
+        points += [(mean(r.retain_accuracy), mean(r.forget_accuracy)) for r in rows]
+        assert profile.forget_at_retain(locator, "zero", points[0][0]) == pytest.approx(points[0][1])
+        falling = [(a, b) for a, b in zip(points, points[1:]) if b[0] < a[0]]
+        if falling:  # the first segment that falls: its midpoint is matched halfway along it
+            (r0, f0), (r1, f1) = falling[0]
+            assert profile.forget_at_retain(locator, "zero", (r0 + r1) / 2) == pytest.approx((f0 + f1) / 2)
+            checked += 1
+        assert profile.forget_at_retain(locator, "zero", min(r for r, _ in points) - 0.01) is None
+    assert checked  # some locator's ablations cost retain on the tiny testbed
+    with pytest.raises(KeyError, match="no rows for locator='nope'"):
+        profile.forget_at_retain("nope", "zero", 0.5)

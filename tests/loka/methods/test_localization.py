@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,9 +13,10 @@ import torch
 import loka
 from ablation import AblationMask, export_checkpoint
 from ablation.params import parameter_masks
+from attribution import attribute
 from loka.data import Fact, KnowledgeSet
 from loka.methods import unlearn
-from loka.methods.localized.localization import control_mask, count_for_size, locate
+from loka.methods.localized.localization import MASK_DEFAULTS, MASK_RETAIN, control_mask, count_for_size, locate
 from loka.models import hf_state_dict, load_model, plain_copy, same_kind_as
 from loka.protocol import Protocol
 from loka.scoring.metrics import score_facts
@@ -128,6 +130,42 @@ def test_loka_changes_only_the_parameters_of_its_components(arch: str, tmp_path:
         moved += int((old != after[name]).sum())
     assert 0 < moved <= result.config["chosen"]["parameters"]
     assert result.config["objective"] == "npo"  # no reference: the objective needs none
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_deletion_switches_off_only_the_masks_components(arch: str, tmp_path: Path) -> None:
+    """LOKA that deletes (``localize="mask"``, ``edit="ablate"``): nothing is trained, every weight the
+    located components do not own is bit-identical, and each located neuron's output row is zero."""
+    model = load_model(build_tiny_checkpoint(arch, tmp_path / arch))
+    forget, retain, validation = _sets()
+    result = unlearn(
+        model, forget, retain, method="loka", validation=validation, size=0.1, components="all", edit="ablate",
+        ablate_mode="zero", localize="mask", mask_steps=3, progress=False,
+    )  # fmt: skip
+    assert result.compute.steps == 0 and result.config["chosen"]["localize"] == "mask"
+    owned = parameter_masks(model, result.mask.neurons, result.mask.heads)
+    before, after = hf_state_dict(model), hf_state_dict(result.model)
+    for name, old in before.items():
+        frozen = ~owned[name] if name in owned else torch.ones_like(old, dtype=torch.bool)
+        assert torch.equal(old[frozen], after[name][frozen]), name
+    for kind, layer, index in result.mask.components:
+        if kind == "neuron":
+            assert not loka.models.neuron_output_weights(result.model, layer, index).of(result.model).any()
+
+
+def test_the_mask_locator_is_attributions_learned_mask_on_a_seeded_retain_sample(model, protocol) -> None:
+    """``localize="mask"`` ranks by :func:`attribution.attribute`'s learned "remove" mask, trained on
+    the forget facts and ``MASK_RETAIN`` retain facts drawn with the seed; ``mask=`` needs it."""
+    config = dataclasses.replace(MASK_DEFAULTS, steps=3)
+    located = locate(model, protocol.forget, protocol.retain_train, size=0.05, localize="mask", mask=config, seed=1)
+    rows = torch.randperm(len(protocol.retain_train), generator=torch.Generator().manual_seed(1))[:MASK_RETAIN]
+    sample = KnowledgeSet(tuple(protocol.retain_train.facts[i] for i in sorted(rows.tolist())), name="sample")
+    expected = attribute(model, protocol.forget, method="learned_mask", components=("neurons",), retain=sample,
+                         mask_config=dataclasses.replace(config, seed=1), progress=False)  # fmt: skip
+    assert torch.equal(located.scores.neurons, expected.neurons)
+    assert located.check is None and len(located.mask) == count_for_size(0.05, expected.neurons.numel())
+    with pytest.raises(ValueError, match="mask= configures localize='mask', got localize='all'"):
+        locate(model, protocol.forget, protocol.retain_train, size=0.05, mask=config)
 
 
 def test_loka_runs_on_subject_less_id_less_question_answer_pairs(model) -> None:
