@@ -2,7 +2,8 @@
 
     python bench/deletion.py [--size default] [--world 0] [--seeds 0] [--components neurons]
                              [--mask-retain-weights 1,3,10] [--percents 0.5,1,2,5,10,20]
-                             [--modes zero,mean] [--draws 3] [--out DIR]
+                             [--modes zero,mean] [--draws 3] [--benign 10]
+                             [--planted 0.02 [--plant-seed 0]] [--out DIR]
 
 On the testbed's protocol (:meth:`loka.protocol.Protocol.from_testbed`): the forget facts in the
 one wording methods get, retain scored on ``retain_validation`` (people no locator read). Locators,
@@ -11,7 +12,10 @@ each scoring every component (``--components``) from the forget facts and ``reta
 * ``contrast``: LOKA's default ranking (gradient x activation at every token, forget minus retain,
   :func:`loka.methods.localized.localization.locate` with ``localize="all"``);
 * ``mask rw=W``: LOKA's ``localize="mask"`` (a Hard Concrete "remove" mask, weights frozen, retain
-  term of weight W on :data:`~loka.methods.localized.localization.MASK_RETAIN` sampled retain facts).
+  term of weight W on :data:`~loka.methods.localized.localization.MASK_RETAIN` sampled retain facts);
+* ``answer key`` (``--planted RATIO``): on :func:`loka.testbed.planted.load_planted`'s model, the
+  neurons the planted people's facts were trained into (forget: those people; retain: testbed
+  people planting never used, halved into train and validation; the oracle: the model before planting).
 
 Then :func:`loka.evaluation.ablation_profile.ablation_profile`: each locator's top k% of every layer
 ablated (zero and mean over retain), and the same per-layer count at random (``--draws``), no
@@ -19,6 +23,11 @@ training. Printed: the profile, and the comparison **at matched retain**
 (:meth:`~loka.evaluation.ablation_profile.AblationProfile.forget_at_retain`): forget accuracy where
 validation retain has fallen to 0.99 / 0.95 / 0.90 x the model's, for each locator and for random
 ("never" = its curve does not fall that far on the grid: it never pays that much retain).
+Then, hidden or removed? At ``--benign K`` (% per layer, zero ablation, baked) each locator's
+deletion and a random one of the same per-layer counts are attacked by
+:func:`loka.evaluation.attacks.relearning.benign_relearn` (a fine-tune on retain facts alone, which
+cannot teach a forget answer), beside the oracle: forget accuracy before and after. On the planted
+testbed (``bench/planted_localization.py``) deleting the answer key is the positive control.
 ``--seeds`` repeats the locators with other seeds (the mask's noise and retain sample, the
 attribution's corruption) and prints each seed's table. ``--out DIR`` writes ``deletion.json`` and
 ``ablation_profile.html``.
@@ -32,19 +41,41 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 import loka  # noqa: E402
-from loka.evaluation.ablation_profile import ablation_profile  # noqa: E402
+from ablation import AblationMask, bake  # noqa: E402
+from ablation.selection import random_like_layers  # noqa: E402
+from loka.data import KnowledgeSet  # noqa: E402
+from loka.evaluation.ablation_profile import ablation_profile, per_layer_count, top_per_layer  # noqa: E402
+from loka.evaluation.attacks.relearning import DEFAULT_STEPS, benign_relearn  # noqa: E402
 from loka.methods.localized.localization import MASK_DEFAULTS, locate  # noqa: E402
+from loka.methods.training import accuracy  # noqa: E402
 from loka.protocol import Protocol  # noqa: E402
+from loka.testbed.planted import load_planted  # noqa: E402
 
 MATCHED = (0.99, 0.95, 0.90)
 
 
 def floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v)
+
+
+def _importance(scores: object) -> torch.Tensor:
+    method = getattr(scores, "importance", None)
+    return method("neurons") if callable(method) else scores.neurons  # type: ignore[attr-defined]
+
+
+def top_global(importance: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` most important neurons of all layers (ties to the lower index)."""
+    chosen = torch.zeros(importance.shape, dtype=torch.bool)
+    order = torch.sort(importance.flatten().double(), descending=True, stable=True).indices[:count]
+    chosen.view(-1)[order] = True
+    return chosen
 
 
 def main() -> None:
@@ -58,15 +89,29 @@ def main() -> None:
     parser.add_argument("--percents", type=floats, default=(0.5, 1.0, 2.0, 5.0, 10.0, 20.0))
     parser.add_argument("--modes", default="zero,mean")
     parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--benign", type=float, default=10.0, help="k%% per layer, benign attack (0: skip; neurons)")
+    parser.add_argument("--planted", type=float, help="the planted testbed of this ratio (e.g. 0.02) instead")
+    parser.add_argument("--plant-seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    tb = loka.testbed.load(args.size, args.world)
-    model = loka.load_model(tb.model_dir)
-    protocol = Protocol.from_testbed(tb)
-    forget, retain, validation = protocol.forget, protocol.retain_train, protocol.retain_validation
-    print(f"testbed {args.size} w{args.world}: {len(forget)} forget facts, {len(retain)} retain_train, "
-          f"{len(validation)} retain_validation; components {args.components}")  # fmt: skip
+    key = None
+    if args.planted:  # the planted people; retain: testbed people planting never used, in two halves
+        planted = load_planted(args.size, ratio=args.planted, world_seed=args.world, seed=args.plant_seed)
+        model_dir, oracle_dir, forget, key = planted.model_dir, planted.oracle_dir, planted.forget, planted.mask
+        half = len(planted.retain) // 2
+        retain = KnowledgeSet(planted.retain.facts[:half], name="retain_train")
+        validation = KnowledgeSet(planted.retain.facts[half:], name="retain_validation")
+        label = f"planted {args.size} w{args.world} ratio {args.planted:g} seed {args.plant_seed}"
+    else:
+        tb = loka.testbed.load(args.size, args.world)
+        model_dir, oracle_dir = tb.model_dir, tb.oracle_dir
+        protocol = Protocol.from_testbed(tb)
+        forget, retain, validation = protocol.forget, protocol.retain_train, protocol.retain_validation
+        label = f"testbed {args.size} w{args.world}"
+    model = loka.load_model(model_dir)
+    print(f"{label}: {len(forget)} forget facts, {len(retain)} retain_train, {len(validation)} retain_validation; "
+          f"components {args.components}")  # fmt: skip
     results = []
     for seed in args.seeds:
         locators, seconds = {}, {}
@@ -82,6 +127,8 @@ def main() -> None:
                              seed=seed, mask=config)  # fmt: skip
             locators[name] = located.scores
             seconds[name] = time.perf_counter() - start
+        if key is not None:
+            locators["answer key"] = SimpleNamespace(neurons=key.float(), heads=None)
         profile = ablation_profile(
             model, forget, validation, locators, percents=args.percents, modes=tuple(args.modes.split(",")),
             components=args.components, n_random=args.draws, seed=seed,
@@ -98,8 +145,31 @@ def main() -> None:
                 values = [profile.forget_at_retain(name, mode, share * base) for share in MATCHED]
                 matched[f"{mode} {name}"] = values
                 print(f"{mode:<5} {name:<14} " + " ".join("   never" if v is None else f"{v:8.3f}" for v in values))
+        benign = {}
+        if args.benign and args.components == "neurons":
+            if key is None:
+                count = per_layer_count(args.benign, model.cfg.d_mlp)
+                where = f"{args.benign:g}% per layer ({count} neurons)"
+                neurons = {name: top_per_layer(_importance(scores), count) for name, scores in locators.items()}
+            else:  # the answer key's size, over all layers (the key is uneven across layers)
+                where = f"the top {int(key.sum())} neurons of all layers (the answer key's size)"
+                neurons = {name: top_global(_importance(scores), int(key.sum())) for name, scores in locators.items()}
+            print(f"\nbenign relearning (retain facts only, {DEFAULT_STEPS} steps) after deleting {where}, zero "
+                  "ablation; forget before -> after, validation retain")  # fmt: skip
+            oracle = benign_relearn(loka.load_model(oracle_dir), None, forget, retain, seed=seed)
+            print(f"  {'oracle':<14} {oracle.before:.3f} -> {oracle.after:.3f}")
+            benign["oracle"] = [oracle.before, oracle.after]
+            first = next(iter(neurons.values())) if key is None else key
+            neurons["random"] = random_like_layers(first, torch.Generator().manual_seed(seed))
+            for name, chosen in neurons.items():
+                mask = AblationMask.from_components(AblationMask(chosen, None).components, model=model)
+                edited = bake(model, mask, share=True)
+                attacked = benign_relearn(edited, model.tokenizer, forget, retain, seed=seed)
+                kept = accuracy(edited, validation, model.tokenizer)
+                print(f"  {name:<14} {attacked.before:.3f} -> {attacked.after:.3f}   retain {kept:.3f}")
+                benign[name] = [attacked.before, attacked.after, kept]
         results.append({"seed": seed, "seconds": seconds, "matched_shares": MATCHED, "matched": matched,
-                        "profile": profile.to_dict()})  # fmt: skip
+                        "benign": benign, "profile": profile.to_dict()})  # fmt: skip
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             profile.plot(title=f"deletion, seed {seed}").write_html(args.out / f"ablation_profile_seed{seed}.html")

@@ -128,6 +128,7 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "MIA": ("mia.loss", "auc", "membership_inference_auc"),
     "MIA ans": ("mia.loss_answer", "auc", "mia_aucs.loss_answer"),
     "relearn": ("relearning", "mean", "relearning.after"),
+    "benign": ("benign", "mean", "benign_relearning.after"),
     "quant8": ("quant.8bit.forget", "mean", "quantization.forget_8bit"),
     "quant4": ("quant.4bit.forget", "mean", "quantization.forget_4bit"),
     "lens": ("logit_lens", "mean", "logit_lens.best"),
@@ -138,7 +139,7 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
 LOCALIZATION_COLUMNS = ("forget", "retain", "para", "relearn", "MIA")
 LOCATION_PREFIX = "loka @"
 # checks that must first tell the original from the oracle (else "uninformative")
-CALIBRATED = ("MIA", "MIA ans", "relearn", "quant8", "quant4", "lens", "probe")
+CALIBRATED = ("MIA", "MIA ans", "relearn", "benign", "quant8", "quant4", "lens", "probe")
 
 
 def metric(evaluation: UnlearningEvaluation | None, path: str) -> float | None:

@@ -158,7 +158,8 @@ none). Verdicts use every seed, and a control is met on the seeds it ran. Accura
 wording held out of the original's training. MIA is the LOSS attack's ROC AUC on the whole text, forget facts
 (members) against people never trained on and never shown to a method; 0.5 means an attacker cannot tell them
 apart; "MIA ans" scores the answer tokens only. "relearn" is the worst case of the relearning attack (fine-tune
-on half of the forget facts mixed with retain facts, over a fixed grid, score the other half); "probe" is a
+on half of the forget facts mixed with retain facts, over a fixed grid, score the other half); "benign" the
+forget accuracy after the same fine-tune on retain facts alone, which cannot teach a forget answer; "probe" is a
 linear probe's readout of the forget values from inside the model; "extract" the exact verbatim-continuation
 rate of the forget passages. Steps, tokens (forward, millions) and seconds are per run. Each method's
 <i>random control</i> is an edit of the same size in random places; the oracle was trained without the forget

@@ -97,10 +97,11 @@ class Comparison:
         no method trained on; the forget facts in other wordings the original learned; a wording
         held out of training); MIA is the whole-text LOSS attack's AUC (forget vs never-seen
         people), MIA ans the same on the answer tokens; relearn is the worst case of the relearning
-        attack; quant8 / quant4 the forget accuracy after rounding the weights to 8 / 4 bits; lens
-        the logit lens's best-layer readout of the forget answers; probe the residual probe's
-        readout; then optimizer steps, forward tokens, seconds per run and the percentage of the
-        model's parameters the method changed. Rows
+        attack; benign the forget accuracy after a fine-tune on retain facts alone (no forget fact:
+        what it brings back was hidden, not removed); quant8 / quant4 the forget accuracy after
+        rounding the weights to 8 / 4 bits; lens the logit lens's best-layer readout of the forget
+        answers; probe the residual probe's readout; then optimizer steps, forward tokens, seconds
+        per run and the percentage of the model's parameters the method changed. Rows
         ``loka @random`` etc. are LOKA's localization controls (:mod:`loka.methods.localized.localization`)."""
         rows = self.rows()
         columns = [c for c in COLUMNS if any(r[1][c] is not None for r in rows)]
@@ -332,6 +333,7 @@ def _differences(a: MethodOutcome, b: MethodOutcome, unusable: Mapping[str, str]
 # what a check still finding the forget facts above the oracle's level means, in words
 _FINDINGS = {
     "relearn": "relearnable",
+    "benign": "a fine-tune on other people's facts alone brings it back",
     "quant8": "8-bit quantization brings it back",
     "quant4": "4-bit quantization brings it back",
     "lens": "the logit lens reads it inside the model",

@@ -63,7 +63,7 @@ from loka.evaluation.attacks.logit_lens import logit_lens as run_logit_lens
 from loka.evaluation.attacks.membership import ATTACKS, membership_scores
 from loka.evaluation.attacks.probe import fit_probe
 from loka.evaluation.attacks.quantization import quantization_attack
-from loka.evaluation.attacks.relearning import Relearning
+from loka.evaluation.attacks.relearning import Relearning, benign_relearn
 from loka.evaluation.attacks.relearning import relearn as run_relearning
 from loka.evaluation.result import Detail, UnlearningEvaluation
 from loka.models import load_model
@@ -254,10 +254,12 @@ def evaluate(
         aucs, mia_details = _mia(model, tokenizer, sets.forget, sets.nonmembers, min_k, forget_scores)
         details.update(mia_details)
         extraction = extract(model, tokenizer, sets.passages) if sets.passages is not None else None
-        relearning = None
+        relearning = benign = None
         if relearn and len(sets.forget) >= 2:
             relearning = run_relearning(model, tokenizer, sets.forget, sets.attack_retain)
             details["relearning"] = _relearning_detail(sets.forget, relearning)
+            benign = benign_relearn(model, tokenizer, sets.forget, sets.attack_retain)
+            details["benign"] = _detail(sets.forget, benign.correct)
         probe_result = None
         if probe:
             probe_result = fit_probe(model, tokenizer, sets.forget, sets.probe_retain, seed=seed, layer=probe_layer)
@@ -300,6 +302,7 @@ def evaluate(
         mia_aucs=aucs,
         extraction=extraction,
         relearning=relearning,
+        benign_relearning=benign,
         probe=probe_result,
         oracle=sub(oracle, "oracle"),
         control=sub(control, "control"),

@@ -11,7 +11,7 @@ from loka.evaluation.attacks.logit_lens import LogitLens
 from loka.evaluation.attacks.membership import privleak
 from loka.evaluation.attacks.probe import Probe
 from loka.evaluation.attacks.quantization import Quantization
-from loka.evaluation.attacks.relearning import Relearning
+from loka.evaluation.attacks.relearning import BenignRelearning, Relearning
 
 __all__ = ["Detail", "UnlearningEvaluation", "forget_quality"]
 
@@ -50,6 +50,7 @@ class UnlearningEvaluation:
     unseen_wording_forget_accuracy: float | None = None  # a wording held out of the original's training
     quantization: Quantization | None = None  # forget / retain accuracy of 8- and 4-bit copies
     logit_lens: LogitLens | None = None  # forget answers read from each block's residual stream
+    benign_relearning: BenignRelearning | None = None  # forget accuracy after a retain-only fine-tune
     # per scored item: (whose it is, its value), e.g. "forget" -> first-token correct per forget fact;
     # what the intervals over people (loka.evaluation.intervals) are computed from
     details: Mapping[str, Detail] = field(default_factory=dict, compare=False, repr=False)
@@ -97,6 +98,13 @@ class UnlearningEvaluation:
                     f"Relearnable: {self.relearning.steps} fine-tuning steps on half the forget facts bring the "
                     f"other half back to {self.relearning.after:.0%} (oracle: {ref.relearning.after:.0%})."
                 )
+        benign, oracle_benign = self.benign_relearning, ref.benign_relearning if ref is not None else None
+        if benign is not None and oracle_benign is not None:
+            if self.forget_accuracy < 0.3 and benign.after - oracle_benign.after > 0.1:
+                lines.append(
+                    f"Hidden, not removed: {benign.steps} fine-tuning steps on other people's facts alone (no forget "
+                    f"fact) bring the forget answers back to {benign.after:.0%} (oracle: {oracle_benign.after:.0%})."
+                )
         if self.quantization is not None and ref is not None and ref.quantization is not None:
             shared = [b for b in self.quantization.bits if b in ref.quantization.bits]
             gaps = {b: self.quantization.forget_accuracy(b) - ref.quantization.forget_accuracy(b) for b in shared}
@@ -129,6 +137,7 @@ class UnlearningEvaluation:
         if self.oracle is not None:
             return ()
         present = (("membership inference", True), ("relearning", self.relearning is not None),
+                   ("benign relearning", self.benign_relearning is not None),
                    ("quantization", self.quantization is not None), ("logit lens", self.logit_lens is not None),
                    ("probe", self.probe is not None))  # fmt: skip
         return tuple(name for name, ran in present if ran)
@@ -177,6 +186,8 @@ class UnlearningEvaluation:
             ]
         if self.relearning is not None:
             rows += [("relearn: before", self.relearning.before), ("relearn: after", self.relearning.after)]
+        if self.benign_relearning is not None:
+            rows += [("benign relearn: after", self.benign_relearning.after)]
         if self.probe is not None:
             rows += [("probe forget accuracy", self.probe.forget_accuracy)]
         if self.quantization is not None:

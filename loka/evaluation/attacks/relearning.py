@@ -42,6 +42,16 @@ calibration were 0.02 -> 0.16 (gradient ascent), 0.08 -> 0.26 (task-vector negat
 0.44 (LOKA), against the oracle's 0.08 -> 0.12. Twenty steps at lr 3e-4 recovered no more (0.16 for gradient
 ascent, 0.22 for task-vector negation), so the grid stops at 10 steps: 40 full-batch steps on 250
 facts in all, about 12 s of CPU per model on one core of a busy machine.
+
+**Benign relearning** (:func:`benign_relearn`) is the same fine-tune with *no* forget fact in it:
+``n_retain`` facts about other people only, then every forget fact is scored. It cannot teach the
+forget answers (they are drawn independently of everyone else's), so what comes back was never
+removed: it was hidden behind damage that ordinary fine-tuning repairs. An edit that switches off
+components shared with other knowledge can take forget accuracy down this way and have it back
+after a few retain-only steps (``bench/deletion.py``). This is the retain-only fine-tune of
+Siddiqui et al. (2025), and close to the unrelated-text fine-tunes of Łucki et al. (2024) and
+Doshi & Stickland (2024), which recover most of what suppression hid. No method here trains
+against it; its reference is the oracle, which never knew the answers.
 """
 
 from __future__ import annotations
@@ -64,8 +74,10 @@ from loka.models import hf_state_dict, input_device, plain_copy
 from loka.scoring.metrics import score_facts, sharded_lm_loss
 
 __all__ = [
+    "BenignRelearning",
     "Relearning",
     "RelearningPoint",
+    "benign_relearn",
     "relearn",
     "DEFAULT_STEPS",
     "DEFAULT_LRS",
@@ -77,6 +89,8 @@ DEFAULT_STEPS = 10
 DEFAULT_LRS: tuple[float, ...] = (3e-4, 6e-4)
 DEFAULT_SPLIT_SEEDS: tuple[int, ...] = (0, 1)
 DEFAULT_RETAIN_RATIO = 4
+DEFAULT_BENIGN_RETAIN = 100  # retain facts in the benign attack's batch (half what the relearning attack mixes in)
+DEFAULT_BENIGN_LR = 6e-4  # the relearning grid's larger rate
 _CURVE_POINTS = 4  # the attack scores the held-out half this many times on its way
 
 
@@ -189,6 +203,57 @@ def relearn(
     )
 
 
+@dataclass(frozen=True)
+class BenignRelearning:
+    """The benign relearning attack: forget accuracy before and after ``steps`` full-batch AdamW
+    steps at ``lr`` on ``n_retain`` retain facts alone (no forget fact); ``correct`` is per forget
+    fact after the attack, in the order of ``ids``; ``curve`` is (steps taken, forget accuracy)."""
+
+    steps: int
+    lr: float
+    n_retain: int
+    before: float
+    after: float
+    curve: tuple[tuple[int, float], ...]
+    ids: tuple[str, ...]
+    correct: tuple[bool, ...]
+    seed: int = 0
+
+    @property
+    def gain(self) -> float:
+        """Forget accuracy regained without a single forget fact (after minus before)."""
+        return self.after - self.before
+
+
+def benign_relearn(
+    model: Any,
+    tokenizer: Any,
+    forget: KnowledgeSet,
+    retain: KnowledgeSet,
+    *,
+    steps: int = DEFAULT_STEPS,
+    lr: float = DEFAULT_BENIGN_LR,
+    n_retain: int = DEFAULT_BENIGN_RETAIN,
+    seed: int = 0,
+) -> BenignRelearning:
+    """Fine-tune a copy of ``model`` (left untouched) on ``n_retain`` facts of ``retain`` (sampled
+    with ``seed``; with replacement when the set is smaller) for ``steps`` full-batch AdamW steps
+    at ``lr``, and score every ``forget`` fact before and after (see the module docstring).
+    ``retain`` must share no fact id and no subject with ``forget``."""
+    _check(forget, retain, steps, (lr,), (0,), 1, name="benign_relearn")
+    if isinstance(n_retain, bool) or not isinstance(n_retain, int) or n_retain < 1:
+        raise UsageError(f"benign_relearn: n_retain must be a positive integer, got {n_retain!r}")
+    encoder = tokenizer if tokenizer is not None else model
+    start = score_facts(model, forget, tokenizer=encoder).first_token_correct
+    before = start.float().mean().item()
+    batch = encode_facts(_retain_sample(retain, n_retain, seed, -1), encoder).to(input_device(model))
+    curve, correct = _attack(model, batch, forget, encoder, steps=steps, lr=lr, before=before)
+    return BenignRelearning(
+        steps=steps, lr=float(lr), n_retain=n_retain, before=before, after=curve[-1][1], curve=curve,
+        ids=forget.ids, correct=tuple(bool(c) for c in correct), seed=seed,
+    )  # fmt: skip
+
+
 def _attack(
     model: Any, batch: FactBatch, test: KnowledgeSet, encoder: Any, *, steps: int, lr: float, before: float
 ) -> tuple[tuple[tuple[int, float], ...], Tensor]:
@@ -228,31 +293,33 @@ def _check(
     lrs: Sequence[float],
     split_seeds: Sequence[int],
     retain_ratio: int,
+    name: str = "relearn",
 ) -> tuple[tuple[float, ...], tuple[int, ...]]:
-    for name, value in (("forget", forget), ("retain", retain)):
+    minimum, why = (2, " to split in half") if name == "relearn" else (1, "")
+    for what, value in (("forget", forget), ("retain", retain)):
         if not isinstance(value, KnowledgeSet):
-            raise UsageError(f"relearn: {name} must be a KnowledgeSet, got {type(value).__name__}")
-    if len(forget) < 2:
-        raise UsageError(f"relearn: the forget set needs at least 2 facts to split in half, got {len(forget)}")
+            raise UsageError(f"{name}: {what} must be a KnowledgeSet, got {type(value).__name__}")
+    if len(forget) < minimum:
+        raise UsageError(f"{name}: the forget set needs at least {minimum} facts{why}, got {len(forget)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UsageError(f"relearn: steps must be a positive integer, got {steps!r}")
+        raise UsageError(f"{name}: steps must be a positive integer, got {steps!r}")
     if isinstance(retain_ratio, bool) or not isinstance(retain_ratio, int) or retain_ratio < 0:
-        raise UsageError(f"relearn: retain_ratio must be a non-negative integer, got {retain_ratio!r}")
+        raise UsageError(f"{name}: retain_ratio must be a non-negative integer, got {retain_ratio!r}")
     lrs, split_seeds = tuple(lrs), tuple(split_seeds)
     if not lrs or not split_seeds:
-        raise UsageError("relearn: the grid is empty; give at least one learning rate and one split seed")
+        raise UsageError(f"{name}: the grid is empty; give at least one learning rate and one split seed")
     bad_lr = next((lr for lr in lrs if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0), None)
     if bad_lr is not None:
-        raise UsageError(f"relearn: learning rates must be positive finite numbers, got {bad_lr!r}")
+        raise UsageError(f"{name}: learning rates must be positive finite numbers, got {bad_lr!r}")
     bad_seed = next((s for s in split_seeds if isinstance(s, bool) or not isinstance(s, int)), None)
     if bad_seed is not None:
-        raise UsageError(f"relearn: split seeds must be integers, got {bad_seed!r}")
+        raise UsageError(f"{name}: split seeds must be integers, got {bad_seed!r}")
     if len(set(lrs)) < len(lrs) or len(set(split_seeds)) < len(split_seeds):
-        raise UsageError(f"relearn: the grid repeats a point (lrs {lrs}, split seeds {split_seeds})")
+        raise UsageError(f"{name}: the grid repeats a point (lrs {lrs}, split seeds {split_seeds})")
     shared = set(forget.ids) & set(retain.ids)
     if shared:
-        raise UsageError(f"relearn: forget and retain share fact id(s) {sorted(shared)[:3]}; they must be disjoint")
+        raise UsageError(f"{name}: forget and retain share fact id(s) {sorted(shared)[:3]}; they must be disjoint")
     people = set(forget.subjects) & set(retain.subjects)
     if people:
-        raise UsageError(f"relearn: forget and retain share subject(s) {sorted(people)[:3]}; they must be disjoint")
+        raise UsageError(f"{name}: forget and retain share subject(s) {sorted(people)[:3]}; they must be disjoint")
     return tuple(float(lr) for lr in lrs), split_seeds

@@ -279,7 +279,7 @@ def test_compare_on_the_testbeds_files(own, tmp_path):
 def test_demo_on_the_tiny_testbed(testbed_cache, tb, tmp_path):
     code, stdout, err = loka_cli(
         "demo", "--size", "tiny", "--seed", tb.config.world.seed, "--cache-dir", testbed_cache, "--seeds", 1,
-        "--locations", *SMALL, "--out", tmp_path / "demo",
+        "--locations", "--workers", 1, *SMALL, "--out", tmp_path / "demo",
     )  # fmt: skip
     assert code == 0, err
     data = json.loads((tmp_path / "demo" / "comparison.json").read_text())

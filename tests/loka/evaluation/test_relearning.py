@@ -6,10 +6,19 @@ from dataclasses import replace
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 import loka
 from loka.data import KnowledgeSet
-from loka.evaluation.attacks.relearning import DEFAULT_LRS, DEFAULT_SPLIT_SEEDS, Relearning, relearn
+from loka.data.encoding import encode_facts
+from loka.evaluation.attacks.relearning import (
+    DEFAULT_LRS,
+    DEFAULT_SPLIT_SEEDS,
+    Relearning,
+    _retain_sample,
+    benign_relearn,
+    relearn,
+)
 from loka.models import hf_state_dict
 from loka.scoring.metrics import score_facts
 
@@ -104,3 +113,53 @@ def test_bad_knowledge_is_refused(tiny_testbed):
         with pytest.raises(ValueError, match=message) as error:
             relearn(object(), None, forget, retain)
         assert "\n" not in str(error.value)
+
+
+# --- benign relearning: a fine-tune on retain facts alone -------------------------------------------
+
+
+def test_benign_relearning_is_a_plain_fine_tune_on_retain_facts_alone(tiny_testbed):
+    """Against a hand-written loop: a copy of the model, AdamW at ``lr``, ``steps`` full-batch steps
+    of the LM loss on the sampled retain facts (no forget fact among them), every forget fact scored."""
+    tb = tiny_testbed
+    model = loka.load_model(tb.model_dir)
+    result = benign_relearn(model, model.tokenizer, tb.forget, tb.retain, steps=3, lr=1e-3, n_retain=40, seed=2)
+    sample = _retain_sample(tb.retain, 40, 2, -1)
+    assert not {f.subject for f in sample} & set(tb.forget.subjects)
+    batch = encode_facts(sample, model.tokenizer)
+    copy = AutoModelForCausalLM.from_pretrained(tb.model_dir, attn_implementation="eager")
+    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)  # the HF loss on every real token
+    optimizer = torch.optim.AdamW(copy.parameters(), lr=1e-3)
+    for _ in range(3):
+        copy.train()
+        loss = copy(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    copy.eval()
+    correct = score_facts(copy, tb.forget, tokenizer=model.tokenizer).first_token_correct
+    assert result.correct == tuple(bool(c) for c in correct) and result.ids == tb.forget.ids
+    assert result.after == pytest.approx(correct.float().mean().item()) == result.curve[-1][1]
+    assert result.before == pytest.approx(score_facts(model, tb.forget).first_token_accuracy)
+    assert (result.steps, result.lr, result.n_retain) == (3, 1e-3, 40)
+
+
+def test_benign_relearning_brings_nothing_to_the_oracle_and_keeps_the_original(tiny_testbed):
+    tb = tiny_testbed
+    original = benign_relearn(loka.load_model(tb.model_dir), None, tb.forget, tb.retain)
+    oracle = benign_relearn(loka.load_model(tb.oracle_dir), None, tb.forget, tb.retain)
+    assert original.before > 0.9 and original.after >= 0.9 * original.before  # it does not damage
+    assert oracle.after < 0.3 and oracle.gain <= 0.1  # retain facts cannot teach a forget answer
+
+
+def test_benign_relearning_refuses_bad_input(tiny_testbed):
+    tb = tiny_testbed
+    for kwargs, message in [
+        ({"n_retain": 0}, "n_retain must be a positive integer"),
+        ({"lr": -1.0}, "learning rates must be positive"),
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"retain": tb.forget}, "share fact id"),
+    ]:
+        with pytest.raises(ValueError, match=message) as error:
+            benign_relearn(object(), None, tb.forget, **{"retain": tb.retain, **kwargs})
+        assert "\n" not in str(error.value) and str(error.value).startswith("benign_relearn: ")

@@ -1,0 +1,107 @@
+"""Where the seconds go, as ratios measured in one run (so that the next person sees a regression).
+
+    python bench/speed.py [--size default|tiny] [--world 0] [--seed 0] [--repeat 1]
+
+On one testbed (loaded from the cache; its recorded build time is printed beside the goal of
+120 s), in this one process, each timed the same way (``time.perf_counter`` around the call):
+
+* one evaluation of the original (:func:`loka.evaluate` with the protocol, no oracle), and of
+  each of its parts alone: scoring, membership, the relearning grid, benign relearning, the
+  probe, quantization, the logit lens (their shares of the whole);
+* ``unlearn`` with LOKA's defaults, NPO and gradient ascent at the same budget and seed:
+  seconds and the ratios LOKA / NPO and NPO / gradient ascent (issue goal: LOKA <= NPO);
+* a LOKA location control after its LOKA run (ranking reused) against from scratch.
+
+``--repeat N`` times each N times and keeps the fastest (a busy machine inflates single runs).
+Run it on a quiet machine with ``OMP_NUM_THREADS=1``; compare ratios, not seconds, across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import loka  # noqa: E402
+from loka.evaluation.attacks.logit_lens import logit_lens  # noqa: E402
+from loka.evaluation.attacks.probe import fit_probe  # noqa: E402
+from loka.evaluation.attacks.quantization import quantization_attack  # noqa: E402
+from loka.evaluation.attacks.relearning import benign_relearn, relearn  # noqa: E402
+from loka.methods import unlearn  # noqa: E402
+from loka.methods.localized import localization  # noqa: E402
+from loka.protocol import Protocol  # noqa: E402
+from loka.scoring.metrics import score_facts, text_token_log_probs  # noqa: E402
+
+
+def timed(call: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """The fastest of ``repeat`` runs of ``call`` (seconds) and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = call()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="default", choices=("tiny", "default"))
+    parser.add_argument("--world", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    testbed = loka.testbed.load(args.size, args.world, progress=False)
+    info = json.loads((testbed.root / "testbed.json").read_text())
+    print(f"{args.size} testbed, world {args.world}: built in {info['build_seconds']:.0f} s (goal 120 s on 2 cores)")
+    model = loka.load_model(testbed.model_dir)
+    tokenizer = model.tokenizer
+    protocol = Protocol.from_testbed(testbed)
+    forget, retain = protocol.forget, protocol.retain_eval
+    attack_retain, nonmembers = protocol.retain_train, protocol.nonmembers
+    r = args.repeat
+
+    whole, _ = timed(lambda: loka.evaluate(model, protocol=protocol), r)
+    parts = {
+        "scoring": lambda: [score_facts(model, ks, tokenizer=tokenizer) for ks in (forget, retain)],
+        "membership": lambda: [text_token_log_probs(model, ks, tokenizer=tokenizer) for ks in (forget, nonmembers)],
+        "relearning": lambda: relearn(model, tokenizer, forget, attack_retain),
+        "benign relearning": lambda: benign_relearn(model, tokenizer, forget, attack_retain),
+        "probe": lambda: fit_probe(model, tokenizer, forget, attack_retain, seed=0),
+        "quantization": lambda: quantization_attack(model, tokenizer, forget, retain),
+        "logit lens": lambda: logit_lens(model, tokenizer, forget),
+    }
+    print(f"\nevaluation of one model: {whole:.1f} s (goal 5 s); its parts alone:")
+    for name, call in parts.items():
+        seconds, _ = timed(call, r)
+        print(f"  {name:<18} {seconds:6.1f} s  {seconds / whole:5.0%}")
+
+    options = dict(validation=protocol.retain_validation, reference=protocol.reference, augment=protocol.augment,
+                   seed=args.seed, progress=False)  # fmt: skip
+    runs = {}
+    for method in ("loka", "npo", "gradient_ascent"):
+        localization._SCORED.clear()
+        runs[method], _ = timed(lambda m=method: unlearn(model, forget, protocol.retain_train, method=m, **options), r)
+    print("\nunlearn, default budget, seed", args.seed, ": " + ", ".join(f"{k} {v:.1f} s" for k, v in runs.items()))
+    print(f"  loka / npo = {runs['loka'] / runs['npo']:.2f} (goal <= 1); "
+          f"npo / gradient_ascent = {runs['npo'] / runs['gradient_ascent']:.2f}")  # fmt: skip
+
+    control = dict(location="random", location_seed=args.seed)
+    localization._SCORED.clear()
+    unlearn(model, forget, protocol.retain_train, method="loka", **options)
+    reused, _ = timed(lambda: unlearn(model, forget, protocol.retain_train, method="loka", **options, **control), 1)
+    localization._SCORED.clear()
+    scratch, _ = timed(lambda: unlearn(model, forget, protocol.retain_train, method="loka", **options, **control), 1)
+    print(
+        f"\nloka @random after its loka run {reused:.1f} s, from scratch {scratch:.1f} s: "
+        f"reused / scratch = {reused / scratch:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
