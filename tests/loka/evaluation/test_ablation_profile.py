@@ -4,6 +4,7 @@ the result formats, plots and round-trips; bad input fails before any forward pa
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -242,7 +243,7 @@ def test_forget_at_retain_walks_the_curve_from_the_unablated_model(recorded):
         points = [(profile.base_retain_accuracy, profile.base_forget_accuracy)]
         points += [(mean(r.retain_accuracy), mean(r.forget_accuracy)) for r in rows]
         assert profile.forget_at_retain(locator, "zero", points[0][0]) == pytest.approx(points[0][1])
-        falling = [(a, b) for a, b in zip(points, points[1:]) if b[0] < a[0]]
+        falling = [(a, b) for a, b in itertools.pairwise(points) if b[0] < a[0]]
         if falling:  # the first segment that falls: its midpoint is matched halfway along it
             (r0, f0), (r1, f1) = falling[0]
             assert profile.forget_at_retain(locator, "zero", (r0 + r1) / 2) == pytest.approx((f0 + f1) / 2)

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 import loka
-from ablation.params import parameter_masks
 from loka.base.errors import UsageError
 from loka.data import KnowledgeSet
 from loka.data.knowledge import Prompts
 from loka.methods import unlearn
 from loka.methods.localized.erasure import SubjectTerm, name_facts, shrink_perturb, text_nll
 from loka.methods.terms import ForgetTerm
-from loka.models import hf_state_dict, load_model
+from loka.models import load_model
 from loka.protocol import Protocol
 from tests.checkpoints import ARCHITECTURES, birth_facts, build_tiny_checkpoint, parts
+from tests.owned import only_owned_weights_moved
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +87,7 @@ def test_every_erasure_option_changes_only_the_located_parameters(arch: str, tmp
         components="all", erase="subject", reinit=1.0, adversary_weight=1.0, target_forget_accuracy=0.0,
         max_steps=2, check_every=1, progress=False,
     )  # fmt: skip
-    owned = parameter_masks(model, result.mask.neurons, result.mask.heads)
-    before, after = hf_state_dict(model), hf_state_dict(result.model)
-    moved = 0
-    for name, old in before.items():
-        frozen = ~owned[name] if name in owned else torch.ones_like(old, dtype=torch.bool)
-        assert torch.equal(old[frozen], after[name][frozen]), name
-        moved += int((old != after[name]).sum())
-    assert 0 < moved <= result.config["chosen"]["parameters"]
+    assert 0 < only_owned_weights_moved(model, result) <= result.config["chosen"]["parameters"]
     phases = [entry for entry in result.log if "phase_reinit" in entry]
     assert len(phases) == 1 and any("repair_loss" in entry for entry in result.log)
     assert any("attacked_forget_loss" in entry and "subject_loss" in entry for entry in result.log)

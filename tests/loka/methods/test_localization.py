@@ -17,11 +17,12 @@ from attribution import attribute
 from loka.data import Fact, KnowledgeSet
 from loka.methods import unlearn
 from loka.methods.localized.localization import MASK_DEFAULTS, MASK_RETAIN, control_mask, count_for_size, locate
-from loka.models import hf_state_dict, load_model, plain_copy, same_kind_as
+from loka.models import load_model, plain_copy, same_kind_as
 from loka.protocol import Protocol
 from loka.scoring.metrics import score_facts
 from loka.scoring.objectives import answer_log_probs, npo_loss, retain_kl, sequence_log_probs
 from tests.checkpoints import ARCHITECTURES, birth_facts, build_tiny_checkpoint, parts
+from tests.owned import only_owned_weights_moved
 
 
 @pytest.fixture(scope="module")
@@ -121,14 +122,7 @@ def test_loka_changes_only_the_parameters_of_its_components(arch: str, tmp_path:
         model, forget, retain, method="loka", validation=validation, size=0.1, components="all",
         target_forget_accuracy=0.0, max_steps=2, check_every=1, progress=False,
     )  # fmt: skip
-    owned = parameter_masks(model, result.mask.neurons, result.mask.heads)
-    before, after = hf_state_dict(model), hf_state_dict(result.model)
-    moved = 0
-    for name, old in before.items():
-        frozen = ~owned[name] if name in owned else torch.ones_like(old, dtype=torch.bool)
-        assert torch.equal(old[frozen], after[name][frozen]), name
-        moved += int((old != after[name]).sum())
-    assert 0 < moved <= result.config["chosen"]["parameters"]
+    assert 0 < only_owned_weights_moved(model, result) <= result.config["chosen"]["parameters"]
     assert result.config["objective"] == "npo"  # no reference: the objective needs none
 
 
@@ -143,11 +137,7 @@ def test_deletion_switches_off_only_the_masks_components(arch: str, tmp_path: Pa
         ablate_mode="zero", localize="mask", mask_steps=3, progress=False,
     )  # fmt: skip
     assert result.compute.steps == 0 and result.config["chosen"]["localize"] == "mask"
-    owned = parameter_masks(model, result.mask.neurons, result.mask.heads)
-    before, after = hf_state_dict(model), hf_state_dict(result.model)
-    for name, old in before.items():
-        frozen = ~owned[name] if name in owned else torch.ones_like(old, dtype=torch.bool)
-        assert torch.equal(old[frozen], after[name][frozen]), name
+    only_owned_weights_moved(model, result)
     for kind, layer, index in result.mask.components:
         if kind == "neuron":
             assert not loka.models.neuron_output_weights(result.model, layer, index).of(result.model).any()
@@ -314,11 +304,7 @@ def test_ablate_zero_changes_only_the_owned_weights_and_exact_localization_picks
         reference=protocol.reference, edit="ablate", ablate_mode="zero", size=4, localize="exact", progress=False,
     )  # fmt: skip
     assert len(result.mask) == 4 and result.compute.steps == 0
-    owned = parameter_masks(model, result.mask.neurons, result.mask.heads)
-    before, after = hf_state_dict(model), hf_state_dict(result.model)
-    for name, old in before.items():
-        frozen = ~owned[name] if name in owned else torch.ones_like(old, dtype=torch.bool)
-        assert torch.equal(old[frozen], after[name][frozen]), name
+    only_owned_weights_moved(model, result)
     # zero ablation: a neuron's output row is zero afterwards
     for _, layer, index in result.mask.components:
         assert not loka.models.neuron_output_weights(result.model, layer, index).of(result.model).any()
