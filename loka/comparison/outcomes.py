@@ -67,6 +67,12 @@ class MethodOutcome:
             cache[column, controls, n] = column_interval(runs[:n], column)
         return cache[column, controls, n]
 
+    @property
+    def trained_against(self) -> tuple[str, ...]:
+        """The columns whose statistic this method optimised (:func:`trained_against`): a good
+        number there is no evidence for it."""
+        return trained_against(self.configs)
+
     def forget_quality(self, *, controls: bool = False) -> str:
         """The forget-quality grade (:func:`loka.evaluation.result.forget_quality`) of the mean
         forget and retain accuracy over every run (or every control)."""
@@ -102,6 +108,7 @@ class MethodOutcome:
         return {
             "name": self.name,
             "seconds": self.seconds,
+            "trained_against": list(self.trained_against),
             "intervals": {c: (i.to_dict() if (i := self.interval(c)) else None) for c in COLUMNS},
             "control_intervals": (
                 {c: (i.to_dict() if (i := self.interval(c, controls=True)) else None) for c in COLUMNS}
@@ -127,6 +134,7 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "unseen": ("unseen_wording", "mean", "unseen_wording_forget_accuracy"),
     "MIA": ("mia.loss", "auc", "membership_inference_auc"),
     "MIA ans": ("mia.loss_answer", "auc", "mia_aucs.loss_answer"),
+    "Min-K": ("mia.min_k", "auc", "mia_aucs.min_k"),
     "relearn": ("relearning", "mean", "relearning.after"),
     "benign": ("benign", "mean", "benign_relearning.after"),
     "quant8": ("quant.8bit.forget", "mean", "quantization.forget_8bit"),
@@ -139,7 +147,21 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
 LOCALIZATION_COLUMNS = ("forget", "retain", "para", "relearn", "MIA")
 LOCATION_PREFIX = "loka @"
 # checks that must first tell the original from the oracle (else "uninformative")
-CALIBRATED = ("MIA", "MIA ans", "relearn", "benign", "quant8", "quant4", "lens", "probe")
+CALIBRATED = ("MIA", "MIA ans", "Min-K", "relearn", "benign", "quant8", "quant4", "lens", "probe")
+
+
+def trained_against(configs: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The columns a method's runs optimised, from their recorded settings: LOKA's
+    ``erase="subject"`` pulls the forget texts' whole-text loss onto the reference people's (the
+    statistic of ``MIA``), and its ``adversary_weight`` > 0 trains against a relearning step (what
+    ``relearn`` measures). Min-K, the answer-token MIA, benign relearning, quantization, the lens
+    and the probe are trained against by no method here: they are the held-out judges."""
+    columns = []
+    if any(c.get("erase") == "subject" for c in configs):
+        columns.append("MIA")
+    if any((c.get("adversary_weight") or 0) > 0 for c in configs):
+        columns.append("relearn")
+    return tuple(columns)
 
 
 def metric(evaluation: UnlearningEvaluation | None, path: str) -> float | None:

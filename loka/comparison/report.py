@@ -13,7 +13,7 @@ import html
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class Report:
     figures: Mapping[str, go.Figure]
     settings: Mapping[str, Mapping[str, Any]]
     uncalibrated: Sequence[str] = ()  # calibrated checks with no oracle to calibrate them: shown, never judged
+    trained: Mapping[str, Sequence[str]] = field(default_factory=dict)  # row -> columns its method optimised
 
 
 _STYLE = """
@@ -66,7 +67,9 @@ def _table(report: Report) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in heads)
     body = []
     for label, numbers, compute, quality in rows:
-        cells = [format(numbers[c], ".3f") if numbers[c] is not None else "–" for c in columns]
+        mine = report.trained.get(label, ())
+        cells = [format(numbers[c], ".3f") + ("*" if c in mine else "") if numbers[c] is not None else "–"
+                 for c in columns]  # fmt: skip
         if compute is not None:
             cells += [f"{compute['steps']:.0f}", f"{compute['forward_Mtokens']:.2f}", f"{compute['seconds']:.1f}"]
         else:
@@ -75,7 +78,12 @@ def _table(report: Report) -> str:
         row_class = ' class="control"' if label.startswith(" ") else ""
         tds = "".join(f"<td>{html.escape(c)}</td>" for c in [label.strip(), *cells, quality])
         body.append(f"<tr{row_class}>{tds}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    note = (
+        '<p class="note">* the method trained against this statistic: no evidence for it.</p>'
+        if any(report.trained.values())
+        else ""
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
 
 
 def _localization(report: Report) -> str:

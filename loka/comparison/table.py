@@ -107,14 +107,18 @@ class Comparison:
         columns = [c for c in COLUMNS if any(r[1][c] is not None for r in rows)]
         blind = [c for c, ok in self.informative().items() if ok is False]
         uncalibrated = [c for c, ok in self.informative().items() if ok is None and c in columns]
-        width = 17
+        width = 18
         header = f"{'method':<17}" + "".join(f"{c:>{width}}" for c in columns)
+        trained = {o.name: o.trained_against for o in self.outcomes}
         header += f"{'steps':>7}{'Mtok':>8}{'sec':>7}{'%par':>7}"
         lines = [self.title, header, "-" * len(header)]
         shares = {o.name: o.parameter_fraction for o in self.outcomes}
         for label, numbers, compute, _ in rows:
+            mine = trained.get(label, ())
             cells = "".join(
-                f"{format(v, '.2f').replace(', ', ','):>{width}}" if v is not None else f"{'-':>{width}}"
+                f"{format(v, '.2f').replace(', ', ',') + ('*' if c in mine else ''):>{width}}"
+                if v is not None
+                else f"{'-':>{width}}"
                 for c, v in numbers.items()
                 if c in columns
             )
@@ -130,6 +134,13 @@ class Comparison:
         if uncalibrated:
             lines.append(
                 f"not calibrated (no oracle): {', '.join(uncalibrated)}; shown, but no verdict is drawn from them."
+            )
+        if any(trained.values()):
+            lines.append(
+                "* the method trained against this statistic (LOKA's erase='subject' pulls the whole-text loss "
+                "onto strangers'; adversary_weight trains against a relearning step): no evidence for it, and "
+                "no verdict of its own is drawn from it; Min-K, MIA ans, benign, quant, lens and probe are "
+                "trained against by no method."
             )
         lines.append(
             "mean [95% interval] over people and method seeds; where intervals overlap, a difference is not shown."
@@ -147,15 +158,14 @@ class Comparison:
         unusable = self.unusable()
         for o in self.outcomes:
             yardstick = oracle if o.name != "oracle" else None
-            parts = [_summary(o, yardstick if o.name != "original" else None, unusable)]
+            mine = {**unusable, **dict.fromkeys(o.trained_against, "the method trained against it")}
+            parts = [_summary(o, yardstick if o.name != "original" else None, mine)]
             if yardstick is not None:
-                parts.append("Against the oracle: " + _differences(o, yardstick, unusable) + ".")
+                parts.append("Against the oracle: " + _differences(o, yardstick, mine) + ".")
             if o.controls:
                 seeds = f"{len(o.controls)} seed{'s' if len(o.controls) > 1 else ''}"
-                parts.append(
-                    f"Against its random control ({seeds}): " + _differences(o, o, unusable, controls=True) + "."
-                )
-            skipped = [f"{c} ({why})" for c, why in unusable.items() if o.interval(c) is not None]
+                parts.append(f"Against its random control ({seeds}): " + _differences(o, o, mine, controls=True) + ".")
+            skipped = [f"{c} ({why})" for c, why in mine.items() if o.interval(c) is not None]
             if skipped:
                 parts.append("No verdict drawn from " + "; ".join(skipped) + ".")
             out[o.name] = " ".join(parts)
@@ -295,7 +305,7 @@ class Comparison:
             shares={o.name: o.parameter_fraction for o in self.outcomes}, verdicts=self.verdicts(),
             localization=self.localization(), blind=[c for c, ok in self.informative().items() if ok is False],
             uncalibrated=[c for c, ok in self.informative().items() if ok is None],
-            figures=self.figures(), settings=settings,
+            figures=self.figures(), settings=settings, trained={o.name: o.trained_against for o in self.outcomes},
         )  # fmt: skip
 
     def save(self, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

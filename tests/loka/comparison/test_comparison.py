@@ -117,7 +117,7 @@ def test_intervals_are_over_people_and_seeds(comparison):
 
 def test_uncalibrated_checks_are_reported_as_uninformative(comparison):
     informative = comparison.informative()
-    assert set(informative) == {"MIA", "MIA ans", "relearn", "benign", "quant8", "quant4", "lens", "probe"}
+    assert set(informative) == {"MIA", "MIA ans", "Min-K", "relearn", "benign", "quant8", "quant4", "lens", "probe"}
     blind = dataclasses.replace(comparison["oracle"], runs=comparison["original"].runs)  # oracle = original
     same = dataclasses.replace(comparison, outcomes=(comparison["original"], blind, comparison["task_vector"]))
     assert not any(same.informative().values())

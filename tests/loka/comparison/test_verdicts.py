@@ -116,7 +116,7 @@ def test_without_an_oracle_no_calibrated_check_gives_a_verdict():
     loka = MethodOutcome("loka", (ev(0.0, relearn=1.0, mia=0.9),))
     control = MethodOutcome("loka @random", (ev(0.0, relearn=0.0, mia=0.5),))
     done = comparison(loka, control, oracle=False)
-    assert set(done.unusable()) == {"MIA", "MIA ans", "relearn", "benign", "quant8", "quant4", "lens", "probe"}
+    assert set(done.unusable()) == {"MIA", "MIA ans", "Min-K", "relearn", "benign", "quant8", "quant4", "lens", "probe"}
     assert all(reason == "not calibrated: no oracle" for reason in done.unusable().values())
     assert "not calibrated (no oracle): MIA, relearn; shown, but no verdict is drawn from them." in done.table()
     assert next(numbers for label, numbers, *_ in done.rows() if label == "loka")["MIA"] is not None
@@ -188,3 +188,23 @@ def test_compare_gives_every_seed_a_control_and_every_location_row_every_seed(mo
     assert sorted(seed for name, seed, control in calls if control) == [0, 1, 2]
     with pytest.raises(ValueError, match="control_seeds must be a non-negative integer or None"):
         running_module.compare(object(), protocol=protocol, methods=("task_vector",), control_seeds=-1)
+
+
+def test_a_column_a_method_trained_against_is_marked_and_gives_it_no_verdict():
+    """LOKA's erase="subject" optimises the whole-text loss (the MIA column's statistic) and its
+    adversary a relearning step: its own numbers there are starred and no verdict of its is drawn
+    from them; a method that trained against neither keeps both."""
+    loka = MethodOutcome(
+        "loka", (ev(0.0, relearn=0.0, mia=0.5),), configs=({"erase": "subject", "adversary_weight": 1.0},)
+    )
+    npo = MethodOutcome("npo", (ev(0.0, relearn=0.0, mia=0.5),), configs=({"beta": 0.1},))
+    done = comparison(loka, npo)
+    assert loka.trained_against == ("MIA", "relearn") and npo.trained_against == ()
+    assert done.to_dict()["outcomes"][2]["trained_against"] == ["MIA", "relearn"]
+    rows = {line[:17].strip(): line for line in done.table().splitlines()}  # the label column is 17 wide
+    assert rows["loka"].count("*") == 2 and "*" not in rows["npo"]
+    assert "* the method trained against this statistic" in done.table()
+    verdicts = done.verdicts()
+    assert "MIA (the method trained against it)" in verdicts["loka"]
+    assert "relearn (the method trained against it)" in verdicts["loka"]
+    assert "trained against" not in verdicts["npo"]
