@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     cert = command(
         "certify",
         "evidence of erasure without an oracle: forget vs never-seen reference people inside AFTER, every null "
-        "measured, writes certificate.json and certificate.html",
+        "measured, writes certificate.json and certificate.html; exits 0 on PASS, 1 on FAIL, 3 on INCONCLUSIVE "
+        "(2: a usage error, nothing written)",
         "loka certify ./model ./model-unlearned --forget f.jsonl --reference strangers.jsonl --retain r.jsonl "
         "--out cert/",
         certify_command,

@@ -5,6 +5,9 @@ Every input is checked before a model is loaded or anything is written (:func:`l
 no reference, overlapping sets, different architectures, a missing file, and the leak guard that
 ``loka evaluate`` applies too: when AFTER's directory holds ``loka_seen.json`` (or ``--seen``
 names one), a reference, retain or other-wording item that the method was given is refused.
+
+The exit status is the verdict, so that a script or CI job can gate on it: 0 PASS, 1 FAIL,
+3 INCONCLUSIVE (2 stays a usage error, as for every command: nothing written).
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import argparse
 from loka.base.files import check_output
 from loka.cli.common import read_knowledge
 
-__all__ = ["certify_command"]
+__all__ = ["EXIT_STATUS", "certify_command"]
+
+EXIT_STATUS = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
+"""``loka certify``'s exit status for each overall verdict (2 is a usage error)."""
 
 
 def certify_command(args: argparse.Namespace) -> int:
@@ -33,4 +39,4 @@ def certify_command(args: argparse.Namespace) -> int:
     print(certificate.table())
     print(f"leak guard: {certificate.provenance['leak_guard']}")
     print(f"{certificate.status} in {certificate.seconds:.1f} s; written to {out / JSON_FILE} and {out / HTML_FILE}")
-    return 0
+    return EXIT_STATUS[certificate.status]

@@ -29,6 +29,7 @@ import loka
 from ablation import AblationMask, bake
 from loka.base.errors import UsageError
 from loka.cli import main
+from loka.cli.commands.certify import EXIT_STATUS
 from loka.cli.parser import build_parser
 from loka.data import KnowledgeSet
 from loka.models import hf_state_dict, load_model
@@ -193,9 +194,9 @@ def test_certify_on_people_the_method_never_saw(own, split, tmp_path):
         "certify", own["original"], out, "--forget", own["forget"], "--reference", split["nonmembers"], "--retain",
         split["retain_eval"], "--attacks", "quick", "--out", tmp_path / "cert",
     )  # fmt: skip
-    assert code == 0, err
-    assert f"leak guard: {out / SEEN_FILE}" in stdout
     data = json.loads((tmp_path / "cert" / "certificate.json").read_text())
+    assert code == EXIT_STATUS[data["status"]], err  # the exit status is the verdict
+    assert f"leak guard: {out / SEEN_FILE}" in stdout
     roles = {c["name"]: c["role"] for c in data["checks"]}
     assert data["provenance"]["method"]["name"] == "gradient_ascent"
     assert roles["direct.answers"] == "dev" and roles["direct.other_wordings"] == "held-out"
