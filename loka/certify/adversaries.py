@@ -23,6 +23,7 @@ given: never the ones a certificate scores.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,9 +33,9 @@ from loka.data.encoding import encode_facts
 from loka.data.knowledge import KnowledgeSet
 from loka.models import hf_state_dict, input_device, plain_copy
 from loka.models import logits as model_logits
-from loka.scoring.metrics import lm_loss
+from loka.scoring.metrics import lm_loss, text_nll
 
-__all__ = ["suppress", "match_reference_loss", "text_nll", "output_projection"]
+__all__ = ["suppress", "match_reference_loss", "output_projection"]
 
 _OUTPUT_PROJECTIONS = ("mlp.c_proj", "mlp.dense_4h_to_h", "mlp.down_proj")  # GPT-2, GPT-NeoX, Llama
 
@@ -65,6 +66,21 @@ def _first_token(model: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return probs[rows, batch.target_ids[:, 0]], probs.argmax(-1)
 
 
+def _train_until(
+    model: Any, optimizer: torch.optim.Optimizer, loss: Callable[[], torch.Tensor | None], max_steps: int
+) -> None:
+    """At most ``max_steps`` optimizer steps on ``loss()``, in eval mode (no dropout: the losses an
+    adversary matches are the ones the checks score); ``loss()`` returns None once its target is met."""
+    model.eval()
+    for _ in range(max_steps):
+        value = loss()
+        if value is None:
+            return
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+
+
 def suppress(
     model: Any,
     tokenizer: Any,
@@ -91,28 +107,17 @@ def suppress(
     f_batch = encode_facts(forget.facts, tokenizer).to(device)
     r_batch = encode_facts(_retain_sample(retain, retain_facts, seed).facts, tokenizer).to(device)
     optimizer = torch.optim.Adam([p for p in copy.parameters() if p.requires_grad], lr=lr)
-    copy.eval()  # no dropout: the losses it matches are the ones the checks score
-    for _ in range(max_steps):
+
+    def loss() -> torch.Tensor | None:
         p, top = _first_token(copy, f_batch)
         if float((top == f_batch.target_ids[:, 0]).float().mean()) <= target_accuracy:
-            break
-        loss = -torch.log1p(-p.clamp(max=1 - 1e-6)).mean() + retain_weight * lm_loss(copy, r_batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            return None
+        return -torch.log1p(-p.clamp(max=1 - 1e-6)).mean() + retain_weight * lm_loss(copy, r_batch)
+
+    _train_until(copy, optimizer, loss, max_steps)
     for p in copy.parameters():
         p.requires_grad_(True)
     return copy.eval()
-
-
-def text_nll(model: Any, batch: Any) -> torch.Tensor:
-    """Each text's mean token negative log-likelihood (after BOS, padding ignored): the LOSS
-    attack's score, negated."""
-    logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)[:, :-1].float()
-    targets = batch.input_ids[:, 1:]
-    keep = batch.attention_mask[:, 1:].float()
-    nll = -logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
-    return (nll * keep).sum(-1) / keep.sum(-1).clamp(min=1)
 
 
 def match_reference_loss(
@@ -140,16 +145,14 @@ def match_reference_loss(
     u_batch = encode_facts(reference.facts, tokenizer).to(device)
     r_batch = encode_facts(_retain_sample(retain, retain_facts, seed).facts, tokenizer).to(device)
     optimizer = torch.optim.AdamW(copy.parameters(), lr=lr)
-    copy.eval()  # no dropout: the losses it matches are the ones the checks score
-    for _ in range(max_steps):
+
+    def loss() -> torch.Tensor | None:
         with torch.no_grad():
             target = text_nll(copy, u_batch).mean()
-        nll = text_nll(copy, f_batch)
-        gap = (nll - target) / target
+        gap = (text_nll(copy, f_batch) - target) / target
         if abs(float(gap.mean().detach())) < tolerance:
-            break
-        loss = gap.square().mean() + retain_weight * lm_loss(copy, r_batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            return None
+        return gap.square().mean() + retain_weight * lm_loss(copy, r_batch)
+
+    _train_until(copy, optimizer, loss, max_steps)
     return copy.eval()

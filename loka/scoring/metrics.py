@@ -30,7 +30,7 @@ from loka.data.knowledge import KnowledgeSet
 from loka.models import input_device
 from loka.models import logits as model_logits
 
-__all__ = ["FactScores", "score_facts", "lm_loss", "sharded_lm_loss", "text_token_log_probs", "zero_loss"]
+__all__ = ["FactScores", "score_facts", "lm_loss", "sharded_lm_loss", "text_nll", "text_token_log_probs", "zero_loss"]
 
 
 @dataclass(frozen=True)
@@ -187,3 +187,13 @@ def sharded_lm_loss(model: Any, batch: FactBatch) -> Tensor:
         reduction="sum",
     )  # fmt: skip
     return total / count
+
+
+def text_nll(model: Any, batch: FactBatch) -> Float[Tensor, " batch"]:
+    """Mean next-token NLL of each row's whole text after BOS (prompt and answer, padding excluded),
+    in fp32: the score of the whole-text LOSS membership attack (:mod:`loka.evaluation.attacks.membership`),
+    differentiable (LOKA's subject term and certify's loss-matching adversary train on it)."""
+    logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)
+    log_probs = logits[:, :-1].float().log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    keep = (batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]).to(log_probs.dtype)
+    return -(log_probs * keep).sum(-1) / keep.sum(-1).clamp(min=1.0)

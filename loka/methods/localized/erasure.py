@@ -40,9 +40,9 @@ from loka.data.encoding import FactBatch
 from loka.data.facts import Fact
 from loka.data.knowledge import KnowledgeSet, Prompts
 from loka.models import hf_model
-from loka.models import logits as model_logits
+from loka.scoring.metrics import text_nll
 
-__all__ = ["AttackedModel", "SubjectTerm", "name_facts", "shrink_perturb", "text_nll"]
+__all__ = ["AttackedModel", "SubjectTerm", "name_facts", "shrink_perturb"]
 
 
 def name_facts(knowledge: KnowledgeSet, *, name: str | None = None) -> KnowledgeSet | None:
@@ -55,15 +55,6 @@ def name_facts(knowledge: KnowledgeSet, *, name: str | None = None) -> Knowledge
         for person in people
     )
     return KnowledgeSet(facts, name=name or f"{knowledge.name}-names") if facts else None
-
-
-def text_nll(model: Any, batch: FactBatch) -> Float[Tensor, " batch"]:
-    """Mean next-token NLL of each row's whole text after BOS (prompt and answer, padding excluded),
-    in fp32: the score of the whole-text LOSS membership attack (:mod:`loka.evaluation.attacks.membership`)."""
-    logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)
-    log_probs = logits[:, :-1].float().log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
-    keep = (batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]).to(log_probs.dtype)
-    return -(log_probs * keep).sum(-1) / keep.sum(-1).clamp(min=1.0)
 
 
 def _chunks(batch: FactBatch, size: int = 256) -> Iterator[FactBatch]:

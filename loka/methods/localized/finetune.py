@@ -12,12 +12,12 @@ from loka.data.knowledge import KnowledgeSet
 from loka.methods.batches import my_rows
 from loka.methods.budget import Budget, last_step
 from loka.methods.localized.config import LokaConfig
-from loka.methods.localized.erasure import AttackedModel, SubjectTerm, text_nll
+from loka.methods.localized.erasure import AttackedModel, SubjectTerm
 from loka.methods.localized.repair import reinit_repair
 from loka.methods.terms import ForgetTerm, RetainTerm
 from loka.methods.training import accuracy, logged
 from loka.models import input_device
-from loka.scoring.metrics import zero_loss
+from loka.scoring.metrics import text_nll, zero_loss
 
 __all__ = ["masked_finetune"]
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loka.certify.adversaries import match_reference_loss, output_projection, suppress, text_nll
+from loka.certify.adversaries import match_reference_loss, output_projection, suppress
 from loka.data.encoding import encode_facts
 from loka.models import hf_state_dict, load_model
 from loka.protocol import Protocol
-from loka.scoring.metrics import score_facts
+from loka.scoring.metrics import score_facts, text_nll
 
 
 @pytest.fixture(scope="module")

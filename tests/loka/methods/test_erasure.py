@@ -12,10 +12,11 @@ from loka.base.errors import UsageError
 from loka.data import KnowledgeSet
 from loka.data.knowledge import Prompts
 from loka.methods import unlearn
-from loka.methods.localized.erasure import SubjectTerm, name_facts, shrink_perturb, text_nll
+from loka.methods.localized.erasure import SubjectTerm, name_facts, shrink_perturb
 from loka.methods.terms import ForgetTerm
 from loka.models import load_model
 from loka.protocol import Protocol
+from loka.scoring.metrics import text_nll
 from tests.checkpoints import ARCHITECTURES, birth_facts, build_tiny_checkpoint, parts
 from tests.owned import only_owned_weights_moved
 
