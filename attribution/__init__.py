@@ -19,6 +19,8 @@ a mean, another fact's run, a corrupted run) and read how the metric of "knowing
 - ``attribute(..., method="integrated_gradients" | "activation_magnitude" | "learned_mask")``:
   the locators Chang et al. (NAACL 2024) compare (:class:`LearnedMaskConfig` configures the
   learned mask); :func:`recall_at_k` scores any locator against planted neurons (:class:`Recall`).
+- :func:`peel` ranks by peeling: attribute, zero-ablate the top components, attribute again, so
+  that backups of the strongest components surface (:class:`Peeling`).
 
 Sign convention: a score is metric(intervened) - metric(unpatched); when ablating, the components
 a fact needs are negative. See :mod:`attribution.scores`.
@@ -29,6 +31,7 @@ from attribution.baselines import BASELINES, DIRECTIONS, Baseline, Direction, co
 from attribution.corruption import CORRUPTIONS, SPANS, Corruption, CorruptionKind, CorruptionSpan
 from attribution.learned_mask import LEARNED_MASK_KINDS, MASK_OBJECTIVES, LearnedMaskConfig
 from attribution.metric import METRICS, FactMetric, MetricName, MetricValues, metric_values
+from attribution.peeling import PEEL_FRACTION, Peeling, peel
 from attribution.positions import POSITION_CLASSES, POSITIONS, Positions
 from attribution.recall import Recall, recall_at_k
 from attribution.scores import AttributionScores, ContrastKind, ScoresMetadata
@@ -42,6 +45,9 @@ __all__ = [
     "ContrastKind",
     "patch_components",
     "ComponentEffects",
+    "peel",
+    "Peeling",
+    "PEEL_FRACTION",
     "layer_scan",
     "LayerScan",
     "Site",

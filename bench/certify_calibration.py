@@ -46,10 +46,13 @@ from loka.certify.adversaries import match_reference_loss, suppress  # noqa: E40
 from loka.certify.certificate import JSON_FILE  # noqa: E402
 from loka.certify.result import Check  # noqa: E402
 from loka.certify.statistics import decide, p_value, test_scale  # noqa: E402
+from loka.data import KnowledgeSet  # noqa: E402
 from loka.models import load_model  # noqa: E402
 from loka.protocol import SEEN_FILE, Protocol, Seen  # noqa: E402
+from loka.testbed.planted import new_people  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_SEED = 777  # draws the --extra-reference people (never the planted testbed's seeds 0-2)
 PACKAGE_FILE = ROOT / "loka" / "certify" / "calibration.json"
 # row name -> (method, options); "retrain" is the oracle itself
 METHOD_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -274,15 +277,17 @@ def certify_all(
     suite_seed: int,
     cache: Path,
     reuse: bool,
+    reference: Any,
+    tag: str = "",
 ) -> list[dict]:
     """Certify every model of one run (the oracle first: its certificate is the fallback truth)."""
     runs, certs = [], {}
     for name in ["oracle", *(n for n in models if n != "oracle")]:
-        saved = cache / f"world-{world}" / f"seed-{seed}" / "certificates" / f"suite-{suite_seed}" / _slug(name)
+        saved = cache / f"world-{world}" / f"seed-{seed}" / f"certificates{tag}" / f"suite-{suite_seed}" / _slug(name)
         if reuse and (saved / JSON_FILE).is_file():
             certs[name] = rejudge(Certificate.from_dict(json.loads((saved / JSON_FILE).read_text())))
         else:
-            certs[name] = certify(tb.model_dir, models[name], tb.forget, protocol.nonmembers, protocol.retain_eval,
+            certs[name] = certify(tb.model_dir, models[name], tb.forget, reference, protocol.retain_eval,
                                   suite=suite("full", seed=suite_seed), salt="calibration")  # fmt: skip
             certs[name].save(saved, overwrite=True)
         cert = certs[name]
@@ -292,6 +297,7 @@ def certify_all(
         oracle_status = "FAIL" if any(r["oracle_verdict"] == "FAIL" for r in counted) else "PASS"
         runs.append({
             "world": world, "seed": seed, "suite_seed": suite_seed, "model": name, "status": cert.status,
+            "reference": reference.name,
             "oracle_status": oracle_status, "remains": any(r["remains"] for r in counted), "seconds": wall,
             "checks": rows,
         })  # fmt: skip
@@ -317,6 +323,10 @@ def main() -> None:
         help=f"certify seeds (the first for every row, the others for {', '.join(EXTRA_ROWS)} only)",
     )
     parser.add_argument("--reuse", action="store_true", help="read certificates saved by an earlier run (re-judge)")
+    parser.add_argument(
+        "--extra-reference", type=int, default=0, metavar="N",
+        help="add N people the world generator makes up (nobody trained on them) to the reference (default 0)",
+    )  # fmt: skip
     parser.add_argument("--merge", nargs="*", default=[], help="also read the runs of these earlier --out files")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -325,6 +335,14 @@ def main() -> None:
     for world in args.worlds:
         tb = loka.testbed.load("default", seed=world, progress=False)
         protocol = Protocol.from_testbed(tb)
+        reference, tag = protocol.nonmembers, ""
+        if args.extra_reference:
+            strangers = new_people(tb.world, args.extra_reference, seed=REFERENCE_SEED)
+            extra = tb.world.facts_of(strangers, name="never-seen people")
+            reference = KnowledgeSet(
+                reference.facts + extra.facts, name=f"nonmembers + {args.extra_reference} never-seen people"
+            )
+            tag = f"-extra{args.extra_reference}"
         for seed in args.seeds:
             print(f"world {world}, seed {seed}", flush=True)
             models = build_models(world, seed, tb, protocol, cache)
@@ -337,7 +355,9 @@ def main() -> None:
                 rows_now = models if suite_seed == args.suite_seeds[0] else {
                     k: v for k, v in models.items() if k in EXTRA_ROWS
                 }  # fmt: skip
-                runs += certify_all(tb, protocol, rows_now, evs, world, seed, suite_seed, cache, args.reuse)
+                runs += certify_all(
+                    tb, protocol, rows_now, evs, world, seed, suite_seed, cache, args.reuse, reference, tag
+                )  # fmt: skip
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.out).write_text(json.dumps({"runs": runs}, indent=1))  # so far (summarised below)
     if args.no_certify:
@@ -349,6 +369,7 @@ def main() -> None:
         "testbed": "default", "worlds": sorted({r["world"] for r in runs}), "seeds": sorted({r["seed"] for r in runs}),
         "suite": "full",
         "suite_seeds": sorted({r["suite_seed"] for r in runs}),
+        "reference": sorted({r.get("reference", "nonmembers") for r in runs}),
         "certify_seconds": {
             "mean": sum(r["seconds"] for r in runs) / len(runs),
             "max": max(r["seconds"] for r in runs),

@@ -19,8 +19,12 @@ and each locator's seconds per person. Random scores recall k by construction.
 Locators (``--locators``, default all but exact patching; ``--patching`` adds the three exact ones):
 ``grad_x_act`` (the default of ``attribute``: noise-corrupt, denoise), ``grad_x_act contrast``
 (forget minus retain, standardised: what LOKA locates with), ``grad_x_act zero`` / ``mean``
-(the other baselines, ablate), ``patching zero`` / ``mean`` / ``corrupt`` (exact activation
-patching), ``integrated_gradients`` (20 steps, zero baseline), ``activation_magnitude``
+(the other baselines, ablate), ``grad_x_act unseen`` (the default's denoising, with the subject
+replaced by one of 300 people the world generator makes up and nobody trained on, 8 per fact,
+in place of noise), ``peel grad_x_act`` / ``peel grad_x_act zero`` (:func:`attribution.peeling.peel`:
+10 rounds, each zero-ablating the top 0.2% of neurons and attributing again), ``patching zero``
+/ ``mean`` / ``corrupt`` (exact activation patching), ``integrated_gradients`` (20 steps, zero
+baseline), ``activation_magnitude``
 (mean |a| x ||W_out row||), ``mask hard_concrete`` / ``mask slimming`` (learned masks, "remove":
 the facts' likelihood down under an L0 / L1 sparsity, weights frozen), ``mask hard_concrete
 retain`` and ``mask slimming retain`` (with a retain term on ``--retain-facts`` retain facts; the
@@ -44,11 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import loka  # noqa: E402
 from attribution import attribute  # noqa: E402
+from attribution.corruption import Corruption  # noqa: E402
 from attribution.learned_mask import LearnedMaskConfig  # noqa: E402
+from attribution.peeling import peel  # noqa: E402
 from attribution.recall import recall_at_k  # noqa: E402
 from loka.data import KnowledgeSet  # noqa: E402
 from loka.evaluation.intervals import mean_interval  # noqa: E402
-from loka.testbed.planted import load_planted  # noqa: E402
+from loka.testbed.planted import load_planted, new_people  # noqa: E402
 
 Locator = Callable[[Any, KnowledgeSet, KnowledgeSet, int], torch.Tensor]
 
@@ -84,6 +90,21 @@ def _mask(kind: str, retain_weight: float = 0.0, steps: int = 200) -> Locator:
     return run
 
 
+def _peel(**options: Any) -> Locator:
+    return lambda model, facts, retain, seed: peel(
+        model, facts, components="neurons", progress=False, seed=seed, **options
+    ).importance("neurons")
+
+
+_UNSEEN: dict[int, tuple[str, ...]] = {}  # id(model) -> names of people nobody trained on
+
+
+def _unseen(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
+    names = _UNSEEN[id(model)]
+    corruption = Corruption(kind="subject", subjects=names, samples=8)
+    return _importance(attribute(model, facts, components="neurons", progress=False, seed=seed, corruption=corruption))
+
+
 def _random(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     return torch.rand(n_layers, d_mlp, generator=torch.Generator().manual_seed(seed))
@@ -94,6 +115,9 @@ LOCATORS: dict[str, Locator] = {
     "grad_x_act contrast": _contrast,
     "grad_x_act zero": _attr(baseline="zero"),
     "grad_x_act mean": _attr(baseline="mean"),
+    "grad_x_act unseen": _unseen,
+    "peel grad_x_act": _peel(),
+    "peel grad_x_act zero": _peel(baseline="zero"),
     "integrated_gradients": _attr(method="integrated_gradients"),
     "activation_magnitude": _attr(method="activation_magnitude"),
     "mask hard_concrete": _mask("hard_concrete"),
@@ -133,6 +157,7 @@ def main() -> None:
     values: dict[float, dict[str, dict[str, list[list[float]]]]] = {}
     seconds: dict[float, dict[str, list[float]]] = {}
     builds: list[dict[str, Any]] = []
+    faint: dict[float, list[float]] = {}
     for ratio in args.ratios:
         values[ratio] = {n: {} for n in names}
         seconds[ratio] = {n: [] for n in names}
@@ -141,11 +166,18 @@ def main() -> None:
             planted = load_planted(args.size, ratio=ratio, n_people=args.people, world_seed=args.world, seed=seed,
                                    progress=False)  # fmt: skip
             key_sizes = [len(planted.planted[p.name]) for p in planted.people]
+            # each key neuron's effect when it alone is put back to the original (planted.json)
+            effects = [p["pruning"]["effects"][n] for p in planted.info["people"] for n in p["neurons"]]
+            faint[ratio] = faint.get(ratio, []) + effects
             builds.append({"ratio": ratio, "seed": seed, "load_s": round(time.perf_counter() - start, 1),
                            "build_s": planted.build_seconds, "steps": planted.planting["steps"],
                            "answer_key": key_sizes,
                            "key_share": float(np.mean(key_sizes)) / planted.mask.numel()})  # fmt: skip
             model = loka.load_model(planted.model_dir)
+            taken = {p.name for p in planted.people}
+            _UNSEEN[id(model)] = tuple(
+                p.name for p in new_people(planted.testbed.world, 300, seed=10_000 + seed) if p.name not in taken
+            )
             retain = KnowledgeSet(planted.retain.facts[: args.retain_facts], name="retain")
             rows: dict[str, dict[str, list[float]]] = {n: {} for n in names}
             for p, person in enumerate(planted.people):
@@ -171,7 +203,14 @@ def main() -> None:
     result: dict[str, Any] = {"size": args.size, "world": args.world, "seeds": args.seeds, "people": args.people,
                               "builds": builds, "recall": {}}  # fmt: skip
     for ratio in args.ratios:
-        print(f"\nRecall@k, planting ratio {ratio:g} ({args.size} testbed, world {args.world}, seeds "
+        effects = np.array(faint[ratio])
+        result.setdefault("answer_key_effects", {})[str(ratio)] = {
+            "n": len(effects), "median_nats": float(np.median(effects)), "under_0.01": float(np.mean(effects < 0.01))
+        }  # fmt: skip
+        print(f"\nRatio {ratio:g}: {len(effects)} answer-key neurons; put back alone, each costs its person a median "
+              f"{np.median(effects):.3f} nats, and {np.mean(effects < 0.01):.0%} cost under 0.01 nats (no single-"
+              "neuron effect ranks those above neurons that all of the person's facts use)")  # fmt: skip
+        print(f"Recall@k, planting ratio {ratio:g} ({args.size} testbed, world {args.world}, seeds "
               f"{args.seeds}, {args.people} people each): mean [95% interval] over people and seeds")  # fmt: skip
         head = f"{'locator':<26}" + "".join(f"{k:>20}" for k in keys) + f"{'s/person':>10}"
         print(head)
