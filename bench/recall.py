@@ -208,8 +208,7 @@ def main() -> None:
             "n": len(effects), "median_nats": float(np.median(effects)), "under_0.01": float(np.mean(effects < 0.01))
         }  # fmt: skip
         print(f"\nRatio {ratio:g}: {len(effects)} answer-key neurons; put back alone, each costs its person a median "
-              f"{np.median(effects):.3f} nats, and {np.mean(effects < 0.01):.0%} cost under 0.01 nats (no single-"
-              "neuron effect ranks those above neurons that all of the person's facts use)")  # fmt: skip
+              f"{np.median(effects):.3f} nats, and {np.mean(effects < 0.01):.0%} cost under 0.01 nats")  # fmt: skip
         print(f"Recall@k, planting ratio {ratio:g} ({args.size} testbed, world {args.world}, seeds "
               f"{args.seeds}, {args.people} people each): mean [95% interval] over people and seeds")  # fmt: skip
         head = f"{'locator':<26}" + "".join(f"{k:>20}" for k in keys) + f"{'s/person':>10}"
