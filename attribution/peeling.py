@@ -40,6 +40,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from attribution.api import ComponentKinds, _kinds, attribute
+from attribution.checks import check_model
 from attribution.scores import AttributionScores, parse_kind
 from loka.base.components import Component, Kind, hook_name
 from loka.base.errors import UsageError
@@ -173,6 +174,7 @@ def peel(
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise UsageError(f"rounds must be a non-negative integer, got {rounds!r}")
+    model = check_model(model)
     kinds = _kinds(components)
     cfg = model.cfg
     shape: dict[Kind, int] = {"neuron": cfg.n_layers * cfg.d_mlp, "head": cfg.n_layers * cfg.n_heads}

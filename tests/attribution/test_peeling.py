@@ -95,3 +95,9 @@ def test_bad_input_is_one_line_and_runs_nothing(model, facts, kwargs, message):
     with pytest.raises(UsageError, match=message) as caught:
         peel(model, facts, **{**OPTIONS, **kwargs})
     assert "\n" not in str(caught.value)
+
+
+def test_a_model_that_is_not_loaded_gets_the_attribution_error(facts):
+    with pytest.raises(UsageError) as caught:
+        peel("not/a/model", facts, **OPTIONS)
+    assert "\n" not in str(caught.value) and "TransformerBridge" in str(caught.value)
