@@ -39,6 +39,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from attribution.peeling import Peeling
 from attribution.scores import AttributionScores
 from loka.base.components import Component
 from loka.base.errors import UsageError
@@ -94,14 +95,16 @@ class Recall:
 
 
 def _scores_tensor(scores: Any) -> Tensor:
-    if isinstance(scores, AttributionScores):
+    if isinstance(scores, AttributionScores | Peeling):
         if "neuron" not in scores.kinds:
-            raise UsageError("recall_at_k needs neuron scores; these AttributionScores have heads only")
+            raise UsageError(f"recall_at_k needs neuron scores; these {type(scores).__name__} have heads only")
         values = scores.importance("neurons")
     elif isinstance(scores, Tensor):
         values = scores
     else:
-        raise UsageError(f"scores must be AttributionScores or a [n_layers, d_mlp] tensor, got {type(scores).__name__}")
+        raise UsageError(
+            f"scores must be AttributionScores, a Peeling or a [n_layers, d_mlp] tensor, got {type(scores).__name__}"
+        )
     if values.ndim != 2 or values.numel() == 0:
         raise UsageError(f"neuron scores must be a non-empty [n_layers, d_mlp] tensor, got shape {tuple(values.shape)}")
     if values.is_complex() or values.dtype == torch.bool:
@@ -173,8 +176,9 @@ def recall_at_k(scores: Any, planted: Any, k: int | float, *, per_layer: bool = 
     """Recall@k of ``scores`` against the ``planted`` neurons (see the module docstring).
 
     Args:
-        scores: :class:`~attribution.scores.AttributionScores` with neuron scores (ranked by
-            ``importance``), or a ``[n_layers, d_mlp]`` tensor (larger = more important).
+        scores: :class:`~attribution.scores.AttributionScores` with neuron scores or a
+            :class:`~attribution.peeling.Peeling` (ranked by ``importance``), or a
+            ``[n_layers, d_mlp]`` tensor (larger = more important).
         planted: a boolean ``[n_layers, d_mlp]`` tensor, or an iterable of ``("neuron", layer,
             index)`` addresses (or labels such as ``"L1N7"``).
         k: neurons per layer (``int``; in all with ``per_layer=False``) or a fraction in

@@ -161,7 +161,10 @@ def test_where_did_we_put_it_notebook(kernel_env: dict[str, str], tmp_path: Path
     # the recall table: every locator has a row; the best one finds most of the planted neurons at
     # k = r (tiny, seed 0: learned_mask 0.73, activation_patching 0.68, grad_x_act 0.59), far above
     # random scores, which sit at chance (k / d_mlp: 0.02, 0.05, 0.12)
-    locators = ("grad_x_act", "integrated_gradients", "activation_magnitude", "activation_patching", "learned_mask")
+    locators = (
+        "grad_x_act", "integrated_gradients", "activation_magnitude", "activation_patching", "learned_mask",
+        "grad_x_act, peeled",
+    )  # fmt: skip
     rows = {name: recall_row(text, name) for name in locators}
     chance = recall_row(text, "random (100 draws)")
     assert max(row[0] for row in rows.values()) >= 0.5

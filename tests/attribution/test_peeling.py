@@ -8,6 +8,7 @@ import torch
 
 from attribution import attribute
 from attribution.peeling import peel
+from attribution.recall import recall_at_k
 from loka.base.components import Component
 from loka.base.errors import UsageError
 from loka.data import KnowledgeSet
@@ -70,6 +71,9 @@ def test_peeled_components_go_first_in_order_and_score_zero_after(model, facts):
     ranks = [float(importance[c.layer, c.index]) for c in order]
     assert ranks == sorted(ranks, reverse=True) and len(set(ranks)) == len(ranks)
     assert len(peeled.plot().data) == 1
+    planted = torch.zeros_like(importance, dtype=torch.bool)
+    planted[order[0].layer, order[0].index] = True
+    assert recall_at_k(peeled, planted, 1, per_layer=False).recall == 1.0  # the first peeled is the top
 
 
 def test_the_model_is_left_as_it_was(model, facts):

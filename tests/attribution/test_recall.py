@@ -119,7 +119,7 @@ def test_bad_k(k, per_layer, message):
         (SCORES, "L0N1", "planted must be a boolean"),
         (SCORES[0], PLANTED, r"\[n_layers, d_mlp\] tensor, got shape \(6,\)"),
         (torch.full((2, 6), float("nan")), PLANTED, "must all be finite"),
-        ([[1.0]], PLANTED, "scores must be AttributionScores or a"),
+        ([[1.0]], PLANTED, "scores must be AttributionScores, a Peeling or a"),
     ],
 )
 def test_bad_scores_or_planted(scores, planted, message):
