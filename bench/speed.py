@@ -5,9 +5,11 @@
 On one testbed (loaded from the cache; its recorded build time is printed beside the goal of
 120 s), in this one process, each timed the same way (``time.perf_counter`` around the call):
 
-* one evaluation of the original (:func:`loka.evaluate` with the protocol, no oracle), and of
-  each of its parts alone: scoring, membership, the relearning grid, benign relearning, the
-  probe, quantization, the logit lens (their shares of the whole);
+* one evaluation of the original (:func:`loka.evaluate` with the protocol, no oracle), the same
+  evaluation read back from an evaluation cache (:mod:`loka.evaluation.cache`: a comparison on
+  the testbed reads its original's and oracle's this way), and each of its parts alone:
+  scoring, membership, the relearning grid, benign relearning, the probe, quantization, the
+  logit lens (their shares of the whole);
 * ``unlearn`` with LOKA's defaults, NPO and gradient ascent at the same budget and seed:
   seconds and the ratios LOKA / NPO and NPO / gradient ascent (issue goal: LOKA <= NPO);
 * a LOKA location control after its LOKA run (ranking reused) against from scratch.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +36,7 @@ from loka.evaluation.attacks.logit_lens import logit_lens  # noqa: E402
 from loka.evaluation.attacks.probe import fit_probe  # noqa: E402
 from loka.evaluation.attacks.quantization import quantization_attack  # noqa: E402
 from loka.evaluation.attacks.relearning import benign_relearn, relearn  # noqa: E402
+from loka.evaluation.cache import cached_evaluate  # noqa: E402
 from loka.methods import unlearn  # noqa: E402
 from loka.methods.localized import localization  # noqa: E402
 from loka.protocol import Protocol  # noqa: E402
@@ -76,7 +80,11 @@ def main() -> None:
         "quantization": lambda: quantization_attack(model, tokenizer, forget, retain),
         "logit lens": lambda: logit_lens(model, tokenizer, forget),
     }
-    print(f"\nevaluation of one model: {whole:.1f} s (goal 5 s); its parts alone:")
+    with tempfile.TemporaryDirectory() as kept:  # the testbed keeps its original's and oracle's evaluations
+        cached_evaluate(model, Path(kept), protocol=protocol, label="original")
+        read_back, _ = timed(lambda: cached_evaluate(model, Path(kept), protocol=protocol, label="original"), r)
+    print(f"\nevaluation of one model: {whole:.1f} s (goal 5 s); read back from the evaluation cache "
+          f"{read_back:.2f} s (read back / evaluated = {read_back / whole:.3f}); its parts alone:")  # fmt: skip
     for name, call in parts.items():
         seconds, _ = timed(call, r)
         print(f"  {name:<18} {seconds:6.1f} s  {seconds / whole:5.0%}")

@@ -24,6 +24,7 @@ from loka.comparison.outcomes import DEFAULT_METHODS, LOCATION_PREFIX, MethodOut
 from loka.comparison.table import Comparison
 from loka.data.knowledge import KnowledgeSet
 from loka.evaluation.attacks.probe import fit_probe
+from loka.evaluation.cache import cached_evaluate
 from loka.evaluation.pipeline import evaluate
 from loka.evaluation.result import UnlearningEvaluation
 from loka.methods.budget import Budget
@@ -56,9 +57,6 @@ def _run(
 ) -> tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]:
     """One method run and its evaluation (and its random control's); the result without its model."""
     name, method, method_options, run_seed, with_control = job
-    if isinstance(model, str | Path):  # in a worker process
-        torch.set_num_threads(1)
-        model = load_model(model)
     logger.info("running %s (seed %d)", name, run_seed)
     result = unlearn(
         model, protocol.forget, protocol.retain_train, method=method, validation=protocol.retain_validation,
@@ -70,6 +68,41 @@ def _run(
         evaluate(_control(model, result, run_seed), **common, label=f"{name} control") if with_control else None
     )
     return dataclasses.replace(result, model=None), evaluation, controlled
+
+
+def _run_group(
+    model: Any,
+    jobs: Sequence[_Job],
+    protocol: Protocol,
+    budget: Budget,
+    common: Mapping[str, Any],
+    oracle: UnlearningEvaluation | None,
+    progress: bool,
+) -> list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]:
+    """:func:`_run` for each job of a group (:func:`_groups`), in order, with one model."""
+    if isinstance(model, str | Path):  # in a worker process
+        torch.set_num_threads(1)
+        model = load_model(model)
+    return [_run(model, job, protocol, budget, common, oracle, progress) for job in jobs]
+
+
+def _groups(jobs: Sequence[_Job]) -> list[list[int]]:
+    """The jobs' indices in the groups that run together, in order: a LOKA location row's run goes
+    right after the LOKA run it controls (same seed, same options but the location), in the same
+    process, so that it reads that run's ranking instead of computing it again (the scores are
+    the same either way: attribution is seeded); every other job is a group of its own."""
+    groups: list[list[int]] = []
+    owner: dict[tuple[int, str], list[int]] = {}
+    for i, (_, method, options, run_seed, _) in enumerate(jobs):
+        base = {k: v for k, v in options.items() if k not in ("location", "location_seed")}
+        key = (run_seed, repr(sorted(base.items())))
+        if method == "loka" and "location" in options and key in owner:
+            owner[key].append(i)
+            continue
+        groups.append([i])
+        if method == "loka" and "location" not in options:
+            owner.setdefault(key, groups[-1])
+    return groups
 
 
 def compare(
@@ -99,6 +132,7 @@ def compare(
     progress: bool = True,
     workers: int = 1,
     title: str = "loka comparison",
+    evaluation_cache: str | Path | None = None,
 ) -> Comparison:
     """Run ``methods`` on ``model`` (a TransformerBridge or a directory) under one protocol and
     evaluate each run.
@@ -129,7 +163,10 @@ def compare(
     ``workers`` > 1 runs the method runs (and their evaluations) in that many worker processes of
     one torch thread each (``model`` must then be a directory; a script that calls it needs an
     ``if __name__ == "__main__":`` guard); every run is seeded on its own, so the numbers are the
-    same as with one process on one thread.
+    same as with one process on one thread. ``evaluation_cache`` (a directory; the testbed's own
+    for :func:`compare_testbed`) keeps the original's and the oracle's evaluations and reads them
+    back when the weights, protocol, options and evaluation code are the same
+    (:func:`loka.evaluation.cache.cached_evaluate`).
     """
     unknown = [m for m in methods if m not in METHODS or m == "retrain"]
     if unknown:
@@ -212,15 +249,25 @@ def compare(
     if pool is not None:  # this process works beside the workers: one thread, or the pools spin against each other
         torch.set_num_threads(1)
     try:
+        groups = _groups(jobs)
         futures = [] if pool is None else [
-            pool.submit(_run, str(source), job, protocol, budget, dict(common), None, False) for job in jobs
+            pool.submit(_run_group, str(source), [jobs[i] for i in group], protocol, budget, dict(common), None, False)
+            for group in groups
         ]  # fmt: skip
         outcomes = []
-        original = evaluate(model, **common, label="original")
+        cache = None if evaluation_cache is None else Path(evaluation_cache).expanduser()
+
+        def kept(evaluated: Any, label: str) -> UnlearningEvaluation:  # read back when the cache has it
+            if cache is None:
+                return evaluate(evaluated, **common, label=label)
+            return cached_evaluate(evaluated, cache, **common, label=label)
+
+        original = kept(model, "original")
         common["probe_layer"] = original.probe.layer if original.probe is not None else None
         oracle_evaluation = None
         if oracle is not None:
-            oracle_evaluation = evaluate(oracle, **common, label="oracle")
+            oracle_model = load_model(oracle) if isinstance(oracle, str | Path) else oracle
+            oracle_evaluation = kept(oracle_model, "oracle")
             original = dataclasses.replace(original, oracle=oracle_evaluation)
         outcomes.append(MethodOutcome("original", (original,)))
         if oracle_evaluation is not None:
@@ -233,9 +280,12 @@ def compare(
                 positions="last", seed=seed, progress=progress,
             )  # fmt: skip
         if pool is None:
-            done = _run_jobs(model, jobs, protocol, budget, common, oracle_evaluation, progress)
+            grouped = _run_jobs(model, jobs, groups, protocol, budget, common, oracle_evaluation, progress)
         else:
-            done = _collect(futures, oracle_evaluation, progress)
+            grouped = _collect(futures, oracle_evaluation, progress)
+        by_job = {i: outcome for group, outcomes in zip(groups, grouped, strict=True)
+                  for i, outcome in zip(group, outcomes, strict=True)}  # fmt: skip
+        done = [by_job[i] for i in range(len(jobs))]
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -267,33 +317,38 @@ def compare(
 def _run_jobs(
     model: Any,
     jobs: Sequence[_Job],
+    groups: Sequence[Sequence[int]],
     protocol: Protocol,
     budget: Budget,
     common: Mapping[str, Any],
     oracle: UnlearningEvaluation | None,
     progress: bool,
-) -> list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]:
-    """Every job's outcome, in job order, in this process."""
-    return [
-        _run(model, job, protocol, budget, common, oracle, progress)
-        for job in tqdm(jobs, desc="compare: method runs", disable=not progress, leave=False)
-    ]
+) -> list[list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]]:
+    """Every group's outcomes (:func:`_groups`), in group order, in this process."""
+    bar = tqdm(total=len(jobs), desc="compare: method runs", disable=not progress, leave=False)
+    out = []
+    for group in groups:
+        out.append(_run_group(model, [jobs[i] for i in group], protocol, budget, common, oracle, progress))
+        bar.update(len(group))
+    bar.close()
+    return out
 
 
 def _collect(
     futures: Sequence[Future], oracle: UnlearningEvaluation | None, progress: bool
-) -> list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]:
-    """The worker processes' outcomes in job order, each evaluation with the oracle's attached (the
-    workers ran before it was known; ``evaluate(oracle=an evaluation)`` only stores it)."""
+) -> list[list[tuple[UnlearningResult, UnlearningEvaluation, UnlearningEvaluation | None]]]:
+    """The worker processes' outcomes, a list per group in group order, each evaluation with the
+    oracle's attached (the workers ran before it was known; ``evaluate(oracle=an evaluation)``
+    only stores it)."""
     bar = tqdm(total=len(futures), desc="compare: method runs", disable=not progress, leave=False)
     for _ in as_completed(futures):
         bar.update()
     bar.close()
-    out = []
-    for future in futures:
-        result, evaluation, controlled = future.result()
-        out.append((result, dataclasses.replace(evaluation, oracle=oracle), controlled))
-    return out
+    return [
+        [(result, dataclasses.replace(evaluation, oracle=oracle), controlled)
+         for result, evaluation, controlled in future.result()]
+        for future in futures
+    ]  # fmt: skip
 
 
 def compare_testbed(testbed: Any, **kwargs: Any) -> Comparison:
@@ -301,7 +356,8 @@ def compare_testbed(testbed: Any, **kwargs: Any) -> Comparison:
     (:meth:`loka.protocol.Protocol.from_testbed`): its original model, its oracle, the forget
     facts in one wording (the others scored as paraphrases), retain people split into train /
     validation / eval, holdout people split into reference and MIA non-members, and the forget
-    people's passages (verbatim extraction)."""
+    people's passages (verbatim extraction). The original's and the oracle's evaluations are kept
+    in the testbed's ``evaluations/`` directory (``evaluation_cache``) and read back next time."""
     config = testbed.config
     protocol = kwargs.pop("protocol", None) or Protocol.from_testbed(testbed, seed=kwargs.get("seed", 0))
     kwargs.setdefault(
@@ -309,6 +365,7 @@ def compare_testbed(testbed: Any, **kwargs: Any) -> Comparison:
         f"loka comparison on the {testbed.root.name.split('-')[0]} testbed (world seed {config.world.seed}): "
         f"{len(protocol.forget)} forget facts / {len(protocol.retain_eval)} retain-eval facts",
     )
+    kwargs.setdefault("evaluation_cache", testbed.root / "evaluations")
     return compare(
         testbed.model_dir if kwargs.get("workers", 1) > 1 else load_model(testbed.model_dir),
         protocol=protocol,

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from loka.base.records import from_jsonable
 from loka.evaluation.attacks.extraction import Extraction
 from loka.evaluation.attacks.logit_lens import LogitLens
 from loka.evaluation.attacks.membership import privleak
@@ -168,6 +169,12 @@ class UnlearningEvaluation:
         if self.logit_lens is not None:
             out["logit_lens"].update(best=self.logit_lens.best, best_layer=self.logit_lens.best_layer)
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UnlearningEvaluation:
+        """The evaluation :meth:`to_dict` wrote (read back from its JSON; the derived keys are
+        recomputed, not read)."""
+        return from_jsonable(cls, data)
 
     def rows(self) -> list[tuple[str, float | None]]:
         rows: list[tuple[str, float | None]] = [

@@ -7,6 +7,10 @@ either way its inputs belong on :func:`input_device`, the device of its input em
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -14,7 +18,9 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from loka.models.architectures import Model, hf_model
 
-__all__ = ["input_device", "logits"]
+__all__ = ["input_device", "logits", "shared_forwards"]
+
+_shared: list[tuple[Any, ...]] | None = None  # inside shared_forwards: (model, inputs..., grad mode, logits)
 
 
 def input_device(model: Model) -> torch.device:
@@ -52,6 +58,41 @@ def logits(
     """
     if position_ids is not None and attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    if _shared is not None:
+        for seen_model, ids, mask, positions, grad, out in _shared:
+            if (seen_model is model and grad == torch.is_grad_enabled() and _same(ids, input_ids)
+                    and _same(mask, attention_mask) and _same(positions, position_ids)):  # fmt: skip
+                return out
+        out = _logits(model, input_ids, attention_mask, position_ids)
+        _shared.append((model, input_ids, attention_mask, position_ids, torch.is_grad_enabled(), out))
+        return out
+    return _logits(model, input_ids, attention_mask, position_ids)
+
+
+@contextmanager
+def shared_forwards() -> Iterator[None]:
+    """Within it, :func:`logits` of the same model object on equal inputs (ids, mask, positions;
+    same grad mode) runs the model once and hands every caller the same logits (and graph: their
+    losses back-propagate through one forward). For a training step whose loss terms read the
+    same rows (LOKA's forget and subject terms; its retain and subject-retain terms). The
+    weights must not change inside it."""
+    global _shared
+    outer, _shared = _shared, []
+    try:
+        yield
+    finally:
+        _shared = outer
+
+
+def _same(a: Tensor | None, b: Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and a.device == b.device and bool(torch.equal(a, b))
+
+
+def _logits(
+    model: Model, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None
+) -> Float[Tensor, "batch pos d_vocab"]:
     kwargs: dict[str, Tensor] = {}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask

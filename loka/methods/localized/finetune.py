@@ -17,6 +17,7 @@ from loka.methods.localized.repair import reinit_repair
 from loka.methods.terms import ForgetTerm, RetainTerm
 from loka.methods.training import accuracy, logged
 from loka.models import input_device
+from loka.models.forward import shared_forwards
 from loka.scoring.metrics import text_nll, zero_loss
 
 __all__ = ["masked_finetune"]
@@ -58,17 +59,24 @@ def masked_finetune(
     batch_size = config.batch_size
 
     def loss(student: Any) -> torch.Tensor:
+        with shared_forwards():  # the subject term reads the forget and retain terms' rows: one forward each
+            return step_loss(student)
+
+    def step_loss(student: Any) -> torch.Tensor:
         state["student"] = student
+        state["calls"] = calls = state.get("calls", 0) + 1
         rows = torch.randperm(len(forget_loss), generator=generator)[:batch_size].to(device)
         kept = torch.randperm(len(retain_loss), generator=generator)[:batch_size].to(device)
         f, r = forget_loss(student, rows), retain_loss(student, kept)
         total = f + config.retain_weight * r
         losses = {"forget_loss": logged(f), "retain_loss": logged(r)}
+        if "attacked_forget_loss" in state.get("losses", {}):  # the adversary's last value, until it runs again
+            losses["attacked_forget_loss"] = state["losses"]["attacked_forget_loss"]
         if subject is not None:
             s = subject(student, rows, kept) if not active() else sharded_subject(subject, student, rows, kept)
             total = total + config.subject_weight * s
             losses["subject_loss"] = logged(s)
-        if attack_batch is not None and len(rows) > 1:
+        if attack_batch is not None and len(rows) > 1 and (calls - 1) % config.adversary_every == 0:
             half = len(rows) // 2  # the adversary fine-tunes on one fold, the loss reads the other
             # (the adversary's step is computed on every rank on its whole fold: it takes the
             # sign of that fold's gradient; the loss at the attacked weights is data parallel)

@@ -11,6 +11,7 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from loka.comparison import Comparison, compare, compare_testbed
+from loka.comparison.running import _groups
 from loka.evaluation import evaluate
 from loka.methods import Budget
 from loka.models import load_model
@@ -197,10 +198,23 @@ def test_bad_inputs(tiny_testbed, kwargs, message):
         compare(model, **sets, **kwargs)
 
 
+def test_a_location_row_runs_right_after_the_loka_run_it_controls():
+    """Each seed's location control goes in its LOKA run's group (it reads that run's ranking in the
+    same process); a variant with other options, and every other method, runs alone."""
+    jobs = [("loka", "loka", {}, 0, False), ("loka", "loka", {}, 1, False), ("npo", "npo", {}, 0, True),
+            ("big", "loka", {"size": 0.1}, 0, False),
+            ("loka @random", "loka", {"location": "random", "location_seed": 0}, 0, False),
+            ("loka @random", "loka", {"location": "random", "location_seed": 1}, 1, False),
+            ("big @random", "loka", {"size": 0.1, "location": "random", "location_seed": 0}, 0, False),
+            ("@random", "loka", {"size": 0.2, "location": "random", "location_seed": 0}, 0, False)]  # fmt: skip
+    assert _groups(jobs) == [[0, 4], [1, 5], [2], [3, 6], [7]]
+
+
 def test_worker_processes_give_the_same_numbers(tiny_testbed):
-    """Two worker processes (one thread each) reproduce the one-process comparison exactly."""
-    kwargs = dict(methods=("gradient_ascent",), budget=FAST, seeds=2, relearn=False, probe=False, control=False,
-                  progress=False, attribute=False)  # fmt: skip
+    """Two worker processes (one thread each) reproduce the one-process comparison exactly, a LOKA
+    location row (run in its LOKA run's process) too."""
+    kwargs = dict(methods=("gradient_ascent", "loka"), locations=("random",), budget=FAST, seeds=2, relearn=False,
+                  probe=False, control=False, progress=False, attribute=False)  # fmt: skip
     one = compare_testbed(tiny_testbed, **kwargs)
     two = compare_testbed(tiny_testbed, workers=2, **kwargs)
     assert [(label, numbers) for label, numbers, *_ in one.rows()] == [

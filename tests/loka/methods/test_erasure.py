@@ -12,6 +12,7 @@ from loka.base.errors import UsageError
 from loka.data import KnowledgeSet
 from loka.data.knowledge import Prompts
 from loka.methods import unlearn
+from loka.methods.localized import finetune
 from loka.methods.localized.erasure import SubjectTerm, name_facts, shrink_perturb
 from loka.methods.terms import ForgetTerm
 from loka.models import load_model
@@ -104,6 +105,22 @@ def test_erasure_options_are_checked(model, protocol) -> None:
         unlearn(*args, method="loka", erase="names", progress=False)
     with pytest.raises(UsageError, match="reinit must be"):
         unlearn(*args, method="loka", reinit=2.0, progress=False)
+
+
+def test_the_adversary_runs_on_every_adversary_every_th_step(model, protocol, monkeypatch) -> None:
+    """Steps 1, 4 and 7 of 7 with ``adversary_every=3``; its last loss is logged at every check."""
+    attacks = []
+    real = finetune.AttackedModel
+    monkeypatch.setattr(finetune, "AttackedModel", lambda *a, **k: attacks.append(1) or real(*a, **k))
+    result = unlearn(
+        model, protocol.forget, protocol.retain_train, method="loka", validation=protocol.retain_validation,
+        reference=protocol.reference, adversary_every=3, target_forget_accuracy=0.0, max_steps=7, check_every=2,
+        progress=False,
+    )  # fmt: skip
+    assert len(attacks) == 3 and result.compute.steps == 7
+    assert all("attacked_forget_loss" in entry for entry in result.log)
+    with pytest.raises(UsageError, match="adversary_every must be"):
+        unlearn(model, protocol.forget, protocol.retain_train, method="loka", adversary_every=0, progress=False)
 
 
 def test_npo_unlearns_with_the_shared_budget(model, protocol) -> None:

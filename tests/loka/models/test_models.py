@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from loka.models import (
     neuron_input_weights,
     neuron_output_weights,
 )
+from loka.models.forward import shared_forwards
 from tests.checkpoints import (
     ARCHITECTURES,
     D_MLP,
@@ -173,6 +175,31 @@ def test_logits_keeps_gradients(bridge: TransformerBridge, input_ids: Tensor) ->
     assert out.requires_grad
     with torch.no_grad():
         assert not logits(bridge, input_ids).requires_grad
+
+
+def test_shared_forwards_run_equal_inputs_once_with_the_same_gradients(bridge: TransformerBridge, input_ids: Tensor):
+    """Inside ``shared_forwards`` two losses on equal inputs read one forward; their gradient is the
+    gradient of two separate forwards; other inputs, grad modes and models run their own."""
+    hf = hf_model(bridge)
+    params = [p for p in hf.parameters() if p.requires_grad]
+
+    def grads(shared: bool) -> list[Tensor]:
+        hf.zero_grad(set_to_none=True)
+        with shared_forwards() if shared else contextlib.nullcontext():
+            first = logits(hf, input_ids)
+            again = logits(hf, input_ids.clone())
+            assert (again is first) == shared
+            other = logits(hf, input_ids[:, :-1])
+            assert other is not first
+            with torch.no_grad():
+                assert not logits(hf, input_ids).requires_grad
+        (first.logsumexp(-1).mean() + 2 * again.log_softmax(-1)[..., 0].mean() + other.mean()).backward()
+        return [p.grad.clone() for p in params if p.grad is not None]
+
+    for a, b in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with shared_forwards():
+        assert logits(bridge, input_ids) is not logits(hf, input_ids)  # another model object: its own forward
 
 
 # ---------------------------------------------------------------- weight slices
