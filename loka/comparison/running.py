@@ -256,18 +256,12 @@ def compare(
         ]  # fmt: skip
         outcomes = []
         cache = None if evaluation_cache is None else Path(evaluation_cache).expanduser()
-
-        def kept(evaluated: Any, label: str) -> UnlearningEvaluation:  # read back when the cache has it
-            if cache is None:
-                return evaluate(evaluated, **common, label=label)
-            return cached_evaluate(evaluated, cache, **common, label=label)
-
-        original = kept(model, "original")
+        original = cached_evaluate(model, cache, **common, label="original")
         common["probe_layer"] = original.probe.layer if original.probe is not None else None
         oracle_evaluation = None
         if oracle is not None:
             oracle_model = load_model(oracle) if isinstance(oracle, str | Path) else oracle
-            oracle_evaluation = kept(oracle_model, "oracle")
+            oracle_evaluation = cached_evaluate(oracle_model, cache, **common, label="oracle")
             original = dataclasses.replace(original, oracle=oracle_evaluation)
         outcomes.append(MethodOutcome("original", (original,)))
         if oracle_evaluation is not None:

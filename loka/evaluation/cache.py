@@ -4,6 +4,7 @@ a comparison changes)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -71,15 +72,10 @@ def cached_evaluate(
     return result
 
 
-_code_digest: str | None = None
-
-
+@functools.cache
 def _code_sha256() -> str:
-    global _code_digest
-    if _code_digest is None:
-        root, digest = Path(__file__).resolve().parents[1], hashlib.sha256()
-        for name in _CODE:
-            for path in sorted((root / name).rglob("*.py")) if (root / name).is_dir() else [root / name]:
-                digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-        _code_digest = digest.hexdigest()
-    return _code_digest
+    root, digest = Path(__file__).resolve().parents[1], hashlib.sha256()
+    for name in _CODE:
+        for path in sorted((root / name).rglob("*.py")) if (root / name).is_dir() else [root / name]:
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

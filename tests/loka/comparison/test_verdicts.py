@@ -17,6 +17,7 @@ import pytest
 from loka.comparison import Comparison
 from loka.comparison import running as running_module
 from loka.comparison.outcomes import MethodOutcome
+from loka.evaluation import cache as cache_module
 from loka.evaluation.intervals import Interval, compare_intervals
 from loka.evaluation.result import UnlearningEvaluation
 from loka.methods.result import UnlearningResult
@@ -166,6 +167,7 @@ def test_compare_gives_every_seed_a_control_and_every_location_row_every_seed(mo
 
     monkeypatch.setattr(running_module, "_run", run)
     monkeypatch.setattr(running_module, "evaluate", lambda model, **kwargs: ev(1.0, label=kwargs["label"]))
+    monkeypatch.setattr(cache_module, "evaluate", lambda model, **kwargs: ev(1.0, label=kwargs["label"]))
 
     class Protocol:  # what compare reads from a protocol besides passing it on
         forget = retain_train = retain_validation = retain_eval = None
