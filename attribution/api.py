@@ -261,8 +261,9 @@ def attribute(
             chooses the noised tokens).
         donors: the set ``"mean"`` averages over and ``"resample"`` / ``"subject"`` draw from
             (default: ``knowledge`` itself).
-        metric: ``"log_prob"`` (default) or ``"logit_diff"`` (default when ``contrast`` is
-            given); ``contrast`` maps every fact id to its contrast answer.
+        metric: ``"log_prob"`` (default), ``"log_odds"`` (does not saturate on facts the model is
+            sure of: see :mod:`attribution.metric`) or ``"logit_diff"`` (default when ``contrast``
+            is given); ``contrast`` maps every fact id to its contrast answer.
         samples: donors per fact for ``"resample"`` (corrupted samples are set in ``corruption``).
         seed: seeds donors, noise and replacement subjects (per fact, independent of batching).
         batch_size: facts per batch. ``chunk_size``: patched copies per forward (exact patching;

@@ -383,12 +383,16 @@ def forget_term(values: Float[Tensor, " fact"], objective: MaskObjective, metric
       the model is sure of (its slope in the logits is ``1 - p``, near 0), and has no floor;
       ``-log(1 - p)`` pushes hardest while the fact is known and falls to 0 once it is gone, so
       the sparsity penalty decides how few gates it takes.
+    - ``"remove"`` with ``"log_odds"``: ``softplus(M)``, which is ``-log(1 - p)`` again where the
+      target is one token (``log(1 + p / (1 - p))``), and falls to 0 once the odds are gone.
     - ``"remove"`` with ``"logit_diff"``: ``M`` (the logit difference; no floor).
     """
     if objective == "keep":
         return -values
     if metric == "log_prob":
         return -torch.log(-torch.expm1(values.clamp(max=LOG_PROB_CEILING)))
+    if metric == "log_odds":
+        return torch.nn.functional.softplus(values)
     return values
 
 

@@ -1,11 +1,19 @@
 """What "the model knows this fact" means as a number: the metric every attribution moves.
 
-Two metrics, both per fact and read under teacher forcing from one forward pass over
+Three metrics, each per fact and read under teacher forcing from one forward pass over
 ``[BOS] + prompt + target``:
 
 - ``"log_prob"``: log p(target | prompt), the sum over the target's tokens of the log-probability
   of each token given the prompt and the target tokens before it. It is what
   :func:`loka.scoring.metrics.score_facts` calls ``log_prob``; higher means the fact is known better.
+- ``"log_odds"``: the sum over the target's tokens of ``log p - log(1 - p)`` (the token's logit
+  minus the log-sum-exp of every other token's logit). It orders facts as ``"log_prob"`` does but
+  does not saturate: where the model is sure of a token, ``log p`` is flat at 0 (a component's
+  removal can only move it a little, and its gradient vanishes), while the log-odds keep growing
+  with the evidence. So a component that is one of several redundant carriers of a fact still
+  moves it, which is what recovering *all* the carriers needs (on the planted testbed, zero
+  ablation read in log-odds finds more of the planted neurons than in log-probability:
+  ``bench/recall.py``). No contrast: the competitors are the model's own other tokens.
 - ``"logit_diff"``: the logit of the target's first token minus the logit of a *contrast* answer's
   first token, both read at the last prompt token (the logit difference of IOI-style circuit
   work). It needs a contrast for every fact, passed as a mapping ``fact id -> contrast target``
@@ -46,7 +54,7 @@ __all__ = [
     "metric_values",
 ]
 
-MetricName = Literal["log_prob", "logit_diff"]
+MetricName = Literal["log_prob", "logit_diff", "log_odds"]
 METRICS: tuple[MetricName, ...] = get_args(MetricName)
 UNEMBED_INPUT = "unembed.hook_in"
 """The hook whose activation (the final residual, after the last norm) the unembedding reads."""
@@ -71,7 +79,7 @@ class FactMetric:
             raise UsageError(f"unknown metric {metric!r}; use one of {', '.join(map(repr, METRICS))}")
         if metric == "logit_diff" and contrast is None:
             raise UsageError("metric='logit_diff' needs contrast={fact id: contrast target, ...} for every fact")
-        if metric == "log_prob" and contrast is not None:
+        if metric != "logit_diff" and contrast is not None:
             raise UsageError("a contrast is only read by metric='logit_diff'; drop it or set metric='logit_diff'")
         if contrast is not None and not isinstance(contrast, Mapping):
             raise UsageError(f"contrast must map fact ids to contrast targets, got {type(contrast).__name__}")
@@ -172,6 +180,11 @@ class Targets:
             target_ids = self.target_ids.repeat(copies, 1)
             picked = token_log_probs(target_logits, target_ids)
             return (picked * self.target_mask.repeat(copies, 1)).sum(-1)
+        if self.metric == "log_odds":
+            target_ids = self.target_ids.repeat(copies, 1)
+            picked = target_logits.gather(-1, target_ids[..., None])[..., 0]
+            others = target_logits.scatter(-1, target_ids[..., None], float("-inf")).logsumexp(-1)
+            return ((picked - others) * self.target_mask.repeat(copies, 1)).sum(-1)
         assert self.contrast_ids is not None
         first = target_logits[:, 0]
         target = first.gather(-1, self.target_ids[:, :1].repeat(copies, 1))[:, 0]

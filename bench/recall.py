@@ -16,17 +16,21 @@ the measure to read.
 Printed: mean and 95% interval over people and seeds (:func:`loka.evaluation.intervals.mean_interval`)
 and each locator's seconds per person. Random scores recall k by construction.
 
-Locators (``--locators``, default all but exact patching; ``--patching`` adds the three exact ones):
-``grad_x_act`` (the default of ``attribute``: noise-corrupt, denoise), ``grad_x_act contrast``
+Locators (``--locators``, default all but exact patching; ``--patching`` adds the four exact ones):
+``grad_x_act`` (the default of ``attribute``: noise-corrupt, denoise, log-probability),
+``grad_x_act log_odds`` / ``grad_x_act zero log_odds`` (the metric in log-odds, which does not
+saturate on facts the model is sure of: :mod:`attribution.metric`), ``grad_x_act contrast``
 (forget minus retain, standardised: what LOKA locates with), ``grad_x_act zero`` / ``mean``
 (the other baselines, ablate), ``grad_x_act unseen`` (the default's denoising, with the subject
 replaced by one of 300 people the world generator makes up and nobody trained on, 8 per fact,
 in place of noise), ``peel grad_x_act`` / ``peel grad_x_act zero`` (:func:`attribution.peeling.peel`:
-10 rounds, each zero-ablating the top 0.2% of neurons and attributing again), ``patching zero``
-/ ``mean`` / ``corrupt`` (exact activation patching), ``integrated_gradients`` (20 steps, zero
-baseline), ``activation_magnitude``
+10 rounds, each zero-ablating the top 0.2% of neurons and attributing again; ``peel grad_x_act
+zero log_odds`` in log-odds), ``patching zero`` / ``mean`` / ``corrupt`` / ``zero log_odds``
+(exact activation patching), ``integrated_gradients`` (20 steps, zero baseline; ``integrated_gradients
+log_odds``), ``activation_magnitude``
 (mean |a| x ||W_out row||), ``mask hard_concrete`` / ``mask slimming`` (learned masks, "remove":
-the facts' likelihood down under an L0 / L1 sparsity, weights frozen), ``mask hard_concrete
+the facts' likelihood down under an L0 / L1 sparsity, weights frozen; ``mask slimming log_odds``
+with the log-odds metric), ``mask hard_concrete
 retain`` and ``mask slimming retain`` (with a retain term on ``--retain-facts`` retain facts; the
 latter with notebook 04's settings, 100 steps), and ``random``.
 """
@@ -79,12 +83,12 @@ def _contrast(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) 
     return _importance(forget.contrast(_RETAIN[2], kind="difference"))
 
 
-def _mask(kind: str, retain_weight: float = 0.0, steps: int = 200) -> Locator:
+def _mask(kind: str, retain_weight: float = 0.0, steps: int = 200, **options: Any) -> Locator:
     def run(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
         config = LearnedMaskConfig(kind=kind, objective="remove", retain_weight=retain_weight, steps=steps, seed=seed)
         given = retain if retain_weight > 0 else None
         scores = attribute(model, facts, method="learned_mask", components="neurons", mask_config=config,
-                           retain=given, progress=False)  # fmt: skip
+                           retain=given, progress=False, **options)  # fmt: skip
         return _importance(scores)
 
     return run
@@ -116,12 +120,17 @@ LOCATORS: dict[str, Locator] = {
     "grad_x_act zero": _attr(baseline="zero"),
     "grad_x_act mean": _attr(baseline="mean"),
     "grad_x_act unseen": _unseen,
+    "grad_x_act zero log_odds": _attr(baseline="zero", metric="log_odds"),
+    "grad_x_act log_odds": _attr(metric="log_odds"),
     "peel grad_x_act": _peel(),
     "peel grad_x_act zero": _peel(baseline="zero"),
+    "peel grad_x_act zero log_odds": _peel(baseline="zero", metric="log_odds"),
+    "integrated_gradients log_odds": _attr(method="integrated_gradients", metric="log_odds"),
     "integrated_gradients": _attr(method="integrated_gradients"),
     "activation_magnitude": _attr(method="activation_magnitude"),
     "mask hard_concrete": _mask("hard_concrete"),
     "mask slimming": _mask("slimming"),
+    "mask slimming log_odds": _mask("slimming", metric="log_odds"),
     "mask hard_concrete retain": _mask("hard_concrete", retain_weight=1.0),
     "mask slimming retain": _mask("slimming", retain_weight=1.0, steps=100),
     "random": _random,
@@ -130,6 +139,7 @@ PATCHING: dict[str, Locator] = {
     "patching zero": _attr(method="activation_patching", baseline="zero"),
     "patching mean": _attr(method="activation_patching", baseline="mean"),
     "patching corrupt": _attr(method="activation_patching"),
+    "patching zero log_odds": _attr(method="activation_patching", baseline="zero", metric="log_odds"),
 }
 MULTIPLES = (1, 2, 5)
 

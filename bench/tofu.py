@@ -6,7 +6,7 @@ and, over seeds, its mean [min, max]) and the wall times, and save tofu.json + t
                          [--n-retain-authors N] [--data-dir DIR] [--cache-dir DIR] [--out DIR]
                          [--methods loka,gradient_ascent,task_vector] [--seed 0] [--seeds 3]
                          [--max-steps 500] [--check-every 25] [--target-forget-accuracy 0.1]
-                         [--threads 1]
+                         [--relative-target R] [--threads 1]
 
 The data directory defaults to $LOKA_TOFU_DIR, else ``shared/data/tofu`` beside or inside the
 repository. ``--cache-dir`` defaults to $LOKA_CACHE_DIR/tofu (else ~/.cache/loka/tofu); point it
@@ -59,6 +59,10 @@ def main() -> None:
         "--target-forget-accuracy", type=float, default=defaults.target_forget_accuracy,
         help="budget: stop at the first check with forget accuracy at most this",
     )  # fmt: skip
+    parser.add_argument(
+        "--relative-target", type=float, default=None,
+        help="stop at this share of the original's forget accuracy instead (0 < R <= 1; replaces the fixed target)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads for unlearning and evaluation")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
@@ -76,6 +80,7 @@ def main() -> None:
         seed=args.seed,
         seeds=args.seeds,
         budget=Budget(args.target_forget_accuracy, args.check_every, args.max_steps),
+        relative_target=args.relative_target,
     )
     print(report.table())
     print("\nwall seconds:", json.dumps(report.info["seconds"]))

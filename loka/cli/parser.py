@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: corrupt for grad_x_act and activation_patching, zero for the others",
     )  # fmt: skip
     locate.add_argument("--direction", choices=("ablate", "denoise"), help="default: denoise for corrupt")
+    locate.add_argument(
+        "--metric", choices=("log_prob", "log_odds"), default="log_prob",
+        help="what an effect moves: log p of the answer (default) or its log-odds (no saturation on sure facts)",
+    )  # fmt: skip
     locate.add_argument("--steps", type=int, default=20, help="integrated gradients: Riemann steps (20)")
     locate.add_argument("--positions", choices=("all", "last", "subject"), default="last")
     locate.add_argument(

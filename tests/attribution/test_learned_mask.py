@@ -21,6 +21,7 @@ from attribution import LearnedMaskConfig
 from attribution.baselines import Baselines, Setup
 from attribution.learned_mask import (
     MaskParameters,
+    forget_term,
     hard_concrete_gate,
     objective_gradients,
     probability_not_full,
@@ -350,3 +351,11 @@ def test_not_under_torch_distributed(tiny, sets, monkeypatch):
     monkeypatch.setattr(distributed, "active", lambda: True)
     with pytest.raises(UsageError, match="does not run under torch.distributed"):
         attribution.attribute(tiny, sets[0], method="learned_mask", progress=False)
+
+
+def test_the_log_odds_remove_term_is_minus_log_one_minus_p():
+    p = torch.tensor([1e-6, 0.1, 0.5, 0.9, 1 - 1e-6], dtype=torch.float64)
+    log_odds = torch.log(p) - torch.log1p(-p)
+    term = forget_term(log_odds, "remove", "log_odds")
+    assert torch.allclose(term, -torch.log1p(-p), rtol=1e-9)
+    assert torch.equal(forget_term(log_odds, "keep", "log_odds"), -log_odds)

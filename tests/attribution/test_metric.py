@@ -1,4 +1,4 @@
-"""The metric: log p(target | prompt) per fact, and the logit difference against a contrast."""
+"""The metric: log p(target | prompt) per fact, its log-odds, and the logit difference against a contrast."""
 
 from __future__ import annotations
 
@@ -57,6 +57,27 @@ def test_logit_diff_reads_the_first_target_token_against_the_contrast(model, fac
     assert (ours.values[:10] > 0).all()  # the model knows these facts: target beats contrast
 
 
+def test_log_odds_is_log_p_minus_log_one_minus_p_summed_over_the_target(model, facts):
+    ours = attribution.metric_values(model, facts, metric="log_odds", batch_size=5)
+    assert ours.metric == "log_odds"
+    batch = facts.encode(model)
+    with torch.no_grad():
+        logits = model(batch.input_ids, attention_mask=batch.attention_mask).double()
+    expected = []
+    for row in range(len(batch)):
+        total = torch.zeros((), dtype=torch.float64)
+        for position, target, keep in zip(
+            batch.prediction_positions[row], batch.target_ids[row], batch.target_mask[row], strict=True
+        ):
+            if keep:
+                p = logits[row, position].softmax(-1)[target]
+                total += torch.log(p) - torch.log1p(-p)
+        expected.append(total)
+    assert torch.allclose(ours.values.double(), torch.stack(expected), atol=1e-3, rtol=1e-4)
+    log_prob = attribution.metric_values(model, facts).values
+    assert (ours.values > log_prob).all()  # log p - log(1 - p) > log p wherever p > 0
+
+
 def test_extra_contrast_ids_are_ignored(model, facts):
     contrast = contrast_for(model, facts) | {"someone else/birthplace": "Oslo"}
     assert len(attribution.metric_values(model, facts, contrast=contrast)) == len(facts)
@@ -65,9 +86,10 @@ def test_extra_contrast_ids_are_ignored(model, facts):
 @pytest.mark.parametrize(
     ("metric", "contrast", "message"),
     [
-        ("accuracy", None, r"unknown metric 'accuracy'; use one of 'log_prob', 'logit_diff'"),
+        ("accuracy", None, r"unknown metric 'accuracy'; use one of 'log_prob', 'logit_diff', 'log_odds'"),
         ("logit_diff", None, r"metric='logit_diff' needs contrast="),
         ("log_prob", {"a": "b"}, r"a contrast is only read by metric='logit_diff'"),
+        ("log_odds", {"a": "b"}, r"a contrast is only read by metric='logit_diff'"),
     ],
 )
 def test_metric_options_are_checked(metric, contrast, message):

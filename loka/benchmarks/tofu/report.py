@@ -149,7 +149,13 @@ class TofuReport:
         )
         if budget:
             line += (
-                f"\nbudget for every method: stop at forget accuracy <= {budget['target_forget_accuracy']} "
+                f"\nbudget for every method: stop at forget accuracy <= {budget['target_forget_accuracy']:.3g}"
+                + (
+                    f" ({self.info['relative_target']:g} x the original's {self.info['original_forget_accuracy']:.3f})"
+                    if self.info.get("relative_target") is not None
+                    else ""
+                )
+                + " "
                 f"(checked every {budget['check_every']} steps), at most {budget['max_steps']} steps"
             )
         return line

@@ -13,6 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from loka.base.checks import check_number
 from loka.base.errors import UsageError
 from loka.benchmarks.tofu import metrics as tm
 from loka.benchmarks.tofu.building import build_models
@@ -24,6 +25,7 @@ from loka.methods.budget import Budget
 from loka.methods.registry import unlearn
 from loka.models import load_model, quiet_transformers
 from loka.protocol import Protocol, Seen
+from loka.scoring.metrics import score_facts
 from loka.testbed import worker
 
 __all__ = ["run"]
@@ -59,6 +61,7 @@ def run(
     seed: int = 0,
     seeds: int = 1,
     budget: Budget | None = None,
+    relative_target: float | None = None,
 ) -> TofuReport:
     """Run TOFU's protocol on a CPU-sized model and return its table (see the module docstring).
 
@@ -72,9 +75,18 @@ def run(
     seed and budget are the protocol's and cannot be set there. ``seed``: the models' training
     seed, the author split's seed and the first method seed; ``seeds``: how many method seeds
     (``seed``, ``seed + 1``, ...) each method runs with. ``budget``: the stopping rule every method
-    follows (default ``Budget()``).
+    follows (default ``Budget()``). ``relative_target``: stop instead at that share of the
+    original's own forget accuracy (``0 < relative_target <= 1``; ``budget.target_forget_accuracy``
+    is then replaced by ``relative_target x`` the original's answer accuracy on the forget prompts,
+    measured as the budget measures it). TOFU's answers are sentences: a model that knows nothing
+    about an author still predicts most of an answer's tokens (function words, the question's own
+    words), so a fixed 0.1 is out of every method's reach (the retain model, which never saw the
+    authors, stays far above it) and every method runs to ``max_steps``; a target relative to
+    the original says "lose this share of what you knew" instead.
     """
     start = time.perf_counter()
+    if relative_target is not None:
+        check_number("relative_target", relative_target, low=0.0, high=1.0, above=True)
     directory = data_directory(data_dir)
     config = make_config(split, n_retain_authors=n_retain_authors, size=size, seed=seed)
     methods = tuple(methods)
@@ -118,6 +130,10 @@ def run(
             if "loka" in methods
             else AutoModelForCausalLM.from_pretrained(root / "original").eval()
         )
+    original_accuracy = None
+    if relative_target is not None:
+        original_accuracy = score_facts(original, protocol.forget, tokenizer=tokenizer).answer_accuracy
+        budget = replace(budget, target_forget_accuracy=relative_target * original_accuracy)
     models: list[TofuScores] = []
     timings: dict[str, float] = {}
     method_seeds = list(range(seed, seed + seeds))
@@ -194,6 +210,11 @@ def run(
         },
         "protocol": protocol.sizes(),
         "budget": asdict(budget),
+        **(
+            {"relative_target": relative_target, "original_forget_accuracy": original_accuracy}
+            if relative_target is not None
+            else {}
+        ),
         "method_seeds": method_seeds,
         "n_qa": {
             "forget": len(data.forget),

@@ -30,7 +30,7 @@ def locate_command(args: argparse.Namespace) -> int:
 
     options: dict = dict(
         method=args.method, components=tuple(args.components), baseline=args.baseline, direction=args.direction,
-        positions=args.positions, seed=args.seed, progress=progress_on(args),
+        positions=args.positions, metric=args.metric, seed=args.seed, progress=progress_on(args),
     )  # fmt: skip
     if args.method in ("integrated_gradients",):
         options["steps"] = args.steps

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from loka.benchmarks import tofu
 from loka.benchmarks.tofu import metrics as tm
 from loka.methods import Budget, Compute, UnlearningResult
 from loka.protocol import Seen
+from loka.scoring.metrics import score_facts
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -252,6 +253,8 @@ def test_mia_scores_the_answer_tokens_as_open_unlearning_does(tiny_testbed, tiny
         ({"seeds": 0}, "positive integer"),
         ({"seeds": 1.5}, "positive integer"),
         ({"budget": {"max_steps": 5}}, "loka.methods.Budget"),
+        ({"relative_target": 0}, "relative_target must be a number greater than 0 and at most 1"),
+        ({"relative_target": 1.5}, "relative_target must be a number greater than 0 and at most 1"),
         # the budget, the sets and the seed are the protocol's: one per run, never per method
         ({"methods": ("loka",), "method_options": {"loka": {"max_steps": 5}}}, r"\['max_steps'\].*budget"),
         ({"methods": ("loka",), "method_options": {"loka": {"reference": None}}}, r"\['reference'\]"),
@@ -402,6 +405,26 @@ def _fake_unlearn(calls, seen=None):
         return UnlearningResult(model, method, {"fake": True}, 0.5, compute=Compute(7, 100, 40, 0.5), seen=shown)
 
     return fake
+
+
+@pytest.mark.slow
+def test_a_relative_target_is_that_share_of_the_originals_forget_accuracy(tiny_report, monkeypatch):
+    _, cache = tiny_report
+    calls = []
+    monkeypatch.setattr(tofu.runner, "unlearn", _fake_unlearn(calls))
+    report = tofu.run(
+        "forget01", size="tiny", data_dir=DATA, cache_dir=cache, methods=("npo",), progress=False,
+        budget=TINY_BUDGET, relative_target=0.5,
+    )  # fmt: skip
+    root = Path(report.info["cache_dir"])
+    original = AutoModelForCausalLM.from_pretrained(root / "original").eval()
+    tokenizer = AutoTokenizer.from_pretrained(root / "original")
+    forget = calls[0][1]
+    accuracy = score_facts(original, forget, tokenizer=tokenizer).answer_accuracy
+    assert report.info["original_forget_accuracy"] == pytest.approx(accuracy)
+    expected = replace(TINY_BUDGET, target_forget_accuracy=0.5 * accuracy)
+    assert calls[0][3]["budget"] == expected and report.info["budget"] == asdict(expected)
+    assert f"(0.5 x the original's {accuracy:.3f})" in report.table()
 
 
 @pytest.mark.slow

@@ -134,6 +134,22 @@ def test_locate_prints_and_draws_the_ablation_profile(tiny_testbed, files, tmp_p
     assert expected.row("random", "zero", 10).per_layer == expected.row("located", "zero", 10).per_layer
 
 
+def test_locate_reads_the_metric(tiny_testbed, files, tmp_path, capsys):
+    model = tiny_testbed.model_dir
+    code, _, _ = run(
+        capsys, "locate", model, "--forget", files / "forget.jsonl", "--metric", "log_odds", "--baseline", "zero",
+        "--components", "neurons", "--out", tmp_path / "scores",
+    )  # fmt: skip
+    assert code == 0
+    saved = attribution.AttributionScores.load(tmp_path / "scores")
+    direct = attribution.attribute(
+        load_model(model), KnowledgeSet.from_jsonl(files / "forget.jsonl"), components="neurons", baseline="zero",
+        positions="last", metric="log_odds",
+    )  # fmt: skip
+    assert saved.metadata.metric == "log_odds"
+    assert torch.allclose(saved.neurons, direct.neurons, atol=1e-5)
+
+
 def test_locate_mask_ablate_evaluate(tiny_testbed, files, tmp_path, capsys):
     model = tiny_testbed.model_dir
     code, out, _ = run(
