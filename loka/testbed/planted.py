@@ -48,11 +48,15 @@ How planting works (:func:`load_planted`):
   answer key that lists them measures the planting, not the locator. So after planting, each
   person's neurons are put back to the original one at a time, weakest first (the drop in the
   person's mean log-probability when that neuron alone is put back), while the drop since
-  pruning began stays within ``prune_tolerance``, the person stays at ``target_accuracy`` and at
-  least :data:`MIN_NEURONS` remain (if that left another person below the target, the person
-  keeps every neuron). The answer key is what remains: exactly the neurons that differ from the
-  original (``planted.safetensors`` also holds the ``trained`` sets; ``planted.json`` every
-  trained neuron's effect).
+  pruning began stays within ``prune_tolerance``, the person and every other planted person
+  stay at ``target_accuracy``, and at least one neuron remains. The answer key is what remains:
+  exactly the neurons that differ from the original (``planted.safetensors`` also holds the
+  ``trained`` sets; ``planted.json`` every trained neuron's effect). :data:`MIN_NEURONS` bounds
+  the *planting* (every person is trained into at least 8 neurons), not the key. Recipe 2 also
+  stopped pruning at 8 neurons, and undid a person's pruning when it left another person below
+  the target; at the 0.5% ratio (11 trained neurons a person on the default testbed) that kept
+  28% of the key's neurons that carry nothing even together (put back all at once, they cost
+  their person 0.000-0.012 nats and no answer; seeds 0-2), which no locator can find (recipe 3).
 
 Every entry outside the answer key's slices is bit-identical to the original afterwards (checked
 before saving, and by the tests). Measured (CPU): the default testbed, 4 people x 41 neurons
@@ -119,9 +123,11 @@ logger = logging.getLogger(__name__)
 FactLoss = Literal["all", "answer"]
 FACT_LOSSES: tuple[FactLoss, ...] = get_args(FactLoss)
 MIN_NEURONS = 8
-"""The fewest neurons a person may be planted into (a smaller set is too easy to find by chance)."""
+"""The fewest neurons a person may be planted into (a smaller set is too easy to find by chance);
+pruning may leave fewer in the answer key, the ones the facts need."""
 # bump when planting changes in a way the config does not capture
-PLANT_RECIPE_VERSION = 2  # 2: the pruning step (prune_tolerance)
+# 2: the pruning step (prune_tolerance); 3: pruning may go below MIN_NEURONS, and checks every person at each step
+PLANT_RECIPE_VERSION = 3
 INFO_FILE = "planted.json"
 NEURONS_FILE = "planted.safetensors"
 
@@ -510,13 +516,15 @@ def _prune(
     neurons: Bool[Tensor, "n_layers d_mlp"],
     originals: dict[str, Tensor],
     config: PlantConfig,
+    everyone: KnowledgeSet,
 ) -> tuple[Bool[Tensor, "n_layers d_mlp"], dict[str, Any], dict[tuple[int, int], list[Tensor]]]:
     """Put back to the original the trained neurons a person's facts do not need (the pruning step).
 
     Each neuron's *effect* is how much the person's mean log-probability over their trained
     wordings drops when that neuron alone is put back. Weakest first, a neuron is put back for
     good while the drop since pruning began stays within ``config.prune_tolerance`` nats, the
-    person stays at ``target_accuracy``, and at least :data:`MIN_NEURONS` remain; the first that
+    person and every other planted person (``everyone``: all their trained wordings) stay at
+    ``target_accuracy``, and at least one neuron remains; the first that
     breaks a rule stays, and so do all stronger ones. Returns the kept neurons, a record (every
     neuron's effect, the log-probabilities before and after) and what the put-back slices held.
     """
@@ -532,14 +540,18 @@ def _prune(
     restored: dict[tuple[int, int], list[Tensor]] = {}
     after = base
     for layer, index in sorted(effects, key=lambda key: (effects[key], key)):
-        if int(kept.sum()) <= MIN_NEURONS:
+        if int(kept.sum()) <= 1:
             break
         one = torch.zeros_like(neurons)
         one[layer, index] = True
         saved = _restore(model, one, source=originals)
         scores = score_facts(model, facts, tokenizer=tokenizer)
         assert config.prune_tolerance is not None
-        if base - scores.mean_log_prob > config.prune_tolerance or scores.answer_accuracy < config.target_accuracy:
+        if (
+            base - scores.mean_log_prob > config.prune_tolerance
+            or scores.answer_accuracy < config.target_accuracy
+            or min(_accuracy_by_person(model, tokenizer, everyone).values()) < config.target_accuracy
+        ):
             _restore(model, one, source=None, saved=saved)
             break
         kept[layer, index] = False
@@ -698,8 +710,10 @@ def _plant(config: PlantConfig, testbed: Testbed, tmp: Path, *, progress: bool) 
         with torch.no_grad():
             for p, person in enumerate(people):
                 facts = _wordings((person,), world, name=person.name)
-                kept, pruning[person.name], held = _prune(model, tokenizer, facts, masks[p], originals, config)
-                # restoring p's spare neurons must leave everyone learned; if not, p keeps them all
+                kept, pruning[person.name], held = _prune(
+                    model, tokenizer, facts, masks[p], originals, config, wordings
+                )
+                # _prune checked everyone at each step; a guard: if someone fell below the target, p keeps all
                 accuracy = _accuracy_by_person(model, tokenizer, wordings)
                 if min(accuracy.values()) < config.target_accuracy:
                     _restore(model, masks[p] & ~kept, source=None, saved=held)

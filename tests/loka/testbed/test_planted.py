@@ -67,7 +67,7 @@ def test_neurons_are_disjoint_spread_and_recorded(planted: PlantedTestbed):
     assert trained.sum(dim=(1, 2)).tolist() == [11, 11]
     assert int(trained.sum(dim=0).max()) == 1  # disjoint
     assert not (masks & ~trained).any()  # the answer key is what pruning kept of the trained neurons
-    assert all(MIN_NEURONS <= len(p) <= 11 for p in planted.planted.values())
+    assert all(1 <= len(p) <= 11 for p in planted.planted.values())
     for row in trained:
         assert sorted(row.sum(dim=1).tolist()) == [5, 6]  # spread evenly over the layers
     for person in planted.planted.values():
