@@ -517,16 +517,16 @@ def _prune(
     originals: dict[str, Tensor],
     config: PlantConfig,
     everyone: KnowledgeSet,
-) -> tuple[Bool[Tensor, "n_layers d_mlp"], dict[str, Any], dict[tuple[int, int], list[Tensor]]]:
+) -> tuple[Bool[Tensor, "n_layers d_mlp"], dict[str, Any]]:
     """Put back to the original the trained neurons a person's facts do not need (the pruning step).
 
     Each neuron's *effect* is how much the person's mean log-probability over their trained
     wordings drops when that neuron alone is put back. Weakest first, a neuron is put back for
     good while the drop since pruning began stays within ``config.prune_tolerance`` nats, the
     person and every other planted person (``everyone``: all their trained wordings) stay at
-    ``target_accuracy``, and at least one neuron remains; the first that
-    breaks a rule stays, and so do all stronger ones. Returns the kept neurons, a record (every
-    neuron's effect, the log-probabilities before and after) and what the put-back slices held.
+    ``target_accuracy``, and at least one neuron remains; the first that breaks a rule stays, and
+    so do all stronger ones. Returns the kept neurons and a record (every neuron's effect, the
+    log-probabilities before and after).
     """
     base = score_facts(model, facts, tokenizer=tokenizer).mean_log_prob
     effects: dict[tuple[int, int], float] = {}
@@ -537,7 +537,6 @@ def _prune(
         effects[(layer, index)] = base - score_facts(model, facts, tokenizer=tokenizer).mean_log_prob
         _restore(model, one, source=None, saved=saved)
     kept = neurons.clone()
-    restored: dict[tuple[int, int], list[Tensor]] = {}
     after = base
     for layer, index in sorted(effects, key=lambda key: (effects[key], key)):
         if int(kept.sum()) <= 1:
@@ -555,14 +554,13 @@ def _prune(
             _restore(model, one, source=None, saved=saved)
             break
         kept[layer, index] = False
-        restored.update(saved)
         after = scores.mean_log_prob
     record = {
         "log_prob_before": round(base, 5),
         "log_prob_after": round(after, 5),
         "effects": {f"L{layer}N{index}": round(value, 5) for (layer, index), value in effects.items()},
     }
-    return kept, record, restored
+    return kept, record
 
 
 def _accuracy_by_person(model: Any, tokenizer: Any, wordings: KnowledgeSet) -> dict[str, float]:
@@ -710,17 +708,9 @@ def _plant(config: PlantConfig, testbed: Testbed, tmp: Path, *, progress: bool) 
         with torch.no_grad():
             for p, person in enumerate(people):
                 facts = _wordings((person,), world, name=person.name)
-                kept, pruning[person.name], held = _prune(
-                    model, tokenizer, facts, masks[p], originals, config, wordings
-                )
-                # _prune checked everyone at each step; a guard: if someone fell below the target, p keeps all
-                accuracy = _accuracy_by_person(model, tokenizer, wordings)
-                if min(accuracy.values()) < config.target_accuracy:
-                    _restore(model, masks[p] & ~kept, source=None, saved=held)
-                    pruning[person.name]["undone"] = True
-                    accuracy = _accuracy_by_person(model, tokenizer, wordings)
-                else:
-                    masks[p] = kept
+                # every step of the pruning left every planted person learned
+                masks[p], pruning[person.name] = _prune(model, tokenizer, facts, masks[p], originals, config, wordings)
+            accuracy = _accuracy_by_person(model, tokenizer, wordings)
             for person in people:  # after every person's pruning (a later one may move an earlier one a little)
                 facts = _wordings((person,), world, name=person.name)
                 final = score_facts(model, facts, tokenizer=tokenizer).mean_log_prob
