@@ -2,10 +2,10 @@
 
 This is the entry point most code needs::
 
-    scores = attribute(model, forget)          # attribution patching: noise-corrupted, denoised
+    scores = attribute(model, forget)          # neurons: zero ablation; heads: denoising (log-odds)
     validate(scores, model, forget).describe()  # the top components, checked by exact patching
     exact = attribute(model, forget, method="activation_patching", components="heads")
-    ablated = attribute(model, forget, baseline="zero")                # gradient x activation
+    denoised = attribute(model, forget, baseline="corrupt")  # both kinds denoising, log-probability
     selective = scores.contrast(attribute(model, retain), kind="ratio")
     selective.top(fraction=0.01, kind="neurons")
 
@@ -24,28 +24,33 @@ Three more locators, the ones Chang et al. (NAACL 2024) compare on planted neuro
 :mod:`attribution.learned_mask`). All three start from zero ablation (``baseline="zero"``,
 ``direction="ablate"``, the defaults for them) and return scores in its sign convention.
 
-The defaults are the settings whose first-order estimate agrees with exact patching:
-``baseline="corrupt"`` with ROME's noise corruption, ``direction="denoise"``, all positions. The
-gradient is then taken on the corrupted run, where the answer is unlikely and the metric is far
-from saturation (attribution patching). On the tiny testbed (30 forget facts, three seeds) these
-estimates rank-correlate with exact patching in the same settings at Spearman 0.98-1.0 (heads)
-and 0.998-0.999 (neurons); the former defaults (zero ablation, clean run) gave -0.74 to 0.10 for
-heads and 0.62-0.68 for neurons. Restricting ``positions`` to the last or the subject tokens did
-not agree better.
+**The defaults differ by kind** (:data:`RECOMMENDED`), because the two kinds answer best to
+different questions:
 
-**Finding neurons that store a fact** (a known answer: :mod:`loka.testbed.planted`,
-``bench/recall.py``) asks a different question, and the default is not the best answer to it.
-Denoising a noise-corrupted run credits the first layer's neurons that read the corrupted subject
-embeddings: restoring them restores the name, although zeroing them in the clean run changes
-nothing. Zero ablation read in log-odds (``baseline="zero", metric="log_odds"``) asks "what does
-the fact lose without this neuron", and the log-odds do not saturate on facts the model is sure
-of, so redundant carriers still register. On the planted testbed (default size, 3 plantings x 4
-people) it recovers more of the planted neurons at k = r (``README.md`` has the table), in a
-quarter of the default's time; :func:`attribution.peeling.peel` with the same options a little
-more. It is not the default because for **heads** the first-order estimate of zero ablation
-disagrees with exact zero ablation (Spearman 0.56 on the default testbed, -0.52 on the tiny one,
-vs 0.98 for the default settings): use it for neurons (``components="neurons"``), and check
-heads with ``method="activation_patching"``.
+- **neurons: zero ablation read in log-odds** (``baseline="zero", metric="log_odds"``): "what does
+  the fact lose without this neuron". The log-odds (:mod:`attribution.metric`) do not saturate on
+  facts the model is sure of, so redundant carriers still register, and the first-order estimate
+  agrees with exact zero ablation in log-odds. On the planted testbed (neurons trained to hold
+  known facts, :mod:`loka.testbed.planted`; ``bench/recall.py``, ``README.md`` has the table) it
+  recovers more of the planted neurons at k = r than denoising does: denoising a noise-corrupted
+  run credits the first layer's neurons that read the corrupted subject embeddings (restoring
+  them restores the name, although zeroing them in the clean run changes nothing).
+  :func:`attribution.peeling.peel` with the defaults recovers a little more.
+- **heads: denoising a noise-corrupted run, read in log-odds** (``baseline="corrupt"``, ROME's
+  noise corruption, ``direction="denoise"``): the gradient is taken on the corrupted run, where
+  the answer is unlikely and the metric far from saturation. For heads the first-order estimate
+  of *zero* ablation in log-odds disagrees with exact zero ablation (Spearman over all heads 0.13
+  and -0.15 on the default testbed's worlds 0 and 1, -0.31 on the tiny one); denoising's agrees
+  (log-odds / log-probability: 0.87 / 0.89, 0.99 / 0.99 and 0.95 / 1.0; ``python
+  bench/defaults.py`` prints these).
+
+Both kinds are read in log-odds, so :meth:`AttributionScores.top` can rank them together; the
+scores' metadata records each kind's settings (``scores.metadata.of_kind("heads")``) and
+:func:`validate` checks each kind in its own. **Give any of** ``baseline``, ``direction``,
+``metric``, ``corruption``, ``donors`` or ``contrast`` and both kinds use the given settings, with
+the former defaults for the rest (``baseline="corrupt"``, ``metric="log_prob"``). Positions:
+all tokens (restricting them to the last or the subject tokens did not agree better with exact
+patching, and at the last token alone the planted neurons are found less often).
 
 When the first-order estimate fails (and why ``validate`` exists):
 
@@ -78,7 +83,7 @@ returns or raises; weights, ``requires_grad`` flags and the train/eval mode are 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 import torch
@@ -115,6 +120,12 @@ ATTRIBUTION_METHODS: tuple[AttributionMethod, ...] = get_args(AttributionMethod)
 ZERO_BASED_METHODS = ("integrated_gradients", "activation_magnitude", "learned_mask")
 """The methods that start from zero ablation only (no corrupted runs, no donors)."""
 ComponentKinds = Literal["neurons", "heads"]
+_FIELD: dict[Kind, ComponentKinds] = {"neuron": "neurons", "head": "heads"}
+RECOMMENDED: dict[Kind, dict[str, str]] = {
+    "neuron": {"baseline": "zero", "direction": "ablate", "metric": "log_odds"},
+    "head": {"baseline": "corrupt", "direction": "denoise", "metric": "log_odds"},
+}
+"""The settings :func:`attribute` uses for each kind when none is given (see the module docstring)."""
 
 
 def default_direction(baseline: str, direction: str | None) -> str:
@@ -257,11 +268,14 @@ def attribute(
             ``"learned_mask"`` (``mask_config.steps`` passes over the facts); see the module
             docstring.
         components: ``"neurons"``, ``"heads"`` or both; a kind not asked for is ``None`` in the result.
-        baseline: what an activation is replaced with: ``"corrupt"`` (the default of
-            ``grad_x_act`` and ``activation_patching``: the fact's own run
+        baseline: what an activation is replaced with: ``"corrupt"`` (the fact's own run
             with its subject, or its whole prompt, obscured by ``corruption``), ``"zero"``,
             ``"mean"`` (per position class, over ``donors``) or ``"resample"`` (a donor fact's
-            run from ``donors``). The zero-ablation locators take ``"zero"`` only (their default).
+            run from ``donors``). Default for ``grad_x_act`` and ``activation_patching``: each
+            kind's recommended settings when none of baseline, direction, metric, corruption,
+            donors and contrast is given (:data:`RECOMMENDED`: neurons ``"zero"`` in log-odds,
+            heads ``"corrupt"`` in log-odds; see the module docstring), else ``"corrupt"``. The
+            zero-ablation locators take ``"zero"`` only (their default).
         positions: where components are patched / read: ``"all"`` tokens (default), the
             ``"last"`` prompt token, or the ``"subject"`` tokens (every fact must then have a
             subject in its prompt).
@@ -275,9 +289,10 @@ def attribute(
             chooses the noised tokens).
         donors: the set ``"mean"`` averages over and ``"resample"`` / ``"subject"`` draw from
             (default: ``knowledge`` itself).
-        metric: ``"log_prob"`` (default), ``"log_odds"`` (does not saturate on facts the model is
-            sure of: see :mod:`attribution.metric`) or ``"logit_diff"`` (default when ``contrast``
-            is given); ``contrast`` maps every fact id to its contrast answer.
+        metric: ``"log_prob"`` (default, but see ``baseline``), ``"log_odds"`` (does not
+            saturate on facts the model is sure of: see :mod:`attribution.metric`) or
+            ``"logit_diff"`` (default when ``contrast`` is given); ``contrast`` maps every fact
+            id to its contrast answer.
         samples: donors per fact for ``"resample"`` (corrupted samples are set in ``corruption``).
         seed: seeds donors, noise and replacement subjects (per fact, independent of batching).
         batch_size: facts per batch. ``chunk_size``: patched copies per forward (exact patching;
@@ -292,7 +307,7 @@ def attribute(
 
     Returns:
         :class:`AttributionScores`: effects averaged over facts, with the sign convention of
-        ``direction`` and metadata naming the model.
+        ``direction`` (each kind's: ``scores.metadata.of_kind(kind)``) and metadata naming the model.
 
     Which to use: ``"grad_x_act"`` is cheap enough for every component of a large model, but it
     is a first-order estimate: see the module docstring for when it fails, and check it with
@@ -309,8 +324,17 @@ def attribute(
         method, baseline=baseline, direction=direction, corruption=corruption, donors=donors, samples=samples,
         seed=seed, steps=steps, mask_config=mask_config, retain=retain, chunk_size=chunk_size,
     )  # fmt: skip
-    baseline = ("zero" if method in ZERO_BASED_METHODS else "corrupt") if baseline is None else baseline
     kinds = _kinds(components)
+    given = (baseline, direction, metric, corruption, donors, contrast)
+    if method not in ZERO_BASED_METHODS and all(value is None for value in given):
+        # The recommended settings of each kind: one attribution per kind, merged.
+        common = dict(method=method, positions=positions, samples=samples, seed=seed, batch_size=batch_size,
+                      chunk_size=chunk_size, progress=progress)  # fmt: skip
+        parts = {kind: attribute(model, knowledge, components=_FIELD[kind], **common, **RECOMMENDED[kind])
+                 for kind in kinds}  # fmt: skip
+        return parts[kinds[0]] if len(parts) == 1 else _merged(parts["neuron"], parts["head"])
+    if baseline is None:
+        baseline = "zero" if method in ZERO_BASED_METHODS else "corrupt"
     positions = check_positions(positions)
     direction = default_direction(baseline, direction)
     batch_size = check_batch_size(batch_size)
@@ -403,6 +427,18 @@ def attribute(
         options=options,
     )
     return AttributionScores(scores.get("neuron"), scores.get("head"), metadata)
+
+
+def _merged(neurons: AttributionScores, heads: AttributionScores) -> AttributionScores:
+    """One :class:`AttributionScores` of neurons and heads scored in different settings: the
+    neurons' metadata, with the heads' differing fields in ``metadata.by_kind["head"]``."""
+    shared, own = neurons.metadata, heads.metadata
+    differ = {
+        name: getattr(own, name)
+        for name in ("baseline", "direction", "metric", "clean_metric", "base_metric", "options")
+        if getattr(own, name) != getattr(shared, name)
+    }
+    return AttributionScores(neurons.neurons, heads.heads, replace(shared, by_kind={"head": differ} if differ else {}))
 
 
 def _learned_mask_scores(

@@ -12,12 +12,14 @@ order first, then the last round's importance: a greedy elimination, with a firs
 locator at each step.
 
 Measured on the planted testbed (``python bench/recall.py``; default testbed, 3 plantings x 4
-people; 10 rounds of 0.2% of the neurons): global Recall@r of the default locator goes from 0.67
-to 0.75 at the 2% planting ratio and from 0.63 to 0.69 at 0.5%; peeling zero-ablation scores
-goes from 0.63 to 0.73 and from 0.64 to 0.68. On the tiny testbed (2 people) it did not help
-(0.59 to 0.54). What the rankings miss is not only faint: about a third of the 2% answer key
-costs its person under 0.01 nats when put back alone, but the key's other neurons are found no
-better (0.68 of them at k = their count): neurons that all of a person's facts use outrank them.
+people; 10 rounds of 0.2% of the neurons): global Recall@r of the default locator (zero ablation
+in log-odds) goes from 0.79 to 0.88 at the 2% planting ratio and stays about the same at 0.5%
+(0.92 to 0.89); peeling the former default (denoising) goes from 0.66 to 0.76. Thirty rounds of
+one neuron did no better (0.85). On the tiny testbed (2 people) peeling the former default did
+not help. What the rankings still miss is not only faint: about 40% of the 2% answer key costs
+its person under 0.01 nats when put back alone, and neurons that every fact of the person uses
+(the first layer's, reading the name) or that the planted neurons write through outrank some of
+the rest.
 
 Peeling never changes the model: the ablations are hooks inside ``model.hooks(...)`` contexts,
 gone when a round ends (also on an error), so the scores' model fingerprint is the model's own.

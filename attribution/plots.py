@@ -42,8 +42,11 @@ def heatmap(values: Tensor, *, letter: str, title: str, x_title: str, colorbar: 
     return figure
 
 
-def _subtitle(scores: Any) -> str:
-    meta = scores.metadata
+def _subtitle(scores: Any, kind: str | None = None) -> str:
+    """How the scores (of ``kind``, or of every kind, each in its settings) were made."""
+    if kind is None and scores.metadata.by_kind:
+        return "; ".join(f"{one}s: {_subtitle(scores, one)}" for one in scores.kinds)
+    meta = scores.metadata if kind is None else scores.metadata.of_kind(kind)
     return f"{meta.method}, baseline {meta.baseline}, {meta.direction}, positions {meta.positions}, {meta.metric}"
 
 
@@ -53,18 +56,21 @@ def scores_figures(scores: Any, *, k: int = 20) -> dict[str, go.Figure]:
     sub = _subtitle(scores)
     if scores.heads is not None:
         figures["heads"] = heatmap(
-            scores.heads, letter="H", title=f"Attention heads<br><sup>{sub}</sup>", x_title="head"
+            scores.heads, letter="H", title=f"Attention heads<br><sup>{_subtitle(scores, 'head')}</sup>", x_title="head"
         )
     if scores.neurons is not None:
         neurons = scores.neurons.detach().float().cpu()
-        figures["neurons"] = heatmap(neurons, letter="N", title=f"MLP neurons<br><sup>{sub}</sup>", x_title="neuron")
+        neuron_sub = _subtitle(scores, "neuron")
+        figures["neurons"] = heatmap(
+            neurons, letter="N", title=f"MLP neurons<br><sup>{neuron_sub}</sup>", x_title="neuron"
+        )
         distribution = go.Figure()
         for layer in range(neurons.shape[0]):
             distribution.add_trace(
                 go.Box(x=neurons[layer].tolist(), name=f"L{layer}", orientation="h", boxpoints="outliers")
             )
         distribution.update_layout(
-            title=f"Neuron scores per layer<br><sup>{sub}</sup>",
+            title=f"Neuron scores per layer<br><sup>{neuron_sub}</sup>",
             xaxis_title="score",
             yaxis_title="layer",
             showlegend=False,

@@ -72,6 +72,11 @@ class ScoresMetadata:
     ``base_metric`` is the mean metric of the run interventions were applied to (the clean run
     when ablating, the corrupted run when denoising); ``clean_metric`` is always the clean run's.
     ``options`` holds the rest (corruption, samples, seed, donor set, ...), JSON-ready.
+
+    ``by_kind`` is empty unless the kinds were scored in different settings (``attribute``'s
+    recommended settings: neurons by zero ablation, heads by denoising): it then maps a kind
+    (``"head"``) to the fields that differ for it; the other fields describe every kind.
+    :meth:`of_kind` gives one kind's metadata, which is what every reader of the settings uses.
     """
 
     method: str
@@ -85,17 +90,25 @@ class ScoresMetadata:
     clean_metric: float
     base_metric: float
     options: Mapping[str, Any] = field(default_factory=dict)
+    by_kind: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def of_kind(self, kind: str) -> ScoresMetadata:
+        """The metadata of ``kind``'s scores: ``by_kind``'s fields for it replace the shared ones."""
+        kind = parse_kind(kind)
+        return replace(self, **dict(self.by_kind.get(kind, {})), by_kind={})
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["model"] = self.model.to_dict()
         out["options"] = dict(self.options)
+        if not self.by_kind:
+            del out["by_kind"]
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScoresMetadata:
         expected = {f.name for f in fields(cls)}
-        missing = expected - set(data) - {"options"}
+        missing = expected - set(data) - {"options", "by_kind"}
         if missing:
             raise UsageError(f"scores metadata is missing {sorted(missing)}")
         values = {k: v for k, v in data.items() if k in expected}
@@ -175,14 +188,15 @@ class AttributionScores:
         """Scores of ``kind`` signed so that larger means "carries more of the knowledge":
         ``-score`` for ablation effects, ``score`` for denoising effects and contrasts."""
         values = self.of(kind)
-        return -values if self.metadata.direction == "ablate" else values
+        return -values if self.metadata.of_kind(kind).direction == "ablate" else values
 
     def top(self, k: int | None = None, fraction: float | None = None, kind: str | None = None) -> list[Component]:
         """The most important components, most important first.
 
         Give ``k`` (a count) or ``fraction`` (of the components considered), or neither for all
         of them. ``kind`` restricts to ``"neurons"`` or ``"heads"``; without it both kinds are
-        ranked together (their scores are in the same unit, the metric).
+        ranked together (their scores are in the same unit, the metric: ``attribute``'s
+        recommended settings read both kinds in log-odds).
         """
         if k is not None and fraction is not None:
             raise UsageError("give k or fraction, not both")
@@ -238,6 +252,13 @@ class AttributionScores:
         missing = [one for one in self.kinds if one not in retain_scores.kinds]
         if missing:
             raise UsageError(f"the retain scores have no {_FIELD[missing[0]]}; score the same components on both sets")
+        for one in self.kinds:
+            mine, theirs = self.metadata.of_kind(one), retain_scores.metadata.of_kind(one)
+            if (mine.baseline, mine.direction, mine.metric) != (theirs.baseline, theirs.direction, theirs.metric):
+                raise UsageError(
+                    f"the {_FIELD[one]} were scored with {mine.baseline}/{mine.direction}/{mine.metric} on this set "
+                    f"and {theirs.baseline}/{theirs.direction}/{theirs.metric} on the retain set; score both alike"
+                )
         if eps is not None and not eps >= 0:
             raise UsageError(f"eps must be non-negative, got {eps}")
         out: dict[str, Tensor] = {}
@@ -263,6 +284,7 @@ class AttributionScores:
             method=f"contrast-{kind}({meta.method})",
             direction="contrast",
             options=options,
+            by_kind={},
         )
         return AttributionScores(out.get("neurons"), out.get("heads"), metadata)
 
@@ -276,7 +298,7 @@ class AttributionScores:
         info = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
-            "sign_convention": _SIGN[self.metadata.direction],
+            "sign_convention": _sign_convention(self),
             "tensors": {name: list(t.shape) for name, t in tensors.items()},
             "metadata": self.metadata.to_dict(),
             "top_20": [c.label for c in self.top(20)],
@@ -321,6 +343,12 @@ _SIGN = {
     "denoise": "effect of restoring = metric(corrupted + restored) - metric(corrupted); positive = carries it",
     "contrast": "specificity to the forget set; higher = more specific",
 }
+
+
+def _sign_convention(scores: AttributionScores) -> str | dict[str, str]:
+    """The sign convention of the scores, or of each kind's where the kinds differ."""
+    signs = {_FIELD[kind]: _SIGN[scores.metadata.of_kind(kind).direction] for kind in scores.kinds}
+    return next(iter(signs.values())) if len(set(signs.values())) == 1 else signs
 
 
 def _standardise(values: Tensor) -> Tensor:

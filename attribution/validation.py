@@ -126,21 +126,18 @@ class ScoreCheck:
         }
 
     def describe(self) -> str:
-        """One line: the settings, then per kind the Spearman and the top-k agreement."""
-        s = self.settings
-        corruption = s.get("corruption")
-        baseline = str(s.get("baseline", "?"))
-        if corruption:
-            baseline += f" ({corruption['kind']}, span {corruption['span']})"
+        """One line: the settings, then per kind the Spearman and the top-k agreement (each kind
+        with its own settings where the kinds were scored differently)."""
         parts = [
             f"{kind}: Spearman {c.spearman:.2f}, top-{c.n_top} agreement {c.agreement:.2f} "
             f"({len(c.components)} measured)"
             for kind, c in self.checks.items()
         ]
-        return (
-            f"grad_x_act vs exact patching ({baseline}, {s.get('direction', '?')}, positions "
-            f"{s.get('positions', '?')}, {s.get('metric', '?')}): " + "; ".join(parts)
-        )
+        by_kind = self.settings.get("by_kind")
+        if by_kind is None:
+            return f"grad_x_act vs exact patching ({_settings_line(self.settings)}): " + "; ".join(parts)
+        lines = [f"{part} [{_settings_line(by_kind[kind])}]" for kind, part in zip(self.checks, parts, strict=True)]
+        return "grad_x_act vs exact patching: " + "; ".join(lines)
 
     def plot(self) -> go.Figure:
         """A plotly scatter of exact (y) against estimated (x) effects, one colour per kind, top-k
@@ -182,6 +179,14 @@ class ScoreCheck:
         return fig
 
 
+def _settings_line(s: Mapping[str, Any]) -> str:
+    corruption = s.get("corruption")
+    baseline = str(s.get("baseline", "?"))
+    if corruption:
+        baseline += f" ({corruption['kind']}, span {corruption['span']})"
+    return f"{baseline}, {s.get('direction', '?')}, positions {s.get('positions', '?')}, {s.get('metric', '?')}"
+
+
 def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
@@ -201,10 +206,16 @@ def patching_settings(
     *,
     donors: KnowledgeSet | None = None,
     contrast: Mapping[str, str] | None = None,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for :func:`attribution.patch_components` that reproduce the settings the
-    scores' metadata records; ValueError if it does not record enough, or needs what is not given."""
-    meta = scores.metadata
+    scores' metadata records (``kind``'s, where the kinds were scored differently); ValueError if
+    it does not record enough, or needs what is not given."""
+    if kind is None and scores.metadata.by_kind:
+        raise UsageError(
+            "these scores' kinds were made in different settings; name the kind (kind='neurons' or 'heads')"
+        )
+    meta = scores.metadata if kind is None else scores.metadata.of_kind(kind)
     options = meta.options
     baseline = meta.baseline
     if baseline not in BASELINES:
@@ -295,11 +306,11 @@ def validate(
             f"these scores were computed on {meta.n_facts} facts ({meta.knowledge!r}); validate needs the same "
             f"facts, got {len(knowledge)}"
         )
-    settings = patching_settings(scores, knowledge, donors=donors, contrast=contrast)
+    settings = {one: patching_settings(scores, knowledge, donors=donors, contrast=contrast, kind=one) for one in kinds}
 
     generator = torch.Generator().manual_seed(seed)
     chosen: dict[str, tuple[Tensor, int]] = {}
-    components: list[Component] = []
+    components: dict[str, list[Component]] = {}
     for one in kinds:
         importance = scores.importance(one)
         width = importance.shape[1]
@@ -309,18 +320,29 @@ def validate(
         drawn = rest[torch.randperm(rest.numel(), generator=generator)[: min(k, rest.numel())]]
         flat = torch.cat([order[:n_top], drawn])
         chosen[one] = (flat, n_top)
-        components += [Component(one, int(i) // width, int(i) % width) for i in flat]  # type: ignore[arg-type]
+        components[one] = [Component(one, int(i) // width, int(i) % width) for i in flat]  # type: ignore[arg-type]
 
-    measured = patch_components(
-        model, knowledge, components, batch_size=batch_size, chunk_size=chunk_size, progress=progress, **settings
-    )
-    sign = -1.0 if meta.direction == "ablate" else 1.0
+    # Kinds scored in the same settings are measured together.
+    groups: dict[str, list[str]] = {}
+    for one in kinds:
+        groups.setdefault(repr(settings[one]), []).append(one)
+    measured: dict[str, tuple[tuple[Component, ...], Tensor]] = {}
+    for group in groups.values():
+        together = [c for one in group for c in components[one]]
+        result = patch_components(
+            model, knowledge, together, batch_size=batch_size, chunk_size=chunk_size, progress=progress,
+            **settings[group[0]],
+        )  # fmt: skip
+        offset = 0
+        for one in group:
+            n = len(components[one])
+            measured[one] = (tuple(result.components[offset : offset + n]), result.effects[offset : offset + n])
+            offset += n
     checks: dict[str, KindCheck] = {}
-    offset = 0
     for one, (flat, n_top) in chosen.items():
+        sign = -1.0 if meta.of_kind(one).direction == "ablate" else 1.0
         estimated = scores.of(one).flatten()[flat].float()
-        exact = measured.effects[offset : offset + len(flat)].float()
-        offset += len(flat)
+        measured_components, exact = measured[one][0], measured[one][1].float()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConstantInputWarning)
             rho = float(spearmanr(estimated.numpy(), exact.numpy()).statistic)
@@ -328,13 +350,21 @@ def validate(
         agreement = len(exact_top & set(range(n_top))) / n_top
         checks[_FIELD[one]] = KindCheck(
             kind=_FIELD[one],
-            components=tuple(measured.components[offset - len(flat) : offset]),
+            components=measured_components,
             estimated=estimated,
             exact=exact,
             n_top=n_top,
             spearman=rho,
             agreement=agreement,
         )
+    described = {_FIELD[one]: _described(settings[one], meta.of_kind(one)) for one in kinds}
+    if len(groups) == 1:  # one set of settings for every kind checked
+        return ScoreCheck(checks=checks, settings=next(iter(described.values())), k=k, seed=seed)
+    return ScoreCheck(checks=checks, settings={"by_kind": described}, k=k, seed=seed)
+
+
+def _described(settings: Mapping[str, Any], meta: Any) -> dict[str, Any]:
+    """JSON-ready patching settings (the donor set by name and size, no contrast answers)."""
     described = {
         name: (value.to_dict() if isinstance(value, Corruption) else value)
         for name, value in settings.items()
@@ -344,4 +374,4 @@ def validate(
     recorded = meta.options.get("donors", meta.options.get("reference"))
     if recorded is not None:
         described["donors"] = dict(recorded)
-    return ScoreCheck(checks=checks, settings=described, k=k, seed=seed)
+    return described

@@ -14,8 +14,8 @@ Builds (or loads) :func:`loka.testbed.planted.load_planted` and prints:
   layers by the locator's importance; zero and mean): that person's accuracy and retain, beside
   the original's accuracy on the person (the oracle), and the mean [95% interval] over people;
 * Recall@r per person: the share of the answer key among the top |answer key| neurons of all
-  layers by each locator's importance, for the default ``attribute()`` (grad x act,
-  corrupt/denoise), ``method="activation_patching"`` (with ``--patching``), any other
+  layers by each locator's importance, for the default ``attribute()`` (grad x act; for
+  neurons zero ablation in log-odds), ``method="activation_patching"`` (with ``--patching``), any other
   ``attribute`` methods in ``--methods`` (their defaults), and random scores (expected recall: r).
   Attribution reads the person's trained wordings (every trained template);
 * the ablation profile (:func:`loka.evaluation.ablation_profile.ablation_profile`) of the whole forget set

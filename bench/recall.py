@@ -16,23 +16,31 @@ the measure to read.
 Printed: mean and 95% interval over people and seeds (:func:`loka.evaluation.intervals.mean_interval`)
 and each locator's seconds per person. Random scores recall k by construction.
 
-Locators (``--locators``, default all but exact patching; ``--patching`` adds the four exact ones):
-``grad_x_act`` (the default of ``attribute``: noise-corrupt, denoise, log-probability),
-``grad_x_act log_odds`` / ``grad_x_act zero log_odds`` (the metric in log-odds, which does not
-saturate on facts the model is sure of: :mod:`attribution.metric`), ``grad_x_act contrast``
-(forget minus retain, standardised: what LOKA locates with), ``grad_x_act zero`` / ``mean``
-(the other baselines, ablate), ``grad_x_act unseen`` (the default's denoising, with the subject
-replaced by one of 300 people the world generator makes up and nobody trained on, 8 per fact,
-in place of noise), ``peel grad_x_act`` / ``peel grad_x_act zero`` (:func:`attribution.peeling.peel`:
-10 rounds, each zero-ablating the top 0.2% of neurons and attributing again; ``peel grad_x_act
-zero log_odds`` in log-odds), ``patching zero`` / ``mean`` / ``corrupt`` / ``zero log_odds``
-(exact activation patching), ``integrated_gradients`` (20 steps, zero baseline; ``integrated_gradients
-log_odds``), ``activation_magnitude``
-(mean |a| x ||W_out row||), ``mask hard_concrete`` / ``mask slimming`` (learned masks, "remove":
-the facts' likelihood down under an L0 / L1 sparsity, weights frozen; ``mask slimming log_odds``
-with the log-odds metric), ``mask hard_concrete
-retain`` and ``mask slimming retain`` (with a retain term on ``--retain-facts`` retain facts; the
-latter with notebook 04's settings, 100 steps), and ``random``.
+Locators (``--locators``, default all but exact patching; ``--patching`` adds the exact ones):
+
+- ``grad_x_act``: the default of ``attribute`` (for neurons, zero ablation read in log-odds,
+  which do not saturate on facts the model is sure of: :mod:`attribution.metric`);
+  ``grad_x_act corrupt`` the former default (noise-corrupt, denoise, log-probability),
+  ``grad_x_act corrupt log_odds`` the same in log-odds; ``grad_x_act zero`` / ``mean`` (ablate,
+  log-probability); ``grad_x_act unseen`` (the former default's denoising, with the subject replaced
+  by one of 300 people the world generator makes up and nobody trained on, 8 per fact, in place
+  of noise); ``grad_x_act contrast`` (forget minus ``--retain-facts`` retain facts, standardised,
+  both corrupt/denoise: what LOKA locates with);
+- variants of the default: ``grad_x_act last`` (the last prompt token only), ``grad_x_act minus
+  retain`` / ``ratio retain`` (contrasted with the retain facts), ``grad_x_act minus unseen``
+  (minus the importance on facts about the testbed's holdout people, whom no model trained on);
+- peeling (:func:`attribution.peeling.peel`: 10 rounds, each zero-ablating the top 0.2% of neurons
+  and attributing again): ``peel grad_x_act`` (default settings), ``peel1 grad_x_act`` (30 rounds
+  of one neuron), ``peel grad_x_act corrupt`` / ``zero``;
+- ``integrated_gradients`` (20 steps, zero baseline; ``integrated_gradients log_odds``),
+  ``activation_magnitude`` (mean |a| x ||W_out row||);
+- learned masks, "remove" (the facts' likelihood down under an L0 / L1 sparsity, weights frozen):
+  ``mask hard_concrete`` / ``mask slimming`` (``mask slimming log_odds`` with the log-odds metric),
+  ``mask hard_concrete retain`` and ``mask slimming retain`` (with a retain term on
+  ``--retain-facts`` retain facts; the latter with notebook 04's settings, 100 steps);
+- exact activation patching: ``patching`` (the default settings), ``patching zero`` / ``mean`` /
+  ``corrupt``, ``patching minus unseen``;
+- ``random``.
 """
 
 from __future__ import annotations
@@ -73,14 +81,36 @@ def _attr(**options: Any) -> Locator:
     )
 
 
-_RETAIN: list[Any] = [None, None, None]  # model, retain set, their scores: retain is scored once per planted model
+def _contrast_with(kind: str, **options: Any) -> Locator:
+    """Forget minus retain (``kind``: "difference" or "ratio"), both scored with ``options``."""
+
+    def run(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
+        forget = attribute(model, facts, components="neurons", progress=False, seed=seed, **options)
+        kept = attribute(model, retain, components="neurons", progress=False, seed=0, **options)
+        return _importance(forget.contrast(kept, kind=kind))
+
+    return run
 
 
-def _contrast(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
-    forget = attribute(model, facts, components="neurons", progress=False, seed=seed)
-    if _RETAIN[0] is not model or _RETAIN[1] is not retain:
-        _RETAIN[:] = [model, retain, attribute(model, retain, components="neurons", progress=False, seed=0)]
-    return _importance(forget.contrast(_RETAIN[2], kind="difference"))
+_HOLDOUT: list[Any] = [None, None]  # model, the never-seen people's scores: scored once per planted model
+
+
+def _minus_unseen(**options: Any) -> Locator:
+    """The person's importance minus the same importance on facts about people nobody trained
+    on (the testbed's holdout people): what ablating a neuron does to answers the model never
+    learned is not this person's knowledge (generic machinery, the answers' prior)."""
+
+    def run(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
+        forget = attribute(model, facts, components="neurons", progress=False, seed=seed, **options)
+        if _HOLDOUT[0] is not model:
+            unseen = _UNSEEN_FACTS[id(model)]
+            _HOLDOUT[:] = [model, attribute(model, unseen, components="neurons", progress=False, seed=0, **options)]
+        return _importance(forget) - _importance(_HOLDOUT[1])
+
+    return run
+
+
+_UNSEEN_FACTS: dict[int, KnowledgeSet] = {}  # id(model) -> facts about the testbed's holdout people
 
 
 def _mask(kind: str, retain_weight: float = 0.0, steps: int = 200, **options: Any) -> Locator:
@@ -116,15 +146,20 @@ def _random(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) ->
 
 LOCATORS: dict[str, Locator] = {
     "grad_x_act": _attr(),
-    "grad_x_act contrast": _contrast,
+    "grad_x_act corrupt": _attr(baseline="corrupt"),
+    "grad_x_act corrupt log_odds": _attr(baseline="corrupt", metric="log_odds"),
+    "grad_x_act contrast": _contrast_with("difference", baseline="corrupt"),
     "grad_x_act zero": _attr(baseline="zero"),
     "grad_x_act mean": _attr(baseline="mean"),
     "grad_x_act unseen": _unseen,
-    "grad_x_act zero log_odds": _attr(baseline="zero", metric="log_odds"),
-    "grad_x_act log_odds": _attr(metric="log_odds"),
+    "grad_x_act last": _attr(positions="last"),
+    "grad_x_act minus retain": _contrast_with("difference"),
+    "grad_x_act ratio retain": _contrast_with("ratio"),
+    "grad_x_act minus unseen": _minus_unseen(),
     "peel grad_x_act": _peel(),
+    "peel1 grad_x_act": _peel(rounds=30, per_round=1),
+    "peel grad_x_act corrupt": _peel(baseline="corrupt"),
     "peel grad_x_act zero": _peel(baseline="zero"),
-    "peel grad_x_act zero log_odds": _peel(baseline="zero", metric="log_odds"),
     "integrated_gradients log_odds": _attr(method="integrated_gradients", metric="log_odds"),
     "integrated_gradients": _attr(method="integrated_gradients"),
     "activation_magnitude": _attr(method="activation_magnitude"),
@@ -136,10 +171,11 @@ LOCATORS: dict[str, Locator] = {
     "random": _random,
 }
 PATCHING: dict[str, Locator] = {
+    "patching": _attr(method="activation_patching"),
     "patching zero": _attr(method="activation_patching", baseline="zero"),
     "patching mean": _attr(method="activation_patching", baseline="mean"),
-    "patching corrupt": _attr(method="activation_patching"),
-    "patching zero log_odds": _attr(method="activation_patching", baseline="zero", metric="log_odds"),
+    "patching corrupt": _attr(method="activation_patching", baseline="corrupt"),
+    "patching minus unseen": _minus_unseen(method="activation_patching"),
 }
 MULTIPLES = (1, 2, 5)
 
@@ -189,6 +225,7 @@ def main() -> None:
                 p.name for p in new_people(planted.testbed.world, 300, seed=10_000 + seed) if p.name not in taken
             )
             retain = KnowledgeSet(planted.retain.facts[: args.retain_facts], name="retain")
+            _UNSEEN_FACTS[id(model)] = KnowledgeSet(planted.testbed.holdout.facts[: args.retain_facts], name="holdout")
             rows: dict[str, dict[str, list[float]]] = {n: {} for n in names}
             for p, person in enumerate(planted.people):
                 truth = planted.planted[person.name].mask

@@ -163,7 +163,7 @@ def test_where_did_we_put_it_notebook(kernel_env: dict[str, str], tmp_path: Path
     # random scores, which sit at chance (k / d_mlp: 0.02, 0.05, 0.12)
     locators = (
         "grad_x_act", "integrated_gradients", "activation_magnitude", "activation_patching", "learned_mask",
-        "grad_x_act, peeled", "grad_x_act, zero log-odds",
+        "grad_x_act, peeled", "grad_x_act, denoising",
     )  # fmt: skip
     rows = {name: recall_row(text, name) for name in locators}
     chance = recall_row(text, "random (100 draws)")

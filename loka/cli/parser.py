@@ -108,15 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     locate.add_argument(
         "--baseline", choices=("zero", "mean", "resample", "corrupt"),
-        help="default: corrupt for grad_x_act and activation_patching, zero for the others",
+        help="default: each kind's recommended settings (grad_x_act and activation_patching: neurons by zero "
+        "ablation in log-odds, heads by denoising a noise-corrupted run); zero for the other methods",
     )  # fmt: skip
     locate.add_argument("--direction", choices=("ablate", "denoise"), help="default: denoise for corrupt")
     locate.add_argument(
-        "--metric", choices=("log_prob", "log_odds"), default="log_prob",
-        help="what an effect moves: log p of the answer (default) or its log-odds (no saturation on sure facts)",
+        "--metric", choices=("log_prob", "log_odds"),
+        help="what an effect moves: log p of the answer or its log-odds (no saturation on sure facts); "
+        "default: each kind's recommended metric, or log_prob when --baseline or --direction is given",
     )  # fmt: skip
     locate.add_argument("--steps", type=int, default=20, help="integrated gradients: Riemann steps (20)")
-    locate.add_argument("--positions", choices=("all", "last", "subject"), default="last")
+    locate.add_argument("--positions", choices=("all", "last", "subject"), default="all")
     locate.add_argument(
         "--components", nargs="+", choices=("neurons", "heads"), default=["neurons", "heads"], metavar="KIND"
     )

@@ -49,7 +49,9 @@ How planting works (:func:`load_planted`):
   person's neurons are put back to the original one at a time, weakest first (the drop in the
   person's mean log-probability when that neuron alone is put back), while the drop since
   pruning began stays within ``prune_tolerance``, the person and every other planted person
-  stay at ``target_accuracy``, and at least one neuron remains. The answer key is what remains:
+  stay at ``target_accuracy``, and at least one neuron remains. Pruning does not look at the
+  mixed retain people: putting neurons back can cost them a little (default testbed, seeds 0-2,
+  both ratios: 0.98 at the end of planting, 0.951-0.972 after pruning). The answer key is what remains:
   exactly the neurons that differ from the original (``planted.safetensors`` also holds the
   ``trained`` sets; ``planted.json`` every trained neuron's effect). :data:`MIN_NEURONS` bounds
   the *planting* (every person is trained into at least 8 neurons), not the key. Recipe 2 also

@@ -50,7 +50,11 @@ def facts(tiny_testbed: Testbed) -> KnowledgeSet:
         ),
         ({"donors": "self"}, r"a donor set \(donors=\) is only read by .* not by baseline='corrupt'"),
         ({"baseline": "zero", "samples": 3}, r"baseline='zero' is deterministic; samples must be 1, got 3"),
-        ({"samples": 3}, r"give the number of corrupted samples once, in Corruption\(samples=...\); samples=3 is for"),
+        (
+            {"baseline": "corrupt", "samples": 3},
+            r"give the number of corrupted samples once, in Corruption\(samples=...\); samples=3 is for",
+        ),
+        ({"samples": 3}, r"baseline='zero' is deterministic; samples must be 1, got 3"),  # neurons' recommended
         ({"baseline": "resample", "samples": 0}, r"samples must be a positive integer, got 0"),
         ({"batch_size": 0}, r"batch_size must be an integer at least 1, got 0"),
         ({"method": "activation_patching", "chunk_size": 0}, r"chunk_size must be at least 1, got 0"),

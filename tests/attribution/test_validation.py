@@ -43,10 +43,72 @@ def questions(tiny_testbed: Testbed) -> KnowledgeSet:
 
 @pytest.fixture(scope="module")
 def scores(model, facts) -> attribution.AttributionScores:
+    return attribution.attribute(model, facts, baseline="corrupt", progress=False)
+
+
+@pytest.fixture(scope="module")
+def recommended(model, facts) -> attribution.AttributionScores:
     return attribution.attribute(model, facts, progress=False)
 
 
-def test_defaults_are_noise_corrupted_denoising_at_all_positions(scores):
+def test_the_defaults_are_each_kinds_recommended_settings(model, facts, recommended):
+    """Neurons by zero ablation in log-odds, heads by denoising a noise-corrupted run in log-odds:
+    each kind equals attribute() asked for its settings alone, and the metadata says which is which."""
+    neurons = attribution.attribute(
+        model, facts, components="neurons", baseline="zero", metric="log_odds", progress=False
+    )
+    heads = attribution.attribute(
+        model, facts, components="heads", baseline="corrupt", metric="log_odds", progress=False
+    )
+    assert torch.equal(recommended.neurons, neurons.neurons) and torch.equal(recommended.heads, heads.heads)
+    for kind, alone in (("neurons", neurons), ("heads", heads)):
+        meta, expected = recommended.metadata.of_kind(kind), alone.metadata
+        assert (meta.baseline, meta.direction, meta.metric, meta.options) == (
+            expected.baseline, expected.direction, expected.metric, expected.options,
+        )  # fmt: skip
+        assert meta.clean_metric == pytest.approx(expected.clean_metric) and meta.base_metric == expected.base_metric
+        assert torch.equal(recommended.importance(kind), alone.importance(kind))
+    assert recommended.metadata.of_kind("neurons").direction == "ablate"
+    assert recommended.metadata.of_kind("heads").direction == "denoise"
+    # the order the kinds are asked in does not matter
+    swapped = attribution.attribute(model, facts, components=("heads", "neurons"), progress=False)
+    assert torch.equal(swapped.neurons, neurons.neurons) and swapped.metadata == recommended.metadata
+    # one kind alone gets its own recommended settings, with nothing per kind
+    assert neurons.metadata == attribution.attribute(model, facts, components="neurons", progress=False).metadata
+    # any setting given applies to both kinds, with the former defaults for the rest
+    given = attribution.attribute(model, facts, metric="log_prob", progress=False).metadata
+    assert (given.baseline, given.direction, given.metric, dict(given.by_kind)) == (
+        "corrupt",
+        "denoise",
+        "log_prob",
+        {},
+    )
+
+
+def test_recommended_scores_validate_save_and_contrast_per_kind(model, facts, recommended, tmp_path):
+    check = attribution.validate(recommended, model, facts, k=4)
+    settings = check.settings["by_kind"]
+    assert (settings["neurons"]["baseline"], settings["heads"]["baseline"]) == ("zero", "corrupt")
+    for kind, one in check.checks.items():
+        exact = attribution.patch_components(
+            model, facts, one.components, **patching_settings(recommended, facts, kind=kind)
+        )
+        assert torch.allclose(one.exact, exact.effects, atol=1e-6)
+    assert "neurons: Spearman" in check.describe() and "[zero, ablate" in check.describe()
+    with pytest.raises(ValueError, match=r"made in different settings; name the kind"):
+        patching_settings(recommended, facts)
+    loaded = attribution.AttributionScores.load(recommended.save(tmp_path / "scores"), model=model)
+    assert loaded.metadata == recommended.metadata
+    info = json.loads((tmp_path / "scores" / "scores.json").read_text())
+    assert set(info["sign_convention"]) == {"neurons", "heads"}
+    assert info["metadata"]["by_kind"]["head"]["direction"] == "denoise"
+    contrast = recommended.contrast(attribution.attribute(model, facts, progress=False))
+    assert contrast.metadata.by_kind == {} and contrast.metadata.direction == "contrast"
+    with pytest.raises(ValueError, match=r"the neurons were scored with zero/ablate/log_odds on this set"):
+        recommended.contrast(attribution.attribute(model, facts, baseline="corrupt", progress=False))
+
+
+def test_corrupt_settings_are_noise_corrupted_denoising_at_all_positions(scores):
     meta = scores.metadata
     assert (meta.method, meta.baseline, meta.direction, meta.positions, meta.metric) == (
         "grad_x_act",
@@ -137,7 +199,9 @@ def test_a_constant_input_gives_nan_and_not_ok():
 
 
 def test_validate_errors(model, facts, scores, tiny_testbed):
-    retain = attribution.attribute(model, KnowledgeSet(tiny_testbed.retain.facts[:4]), progress=False)
+    retain = attribution.attribute(
+        model, KnowledgeSet(tiny_testbed.retain.facts[:4]), baseline="corrupt", progress=False
+    )
     contrast = scores.contrast(retain)
     with pytest.raises(ValueError, match=r"validate checks scores made by method='grad_x_act' .* 'contrast'"):
         attribution.validate(contrast, model, facts)
@@ -188,9 +252,10 @@ def test_facts_without_a_subject_work_with_the_defaults(model, questions):
     scores = attribution.attribute(model, questions, progress=False)
     assert torch.isfinite(scores.neurons).all() and torch.isfinite(scores.heads).all()
     assert scores.neurons.abs().max() > 0 and scores.heads.abs().max() > 0
-    corruption = scores.metadata.options["corruption"]
+    heads = scores.metadata.of_kind("heads")  # the heads' recommended settings denoise a noised prompt
+    corruption = heads.options["corruption"]
     assert corruption["span"] == "auto" and corruption["noised"] == {"subject": 0, "prompt": 6}
-    assert scores.metadata.base_metric < scores.metadata.clean_metric - 1  # noising the question removes the answer
+    assert heads.base_metric < heads.clean_metric - 1  # noising the question removes the answer
     exact = attribution.attribute(model, questions, method="activation_patching", components="heads", progress=False)
     assert torch.isfinite(exact.heads).all()
     check = attribution.validate(scores, model, questions, k=4)

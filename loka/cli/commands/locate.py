@@ -59,8 +59,11 @@ def locate_command(args: argparse.Namespace) -> int:
             profile.save(out)
         (out / "plots.html").write_text(figures_html(f"loka locate: {args.model}", figures), encoding="utf-8")
     what = "forget-vs-retain contrast" if retain is not None else "forget"
-    settings = scores.metadata
-    print(f"{what} scores ({settings.method}, {settings.baseline}, {settings.direction}) written to {out}")
+    settings = "; ".join(
+        f"{kind}s: {m.method}, {m.baseline}, {m.direction}, {m.metric}"
+        for kind, m in ((kind, scores.metadata.of_kind(kind)) for kind in scores.kinds)
+    )
+    print(f"{what} scores ({settings}) written to {out}")
     print("top components: " + ", ".join(c.label for c in chosen.top(10)))
     if profile is not None:
         print(profile.format())

@@ -144,9 +144,9 @@ def test_locate_reads_the_metric(tiny_testbed, files, tmp_path, capsys):
     saved = attribution.AttributionScores.load(tmp_path / "scores")
     direct = attribution.attribute(
         load_model(model), KnowledgeSet.from_jsonl(files / "forget.jsonl"), components="neurons", baseline="zero",
-        positions="last", metric="log_odds",
+        metric="log_odds",
     )  # fmt: skip
-    assert saved.metadata.metric == "log_odds"
+    assert saved.metadata.metric == "log_odds" and saved.metadata.positions == "all"
     assert torch.allclose(saved.neurons, direct.neurons, atol=1e-5)
 
 
@@ -162,6 +162,12 @@ def test_locate_mask_ablate_evaluate(tiny_testbed, files, tmp_path, capsys):
     retain_scores = attribution.AttributionScores.load(tmp_path / "scores" / "retain")
     expected = forget_scores.contrast(retain_scores)
     assert torch.equal(scores.neurons, expected.neurons) and torch.equal(scores.heads, expected.heads)
+    # no settings given: each kind's recommended ones, as attribute() chooses them, and said so
+    settings = {kind: forget_scores.metadata.of_kind(kind) for kind in ("neurons", "heads")}
+    assert [(m.baseline, m.direction, m.metric) for m in settings.values()] == [
+        ("zero", "ablate", "log_odds"), ("corrupt", "denoise", "log_odds"),
+    ]  # fmt: skip
+    assert "neurons: grad_x_act, zero, ablate, log_odds; heads: grad_x_act, corrupt, denoise, log_odds" in out
     assert "Plotly.newPlot" in (tmp_path / "scores" / "plots.html").read_text()
 
     code, out, _ = run(
