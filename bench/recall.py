@@ -39,7 +39,7 @@ Locators (``--locators``, default all but exact patching; ``--patching`` adds th
   ``mask hard_concrete retain`` and ``mask slimming retain`` (with a retain term on
   ``--retain-facts`` retain facts; the latter with notebook 04's settings, 100 steps);
 - exact activation patching: ``patching`` (the default settings), ``patching zero`` / ``mean`` /
-  ``corrupt``, ``patching minus unseen``;
+  ``corrupt``, ``patching minus unseen``, ``peel patching`` (5 peeling rounds of exact patching);
 - ``random``.
 """
 
@@ -176,6 +176,7 @@ PATCHING: dict[str, Locator] = {
     "patching mean": _attr(method="activation_patching", baseline="mean"),
     "patching corrupt": _attr(method="activation_patching", baseline="corrupt"),
     "patching minus unseen": _minus_unseen(method="activation_patching"),
+    "peel patching": _peel(method="activation_patching", rounds=5),
 }
 MULTIPLES = (1, 2, 5)
 
