@@ -323,11 +323,15 @@ def validate(
         components[one] = [Component(one, int(i) // width, int(i) % width) for i in flat]  # type: ignore[arg-type]
 
     # Kinds scored in the same settings are measured together.
-    groups: dict[str, list[str]] = {}
+    groups: list[list[str]] = []
     for one in kinds:
-        groups.setdefault(repr(settings[one]), []).append(one)
+        same = next((group for group in groups if settings[group[0]] == settings[one]), None)
+        if same is None:
+            groups.append([one])
+        else:
+            same.append(one)
     measured: dict[str, tuple[tuple[Component, ...], Tensor]] = {}
-    for group in groups.values():
+    for group in groups:
         together = [c for one in group for c in components[one]]
         result = patch_components(
             model, knowledge, together, batch_size=batch_size, chunk_size=chunk_size, progress=progress,

@@ -81,18 +81,28 @@ def _attr(**options: Any) -> Locator:
     )
 
 
+_PER_MODEL: dict[Any, Any] = {}
+"""What a planted model needs once (cleared when the next one loads): ``"unseen names"`` (people
+the world generator makes up and nobody trained on), ``"holdout"`` (facts about the testbed's
+holdout people) and the scores of whole sets (:func:`_once`)."""
+
+
+def _once(model: Any, facts: KnowledgeSet, **options: Any) -> Any:
+    """``attribute`` on a whole set (retain, holdout), computed once per planted model and options."""
+    key = (facts.name, tuple(sorted(options.items())))
+    if key not in _PER_MODEL:
+        _PER_MODEL[key] = attribute(model, facts, components="neurons", progress=False, seed=0, **options)
+    return _PER_MODEL[key]
+
+
 def _contrast_with(kind: str, **options: Any) -> Locator:
     """Forget minus retain (``kind``: "difference" or "ratio"), both scored with ``options``."""
 
     def run(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
         forget = attribute(model, facts, components="neurons", progress=False, seed=seed, **options)
-        kept = attribute(model, retain, components="neurons", progress=False, seed=0, **options)
-        return _importance(forget.contrast(kept, kind=kind))
+        return _importance(forget.contrast(_once(model, retain, **options), kind=kind))
 
     return run
-
-
-_HOLDOUT: list[Any] = [None, None]  # model, the never-seen people's scores: scored once per planted model
 
 
 def _minus_unseen(**options: Any) -> Locator:
@@ -102,15 +112,9 @@ def _minus_unseen(**options: Any) -> Locator:
 
     def run(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
         forget = attribute(model, facts, components="neurons", progress=False, seed=seed, **options)
-        if _HOLDOUT[0] is not model:
-            unseen = _UNSEEN_FACTS[id(model)]
-            _HOLDOUT[:] = [model, attribute(model, unseen, components="neurons", progress=False, seed=0, **options)]
-        return _importance(forget) - _importance(_HOLDOUT[1])
+        return _importance(forget) - _importance(_once(model, _PER_MODEL["holdout"], **options))
 
     return run
-
-
-_UNSEEN_FACTS: dict[int, KnowledgeSet] = {}  # id(model) -> facts about the testbed's holdout people
 
 
 def _mask(kind: str, retain_weight: float = 0.0, steps: int = 200, **options: Any) -> Locator:
@@ -130,11 +134,8 @@ def _peel(**options: Any) -> Locator:
     ).importance("neurons")
 
 
-_UNSEEN: dict[int, tuple[str, ...]] = {}  # id(model) -> names of people nobody trained on
-
-
 def _unseen(model: Any, facts: KnowledgeSet, retain: KnowledgeSet, seed: int) -> torch.Tensor:
-    names = _UNSEEN[id(model)]
+    names = _PER_MODEL["unseen names"]
     corruption = Corruption(kind="subject", subjects=names, samples=8)
     return _importance(attribute(model, facts, components="neurons", progress=False, seed=seed, corruption=corruption))
 
@@ -222,11 +223,12 @@ def main() -> None:
                            "key_share": float(np.mean(key_sizes)) / planted.mask.numel()})  # fmt: skip
             model = loka.load_model(planted.model_dir)
             taken = {p.name for p in planted.people}
-            _UNSEEN[id(model)] = tuple(
+            _PER_MODEL.clear()
+            _PER_MODEL["unseen names"] = tuple(
                 p.name for p in new_people(planted.testbed.world, 300, seed=10_000 + seed) if p.name not in taken
             )
+            _PER_MODEL["holdout"] = KnowledgeSet(planted.testbed.holdout.facts[: args.retain_facts], name="holdout")
             retain = KnowledgeSet(planted.retain.facts[: args.retain_facts], name="retain")
-            _UNSEEN_FACTS[id(model)] = KnowledgeSet(planted.testbed.holdout.facts[: args.retain_facts], name="holdout")
             rows: dict[str, dict[str, list[float]]] = {n: {} for n in names}
             for p, person in enumerate(planted.people):
                 truth = planted.planted[person.name].mask
