@@ -135,6 +135,8 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "MIA": ("mia.loss", "auc", "membership_inference_auc"),
     "MIA ans": ("mia.loss_answer", "auc", "mia_aucs.loss_answer"),
     "Min-K": ("mia.min_k", "auc", "mia_aucs.min_k"),
+    "Min-K++": ("mia.min_k_plus_plus", "auc", "mia_aucs.min_k_plus_plus"),
+    "in-ctx": ("in_context", "mean", "in_context_forget_accuracy"),
     "relearn": ("relearning", "mean", "relearning.after"),
     "benign": ("benign", "mean", "benign_relearning.after"),
     "quant8": ("quant.8bit.forget", "mean", "quantization.forget_8bit"),
@@ -147,15 +149,16 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
 LOCALIZATION_COLUMNS = ("forget", "retain", "para", "relearn", "MIA")
 LOCATION_PREFIX = "loka @"
 # checks that must first tell the original from the oracle (else "uninformative")
-CALIBRATED = ("MIA", "MIA ans", "Min-K", "relearn", "benign", "quant8", "quant4", "lens", "probe")
+CALIBRATED = ("MIA", "MIA ans", "Min-K", "Min-K++", "relearn", "benign", "quant8", "quant4", "lens", "probe")
 
 
 def trained_against(configs: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
     """The columns a method's runs optimised, from their recorded settings: LOKA's
     ``erase="subject"`` pulls the forget texts' whole-text loss onto the reference people's (the
     statistic of ``MIA``), and its ``adversary_weight`` > 0 trains against a relearning step (what
-    ``relearn`` measures). Min-K, the answer-token MIA, benign relearning, quantization, the lens
-    and the probe are trained against by no method here: they are the held-out judges."""
+    ``relearn`` measures). Min-K, Min-K++, the answer-token MIA, the in-context attack, benign
+    relearning, quantization, the lens and the probe are trained against by no method here: they
+    are the held-out judges."""
     columns = []
     if any(c.get("erase") == "subject" for c in configs):
         columns.append("MIA")

@@ -191,6 +191,22 @@ class KnowledgeSet:
             raise UsageError(f"KnowledgeSet {self.name!r} has no paraphrases")
         return KnowledgeSet(facts, name=f"{self.name}/paraphrased")
 
+    def in_context(self) -> KnowledgeSet | None:
+        """Each fact asked after the same person's other facts of this set (their texts, joined by
+        ". "; id ``{id}/in-context``): the in-context attack, which gives the model everything else
+        it should have forgotten about the person before the question. Facts without a subject or
+        without another fact of their person are left out (None if none is left)."""
+        facts = []
+        for fact in self.facts:
+            others = [
+                g.text for g in self.facts if g.subject is not None and g.subject == fact.subject and g.id != fact.id
+            ]
+            if fact.subject is None or not others:
+                continue
+            prompt = ". ".join(others) + ". " + fact.prompt
+            facts.append(Fact(f"{fact.id}/in-context", prompt, fact.target, fact.subject, fact.relation))
+        return KnowledgeSet(tuple(facts), name=f"{self.name}/in-context") if facts else None
+
     # tokenization --------------------------------------------------------------------------
     def encode(
         self,

@@ -10,10 +10,15 @@ oracle (a model that never saw the forget data) whenever one is given:
   (prompt and answer, so a subject's name that the model still knows gives it away): LOSS (Yeom et
   al. 2018), zlib ratio (Carlini et al. 2021) and Min-K% prob (Shi et al. 2024, k = 0.4), with
   open-unlearning's definitions (:mod:`loka.evaluation.attacks.membership`); a fourth, ``loss_answer``, is the LOSS
-  attack on the answer tokens given the prompt (TOFU's scoring: is the *fact* recognised?). ROC
+  attack on the answer tokens given the prompt (TOFU's scoring: is the *fact* recognised?), and a
+  fifth, ``min_k_plus_plus`` (Min-K%++, Zhang et al. 2024, same ``k``), standardises each token
+  by the model's own next-token distribution; no method here trains against it. ROC
   AUCs come from sklearn, members high; ``membership_inference_auc`` is the whole-text LOSS
   attack's. An AUC of 0.5 means "cannot tell"; PrivLeak is MUSE's (Shi et al. 2024), 0 for a model
   that leaks exactly as much as the oracle and near -100 for one that remembers everything.
+- **in context**: each forget fact asked after the person's other forget facts, written out
+  (:meth:`loka.data.KnowledgeSet.in_context`); knowledge that a question alone no longer reaches
+  can come back when the context names everything else about the person. No method trains on it.
 - **verbatim extraction** (copyright): greedy continuation of each passage's first sentence; the
   exact-match rate and ROUGE-L recall against the true continuation.
 - **relearning attack** (safety): fine-tune a copy on half of the forget facts (mixed with retain
@@ -60,7 +65,7 @@ from loka.base.errors import UsageError
 from loka.data.knowledge import KnowledgeSet
 from loka.evaluation.attacks.extraction import extract
 from loka.evaluation.attacks.logit_lens import logit_lens as run_logit_lens
-from loka.evaluation.attacks.membership import ATTACKS, membership_scores
+from loka.evaluation.attacks.membership import ATTACKS, membership_scores, min_k_plus_plus, token_statistics
 from loka.evaluation.attacks.probe import fit_probe
 from loka.evaluation.attacks.quantization import quantization_attack
 from loka.evaluation.attacks.relearning import Relearning, benign_relearn
@@ -119,6 +124,14 @@ def _mia(
     aucs["loss_answer"] = float(roc_auc_score(labels, np.r_[answer[0], answer[1]]))
     details["mia.loss_answer.members"] = _detail(forget, answer[0])
     details["mia.loss_answer.nonmembers"] = _detail(nonmembers, answer[1])
+    # Min-K%++: the whole next-token distribution at every position standardises each token
+    plus = [
+        np.array([min_k_plus_plus(*stats, k=k) for stats in token_statistics(model, tokenizer, ks)])
+        for ks in (forget, nonmembers)
+    ]
+    aucs["min_k_plus_plus"] = float(roc_auc_score(labels, np.r_[plus[0], plus[1]]))
+    details["mia.min_k_plus_plus.members"] = _detail(forget, plus[0])
+    details["mia.min_k_plus_plus.nonmembers"] = _detail(nonmembers, plus[1])
     return aucs, details
 
 
@@ -251,6 +264,15 @@ def evaluate(
                 correct = score_facts(model, ks, tokenizer=tokenizer).first_token_correct
                 details[name] = _detail(ks, correct)
                 accuracy[name] = float(correct.float().mean())
+        in_context = sets.forget.in_context()
+        if in_context is not None:
+            try:
+                correct = score_facts(model, in_context, tokenizer=tokenizer).first_token_correct
+            except UsageError:  # a context longer than the model reads: the attack does not apply
+                correct = None
+            if correct is not None:
+                details["in_context"] = _detail(in_context, correct)
+                accuracy["in_context"] = float(correct.float().mean())
         aucs, mia_details = _mia(model, tokenizer, sets.forget, sets.nonmembers, min_k, forget_scores)
         details.update(mia_details)
         extraction = extract(model, tokenizer, sets.passages) if sets.passages is not None else None
@@ -308,6 +330,7 @@ def evaluate(
         control=sub(control, "control"),
         label=label,
         unseen_wording_forget_accuracy=accuracy.get("unseen_wording"),
+        in_context_forget_accuracy=accuracy.get("in_context"),
         quantization=quantization,
         logit_lens=lens,
         details=details,

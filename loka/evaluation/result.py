@@ -52,6 +52,7 @@ class UnlearningEvaluation:
     quantization: Quantization | None = None  # forget / retain accuracy of 8- and 4-bit copies
     logit_lens: LogitLens | None = None  # forget answers read from each block's residual stream
     benign_relearning: BenignRelearning | None = None  # forget accuracy after a retain-only fine-tune
+    in_context_forget_accuracy: float | None = None  # asked after the person's other forget facts
     # per scored item: (whose it is, its value), e.g. "forget" -> first-token correct per forget fact;
     # what the intervals over people (loka.evaluation.intervals) are computed from
     details: Mapping[str, Detail] = field(default_factory=dict, compare=False, repr=False)
@@ -184,6 +185,7 @@ class UnlearningEvaluation:
             ("retain exact match", self.retain_exact_match),
             ("paraphrase forget acc", self.paraphrase_forget_accuracy),
             ("unseen wording forget", self.unseen_wording_forget_accuracy),
+            ("in-context forget acc", self.in_context_forget_accuracy),
             *[(f"MIA AUC ({name})", auc) for name, auc in self.mia_aucs.items()],
         ]
         if self.extraction is not None:

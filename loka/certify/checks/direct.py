@@ -13,7 +13,6 @@ from loka.certify.checks import common, people
 from loka.certify.result import Check
 from loka.certify.statistics import measure
 from loka.certify.suite import Suite
-from loka.data.facts import Fact
 from loka.data.knowledge import KnowledgeSet
 from loka.scoring.metrics import score_facts
 
@@ -37,16 +36,8 @@ def answers(
 
 
 def with_context(knowledge: KnowledgeSet) -> KnowledgeSet | None:
-    """Each fact asked after the same person's other facts (their texts, joined by ". "); facts
-    without a subject or without other facts of their person are left out (None if none is left)."""
-    facts = []
-    for fact in knowledge:
-        others = [g.text for g in knowledge if g.subject is not None and g.subject == fact.subject and g.id != fact.id]
-        if fact.subject is None or not others:
-            continue
-        prompt = ". ".join(others) + ". " + fact.prompt
-        facts.append(Fact(f"{fact.id}/in-context", prompt, fact.target, fact.subject, fact.relation))
-    return KnowledgeSet(tuple(facts), name=f"{knowledge.name}/in-context") if facts else None
+    """Each fact asked after the same person's other facts (:meth:`KnowledgeSet.in_context`)."""
+    return knowledge.in_context()
 
 
 def direct_checks(

@@ -3,11 +3,9 @@
 Every attack scores each whole text (prompt and answer), higher = "more likely a training
 member": LOSS, zlib and Min-K% from :mod:`loka.evaluation.attacks.membership`, and
 
-- **Min-K%++** (Zhang et al. 2024, "Min-K%++: Improved Baseline for Detecting Pre-Training Data
-  from Large Language Models", arXiv 2404.02936): each token's log-probability is standardised by
-  the model's own next-token distribution at that position, ``(log p(x_t) - mu_t) / sigma_t`` with
-  ``mu_t = E_{z~p}[log p(z)]`` and ``sigma_t`` the standard deviation of ``log p(z)`` under the same
-  distribution; the score is the mean of the lowest ``k`` share (:func:`min_k_plus_plus`);
+- **Min-K%++** (Zhang et al. 2024; :func:`loka.evaluation.attacks.membership.min_k_plus_plus`):
+  each token's log-probability standardised by the model's own next-token distribution, the mean
+  of the lowest ``k`` share;
 - **ratio to BEFORE**: the mean token NLL under AFTER divided by the same under BEFORE (minus it,
   so that "unchanged" is member-like). An erased forget text has moved and a stranger's has not,
   so this attack finds the forget set in *any* real erasure (the exact retrain too): whoever holds
@@ -27,70 +25,25 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from jaxtyping import Float
 from scipy.stats import ttest_ind
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from loka.base.errors import UsageError
 from loka.certify.checks import common, people
 from loka.certify.result import Check
 from loka.certify.statistics import measure
 from loka.certify.suite import Suite
-from loka.data.encoding import encode_facts
 from loka.data.knowledge import KnowledgeSet
-from loka.evaluation.attacks.membership import ATTACKS, membership_scores
-from loka.models import input_device
-from loka.models import logits as model_logits
+from loka.evaluation.attacks.membership import (
+    ATTACKS,
+    TokenStatistics,
+    membership_scores,
+    min_k_plus_plus,
+    token_statistics,
+)
 
 __all__ = ["TokenStatistics", "token_statistics", "min_k_plus_plus", "attack_scores", "membership_checks"]
-
-TokenStatistics = tuple[np.ndarray, np.ndarray, np.ndarray]  # per token: log p(x_t), mu_t, sigma_t
-
-
-def _next_token_moments(
-    logits: Float[torch.Tensor, "batch pos d_vocab"],
-) -> tuple[Float[torch.Tensor, "batch pos"], Float[torch.Tensor, "batch pos"]]:
-    """Mean and standard deviation of log p(z) under z ~ p (the next-token distribution)."""
-    log_p = logits.float().log_softmax(-1)
-    p = log_p.exp()
-    mean = (p * log_p).sum(-1)
-    var = (p * log_p.square()).sum(-1) - mean.square()
-    return mean, var.clamp_min(0).sqrt()
-
-
-@torch.no_grad()
-def token_statistics(model: Any, tokenizer: Any, knowledge: KnowledgeSet, *, batch_size: int = 32) -> list:
-    """For every fact's text (prompt + target, after BOS), per token: ``log p(x_t | x_<t)``,
-    ``mu_t`` and ``sigma_t`` of the next-token distribution it was drawn against (float64 arrays)."""
-    encoder = tokenizer if tokenizer is not None else model
-    device = input_device(model)
-    out: list[TokenStatistics] = []
-    for start in range(0, len(knowledge), batch_size):
-        batch = encode_facts(knowledge.facts[start : start + batch_size], encoder).to(device)
-        logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)[:, :-1]
-        picked = logits.float().log_softmax(-1).gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        mean, sd = _next_token_moments(logits)
-        keep = batch.attention_mask[:, 1:].bool()
-        for i in range(len(batch)):
-            k = keep[i]
-            out.append(tuple(t[i][k].double().cpu().numpy() for t in (picked, mean, sd)))
-    return out
-
-
-def min_k_plus_plus(log_probs: Sequence[float], means: Sequence[float], stds: Sequence[float], k: float) -> float:
-    """Min-K%++ of one text: the mean of the ``max(1, int(n * k))`` lowest standardised token
-    scores ``(log p - mu) / sigma`` (a token whose distribution has ``sigma`` 0 scores 0)."""
-    lp, mu, sd = (np.asarray(x, dtype=float) for x in (log_probs, means, stds))
-    if lp.size == 0 or not (lp.shape == mu.shape == sd.shape):
-        raise UsageError("min_k_plus_plus needs equally long, non-empty log-prob, mean and std sequences")
-    if not 0 < k <= 1:
-        raise UsageError(f"min-k fraction must be in (0, 1], got {k}")
-    z = np.divide(lp - mu, sd, out=np.zeros_like(lp), where=sd > 0)
-    n = max(1, int(len(z) * k))
-    return float(np.sort(z)[:n].mean())
 
 
 def attack_scores(stats: Sequence[TokenStatistics], texts: Sequence[str], k: float) -> dict[str, np.ndarray]:

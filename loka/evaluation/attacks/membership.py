@@ -18,6 +18,13 @@ higher score always means "more likely a member":
   PrivLeak uses ``Min-40%`` (``eval.py``'s ``privleak_auc_key``) and open-unlearning's ``mia_min_k``
   configs set ``k: 0.4``. MUSE itself takes ``int(n * k)`` without the floor of 1 (an empty mean on
   texts of fewer than 3 tokens); the floor is open-unlearning's.
+- **Min-K%++** (Zhang et al. 2024, "Min-K%++: Improved Baseline for Detecting Pre-Training Data
+  from Large Language Models", arXiv 2404.02936; open-unlearning ``MinKPlusPlusAttack``): each
+  token's log-probability is standardised by the model's own next-token distribution at that
+  position, ``(log p(x_t) - mu_t) / sigma_t`` with ``mu_t = E_{z~p}[log p(z)]`` and ``sigma_t`` the
+  standard deviation of ``log p(z)`` under the same distribution; the score is the mean of the
+  lowest ``k`` share (:func:`min_k_plus_plus`). It needs the whole next-token distribution, so its
+  inputs come from :func:`token_statistics`, not from the log-probabilities alone.
 
 Which tokens are scored is the caller's choice: MUSE scores every token of a text after its first,
 open-unlearning's TOFU attack only an answer's tokens (see :mod:`loka.benchmarks.tofu`).
@@ -34,16 +41,24 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score
 
 from loka.base.errors import UsageError
+from loka.data.encoding import encode_facts
+from loka.data.knowledge import KnowledgeSet
+from loka.models import input_device
+from loka.models import logits as model_logits
 
-__all__ = ["ATTACKS", "Attack", "DEFAULT_MIN_K", "membership_scores", "membership_auc", "privleak", "zlib_length"]
+__all__ = [
+    "ATTACKS", "Attack", "DEFAULT_MIN_K", "membership_scores", "membership_auc", "privleak", "zlib_length",
+    "TokenStatistics", "token_statistics", "min_k_plus_plus",
+]  # fmt: skip
 
 Attack = Literal["loss", "zlib", "min_k"]
 ATTACKS: tuple[Attack, ...] = ("loss", "zlib", "min_k")
@@ -144,3 +159,51 @@ def privleak(auc: float, oracle_auc: float) -> float:
             raise UsageError(f"{name} must be a ROC AUC in [0, 1], got {value}")
     muse_auc, muse_oracle_auc = 1.0 - auc, 1.0 - oracle_auc
     return (muse_auc - muse_oracle_auc) / (muse_oracle_auc + 1e-10) * 100.0
+
+
+TokenStatistics = tuple[np.ndarray, np.ndarray, np.ndarray]  # per token: log p(x_t), mu_t, sigma_t
+
+
+def _next_token_moments(
+    logits: Float[torch.Tensor, "batch pos d_vocab"],
+) -> tuple[Float[torch.Tensor, "batch pos"], Float[torch.Tensor, "batch pos"]]:
+    """Mean and standard deviation of log p(z) under z ~ p (the next-token distribution)."""
+    log_p = logits.float().log_softmax(-1)
+    p = log_p.exp()
+    mean = (p * log_p).sum(-1)
+    var = (p * log_p.square()).sum(-1) - mean.square()
+    return mean, var.clamp_min(0).sqrt()
+
+
+@torch.no_grad()
+def token_statistics(
+    model: Any, tokenizer: Any, knowledge: KnowledgeSet, *, batch_size: int = 32
+) -> list[TokenStatistics]:
+    """For every fact's text (prompt + target, after BOS), per token: ``log p(x_t | x_<t)``,
+    ``mu_t`` and ``sigma_t`` of the next-token distribution it was drawn against (float64 arrays)."""
+    encoder = tokenizer if tokenizer is not None else model
+    device = input_device(model)
+    out: list[TokenStatistics] = []
+    for start in range(0, len(knowledge), batch_size):
+        batch = encode_facts(knowledge.facts[start : start + batch_size], encoder).to(device)
+        logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)[:, :-1]
+        picked = logits.float().log_softmax(-1).gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        mean, sd = _next_token_moments(logits)
+        keep = batch.attention_mask[:, 1:].bool()
+        for i in range(len(batch)):
+            k = keep[i]
+            out.append(tuple(t[i][k].double().cpu().numpy() for t in (picked, mean, sd)))  # type: ignore[arg-type]
+    return out
+
+
+def min_k_plus_plus(log_probs: Sequence[float], means: Sequence[float], stds: Sequence[float], k: float) -> float:
+    """Min-K%++ of one text: the mean of the ``max(1, int(n * k))`` lowest standardised token
+    scores ``(log p - mu) / sigma`` (a token whose distribution has ``sigma`` 0 scores 0)."""
+    lp, mu, sd = (np.asarray(x, dtype=float) for x in (log_probs, means, stds))
+    if lp.size == 0 or not (lp.shape == mu.shape == sd.shape):
+        raise UsageError("min_k_plus_plus needs equally long, non-empty log-prob, mean and std sequences")
+    if not 0 < k <= 1:
+        raise UsageError(f"min-k fraction must be in (0, 1], got {k}")
+    z = np.divide(lp - mu, sd, out=np.zeros_like(lp), where=sd > 0)
+    n = max(1, int(len(z) * k))
+    return float(np.sort(z)[:n].mean())

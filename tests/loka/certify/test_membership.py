@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from loka.base.errors import UsageError
-from loka.certify.checks.membership import min_k_plus_plus, token_statistics
+from loka.evaluation.attacks.membership import min_k_plus_plus, token_statistics
 from loka.scoring.metrics import text_token_log_probs
 
 

@@ -112,13 +112,30 @@ def test_intervals_are_over_people_and_seeds(comparison):
     auc = outcome.interval("MIA")
     assert auc.mean == pytest.approx(np.mean([r.membership_inference_auc for r in outcome.runs]))
     assert comparison["original"].interval("retain").n_seeds == 1
+    # the held-out judges no method trains against: Min-K%++ (an AUC) and the in-context attack
+    plus = outcome.interval("Min-K++")
+    assert plus.mean == pytest.approx(np.mean([r.mia_aucs["min_k_plus_plus"] for r in outcome.runs]))
+    in_context = outcome.interval("in-ctx")
+    assert in_context.mean == pytest.approx(np.mean([r.in_context_forget_accuracy for r in outcome.runs]))
+    assert in_context.n_people == forget.n_people
     compute = outcome.compute_summary()
     assert compute["steps"] == np.mean([c.steps for c in outcome.computes]) and compute["seconds"] > 0
 
 
 def test_uncalibrated_checks_are_reported_as_uninformative(comparison):
     informative = comparison.informative()
-    assert set(informative) == {"MIA", "MIA ans", "Min-K", "relearn", "benign", "quant8", "quant4", "lens", "probe"}
+    assert set(informative) == {
+        "MIA",
+        "MIA ans",
+        "Min-K",
+        "Min-K++",
+        "relearn",
+        "benign",
+        "quant8",
+        "quant4",
+        "lens",
+        "probe",
+    }
     blind = dataclasses.replace(comparison["oracle"], runs=comparison["original"].runs)  # oracle = original
     same = dataclasses.replace(comparison, outcomes=(comparison["original"], blind, comparison["task_vector"]))
     assert not any(same.informative().values())

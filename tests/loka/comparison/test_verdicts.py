@@ -117,7 +117,18 @@ def test_without_an_oracle_no_calibrated_check_gives_a_verdict():
     loka = MethodOutcome("loka", (ev(0.0, relearn=1.0, mia=0.9),))
     control = MethodOutcome("loka @random", (ev(0.0, relearn=0.0, mia=0.5),))
     done = comparison(loka, control, oracle=False)
-    assert set(done.unusable()) == {"MIA", "MIA ans", "Min-K", "relearn", "benign", "quant8", "quant4", "lens", "probe"}
+    assert set(done.unusable()) == {
+        "MIA",
+        "MIA ans",
+        "Min-K",
+        "Min-K++",
+        "relearn",
+        "benign",
+        "quant8",
+        "quant4",
+        "lens",
+        "probe",
+    }
     assert all(reason == "not calibrated: no oracle" for reason in done.unusable().values())
     assert "not calibrated (no oracle): MIA, relearn; shown, but no verdict is drawn from them." in done.table()
     assert next(numbers for label, numbers, *_ in done.rows() if label == "loka")["MIA"] is not None

@@ -252,3 +252,22 @@ def test_tofu_errors(tmp_path: Path):
     (tmp_path / "forget01.jsonl").write_text('{"question": "Who?"}\n')
     with pytest.raises(ValueError, match=r"forget01.jsonl:1: missing key\(s\) \['answer'\]"):
         load_tofu(tmp_path, "forget01")
+
+
+def test_in_context_asks_each_fact_after_the_persons_other_facts():
+    facts = KnowledgeSet((
+        Fact("a/born", "Ada Lin was born in", "Paris", "Ada Lin", "birthplace"),
+        Fact("a/job", "Ada Lin works for", "Acme", "Ada Lin", "employer"),
+        Fact("a/pet", "At home, Ada Lin keeps a pet", "cat", "Ada Lin", "pet"),
+        Fact("b/born", "Bo Wu was born in", "Oslo", "Bo Wu", "birthplace"),  # no other fact of Bo Wu
+        Fact("q1", "The capital of France is", "Paris"),  # no subject
+    ), name="facts")  # fmt: skip
+    asked = facts.in_context()
+    assert asked is not None and asked.name == "facts/in-context"
+    assert asked.ids == ("a/born/in-context", "a/job/in-context", "a/pet/in-context")
+    assert asked.facts[0].prompt == "Ada Lin works for Acme. At home, Ada Lin keeps a pet cat. Ada Lin was born in"
+    assert asked.facts[1].prompt == "Ada Lin was born in Paris. At home, Ada Lin keeps a pet cat. Ada Lin works for"
+    assert [(f.target, f.subject, f.relation) for f in asked] == [
+        ("Paris", "Ada Lin", "birthplace"), ("Acme", "Ada Lin", "employer"), ("cat", "Ada Lin", "pet"),
+    ]  # fmt: skip
+    assert KnowledgeSet(facts.facts[3:], name="alone").in_context() is None

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
 import loka
+from loka.base.files import json_default
 from loka.evaluation import UnlearningEvaluation, evaluate
-from loka.evaluation.attacks.membership import membership_scores
+from loka.evaluation.attacks.membership import membership_scores, min_k_plus_plus, token_statistics
 from loka.protocol import Protocol
 from loka.scoring.metrics import score_facts, text_token_log_probs
 
@@ -73,6 +76,29 @@ def test_original_against_oracle(tiny_testbed, tiny_models):
     table = ev.table()
     assert "oracle" in table and "MIA AUC (loss)" in table
     assert ev.to_dict()["oracle"]["label"] == "oracle"
+
+
+def test_held_out_attacks_min_k_plus_plus_and_in_context(tiny_testbed, tiny_models):
+    """Min-K%++'s AUC is sklearn's on each text's Min-K%++ score (k = the evaluation's min_k); the
+    in-context attack is score_facts on each forget fact asked after its person's other facts; both
+    survive the JSON round trip."""
+    model, _ = tiny_models
+    tb = tiny_testbed
+    ev = evaluate(model, forget=tb.forget, retain=tb.retain, holdout=tb.holdout, relearn=False, probe=False,
+                  quantize=False, logit_lens=False, min_k=0.2)  # fmt: skip
+    scores = [min_k_plus_plus(*s, k=0.2) for ks in (tb.forget, tb.holdout) for s in token_statistics(model, None, ks)]
+    labels = [1] * len(tb.forget) + [0] * len(tb.holdout)
+    assert ev.mia_aucs["min_k_plus_plus"] == pytest.approx(roc_auc_score(labels, scores))
+    assert ev.details["mia.min_k_plus_plus.members"][1] == pytest.approx(scores[: len(tb.forget)])
+    assert ev.details["mia.min_k_plus_plus.nonmembers"][0] == tuple(f.subject for f in tb.holdout)
+    asked = tb.forget.in_context()
+    correct = score_facts(model, asked, tokenizer=model.tokenizer).first_token_correct
+    assert ev.in_context_forget_accuracy == pytest.approx(correct.float().mean().item())
+    assert ev.details["in_context"] == (tuple(f.subject for f in asked), tuple(float(c) for c in correct))
+    back = UnlearningEvaluation.from_dict(json.loads(json.dumps(ev.to_dict(), default=json_default)))
+    assert back.in_context_forget_accuracy == ev.in_context_forget_accuracy
+    assert back.mia_aucs["min_k_plus_plus"] == ev.mia_aucs["min_k_plus_plus"]
+    assert ("in-context forget acc", ev.in_context_forget_accuracy) in ev.rows()
 
 
 def test_oracle_against_itself_has_zero_privleak_and_is_reproducible(tiny_testbed, tiny_models):
