@@ -149,7 +149,7 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
 LOCALIZATION_COLUMNS = ("forget", "retain", "para", "relearn", "MIA")
 LOCATION_PREFIX = "loka @"
 # checks that must first tell the original from the oracle (else "uninformative")
-CALIBRATED = ("MIA", "MIA ans", "Min-K", "Min-K++", "relearn", "benign", "quant8", "quant4", "lens", "probe")
+CALIBRATED = ("MIA", "MIA ans", "Min-K", "Min-K++", "in-ctx", "relearn", "benign", "quant8", "quant4", "lens", "probe")
 
 
 def trained_against(configs: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:

@@ -19,6 +19,8 @@ oracle (a model that never saw the forget data) whenever one is given:
 - **in context**: each forget fact asked after the person's other forget facts, written out
   (:meth:`loka.data.KnowledgeSet.in_context`); knowledge that a question alone no longer reaches
   can come back when the context names everything else about the person. No method trains on it.
+  A model that never read several facts in one text may not answer in context at all (the default
+  testbed's original: 0.10), so the comparison calibrates it like the attacks below.
 - **verbatim extraction** (copyright): greedy continuation of each passage's first sentence; the
   exact-match rate and ROUGE-L recall against the true continuation.
 - **relearning attack** (safety): fine-tune a copy on half of the forget facts (mixed with retain

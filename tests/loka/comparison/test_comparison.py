@@ -129,6 +129,7 @@ def test_uncalibrated_checks_are_reported_as_uninformative(comparison):
         "MIA ans",
         "Min-K",
         "Min-K++",
+        "in-ctx",
         "relearn",
         "benign",
         "quant8",

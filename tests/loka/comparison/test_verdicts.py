@@ -122,6 +122,7 @@ def test_without_an_oracle_no_calibrated_check_gives_a_verdict():
         "MIA ans",
         "Min-K",
         "Min-K++",
+        "in-ctx",
         "relearn",
         "benign",
         "quant8",
