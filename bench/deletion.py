@@ -1,6 +1,6 @@
 """Delete, don't retrain: is switching off the located components selective, and more than random?
 
-    python bench/deletion.py [--size default] [--world 0] [--seeds 0] [--components neurons]
+    python bench/deletion.py [--size default|larger] [--world 0] [--seeds 0] [--components neurons]
                              [--mask-retain-weights 1,3,10] [--percents 0.5,1,2,5,10,20]
                              [--modes zero,mean] [--draws 3] [--benign 10]
                              [--planted 0.02 [--plant-seed 0]] [--out DIR]
@@ -46,6 +46,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from larger import load_testbed  # noqa: E402
 
 import loka  # noqa: E402
 from ablation import AblationMask, bake  # noqa: E402
@@ -104,7 +105,7 @@ def main() -> None:
         validation = KnowledgeSet(planted.retain.facts[half:], name="retain_validation")
         label = f"planted {args.size} w{args.world} ratio {args.planted:g} seed {args.plant_seed}"
     else:
-        tb = loka.testbed.load(args.size, args.world)
+        tb = load_testbed(args.size, args.world)
         model_dir, oracle_dir = tb.model_dir, tb.oracle_dir
         protocol = Protocol.from_testbed(tb)
         forget, retain, validation = protocol.forget, protocol.retain_train, protocol.retain_validation

@@ -1,6 +1,6 @@
 """Delete, then repair on retain data alone: was the knowledge in the deleted components?
 
-    python bench/deletion_repair.py [--size default] [--world 0] [--fraction 0.1] [--mask-retain-weight 1]
+    python bench/deletion_repair.py [--size default|larger] [--world 0] [--fraction 0.1] [--mask-retain-weight 1]
                                     [--lr 3e-4] [--steps 100] [--planted 0.02 [--plant-seed 0]]
 
 Deletes (zero ablation, baked) a located set, then repairs the deleted model the way a deletion
@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from larger import load_testbed  # noqa: E402
 
 import loka  # noqa: E402
 from ablation import AblationMask, bake  # noqa: E402
@@ -91,7 +93,7 @@ def main() -> None:
         validation = KnowledgeSet(planted.retain.facts[half:], name="retain_validation")
         paraphrases, count = None, int(key.sum())
     else:
-        testbed = loka.testbed.load(args.size, args.world)
+        testbed = load_testbed(args.size, args.world)
         model, oracle = loka.load_model(testbed.model_dir), loka.load_model(testbed.oracle_dir)
         protocol = Protocol.from_testbed(testbed)
         forget, retain, validation = protocol.forget, protocol.retain_train, protocol.retain_validation
