@@ -8,8 +8,8 @@ On one testbed (loaded from the cache; its recorded build time is printed beside
 * one evaluation of the original (:func:`loka.evaluate` with the protocol, no oracle), the same
   evaluation read back from an evaluation cache (:mod:`loka.evaluation.cache`: a comparison on
   the testbed reads its original's and oracle's this way), and each of its parts alone:
-  scoring, membership, the relearning grid, benign relearning, the probe, quantization, the
-  logit lens (their shares of the whole);
+  scoring, membership, the relearning grid, benign relearning, LoRA relearning, the probe,
+  quantization, the logit lens (their shares of the whole);
 * ``unlearn`` with LOKA's defaults, NPO and gradient ascent at the same budget and seed:
   seconds and the ratios LOKA / NPO and NPO / gradient ascent (issue goal: LOKA <= NPO);
 * a LOKA location control after its LOKA run (ranking reused) against from scratch.
@@ -35,7 +35,13 @@ import loka  # noqa: E402
 from loka.evaluation.attacks.logit_lens import logit_lens  # noqa: E402
 from loka.evaluation.attacks.probe import fit_probe  # noqa: E402
 from loka.evaluation.attacks.quantization import quantization_attack  # noqa: E402
-from loka.evaluation.attacks.relearning import benign_relearn, relearn  # noqa: E402
+from loka.evaluation.attacks.relearning import (  # noqa: E402
+    LORA_LRS,
+    LORA_RANK,
+    LORA_SPLIT_SEEDS,
+    benign_relearn,
+    relearn,
+)
 from loka.evaluation.cache import cached_evaluate  # noqa: E402
 from loka.methods import unlearn  # noqa: E402
 from loka.methods.localized import localization  # noqa: E402
@@ -76,6 +82,9 @@ def main() -> None:
         "membership": lambda: [text_token_log_probs(model, ks, tokenizer=tokenizer) for ks in (forget, nonmembers)],
         "relearning": lambda: relearn(model, tokenizer, forget, attack_retain),
         "benign relearning": lambda: benign_relearn(model, tokenizer, forget, attack_retain),
+        "LoRA relearning": lambda: relearn(
+            model, tokenizer, forget, attack_retain, lrs=LORA_LRS, split_seeds=LORA_SPLIT_SEEDS, lora_rank=LORA_RANK
+        ),  # fmt: skip
         "probe": lambda: fit_probe(model, tokenizer, forget, attack_retain, seed=0),
         "quantization": lambda: quantization_attack(model, tokenizer, forget, retain),
         "logit lens": lambda: logit_lens(model, tokenizer, forget),

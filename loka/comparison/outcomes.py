@@ -139,6 +139,7 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "in-ctx": ("in_context", "mean", "in_context_forget_accuracy"),
     "relearn": ("relearning", "mean", "relearning.after"),
     "benign": ("benign", "mean", "benign_relearning.after"),
+    "LoRA": ("relearning_lora", "mean", "lora_relearning.after"),
     "quant8": ("quant.8bit.forget", "mean", "quantization.forget_8bit"),
     "quant4": ("quant.4bit.forget", "mean", "quantization.forget_4bit"),
     "lens": ("logit_lens", "mean", "logit_lens.best"),
@@ -149,7 +150,20 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
 LOCALIZATION_COLUMNS = ("forget", "retain", "para", "relearn", "MIA")
 LOCATION_PREFIX = "loka @"
 # checks that must first tell the original from the oracle (else "uninformative")
-CALIBRATED = ("MIA", "MIA ans", "Min-K", "Min-K++", "in-ctx", "relearn", "benign", "quant8", "quant4", "lens", "probe")
+CALIBRATED = (
+    "MIA",
+    "MIA ans",
+    "Min-K",
+    "Min-K++",
+    "in-ctx",
+    "relearn",
+    "benign",
+    "LoRA",
+    "quant8",
+    "quant4",
+    "lens",
+    "probe",
+)
 
 
 def trained_against(configs: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
@@ -157,8 +171,8 @@ def trained_against(configs: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
     ``erase="subject"`` pulls the forget texts' whole-text loss onto the reference people's (the
     statistic of ``MIA``), and its ``adversary_weight`` > 0 trains against a relearning step (what
     ``relearn`` measures). Min-K, Min-K++, the answer-token MIA, the in-context attack, benign
-    relearning, quantization, the lens and the probe are trained against by no method here: they
-    are the held-out judges."""
+    and LoRA relearning, quantization, the lens and the probe are trained against by no method
+    here: they are the held-out judges."""
     columns = []
     if any(c.get("erase") == "subject" for c in configs):
         columns.append("MIA")

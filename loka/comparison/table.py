@@ -139,8 +139,8 @@ class Comparison:
             lines.append(
                 "* the method trained against this statistic (LOKA's erase='subject' pulls the whole-text loss "
                 "onto strangers'; adversary_weight trains against a relearning step): no evidence for it, and "
-                "no verdict of its own is drawn from it; Min-K, Min-K++, MIA ans, in-ctx, benign, quant, lens and "
-                "probe are trained against by no method."
+                "no verdict of its own is drawn from it; Min-K, Min-K++, MIA ans, in-ctx, benign, LoRA, quant, lens "
+                "and probe are trained against by no method."
             )
         lines.append(
             "mean [95% interval] over people and method seeds; where intervals overlap, a difference is not shown."

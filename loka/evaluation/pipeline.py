@@ -26,7 +26,8 @@ oracle (a model that never saw the forget data) whenever one is given:
 - **relearning attack** (safety): fine-tune a copy on half of the forget facts (mixed with retain
   facts, over a fixed grid; :mod:`loka.evaluation.attacks.relearning`) and measure the other half, worst case over
   the grid. Knowledge that was only suppressed comes back; knowledge that was removed does not
-  come back faster than for the oracle.
+  come back faster than for the oracle. The same attack through rank-8 LoRA adapters (frozen
+  weights; its own grid) is a relearning attack from another family, which no method trains against.
 - **residual-knowledge probe** (model updates): a logistic-regression probe (:mod:`loka.evaluation.attacks.probe`)
   reads each relation's value from the input of an MLP block at the last prompt token, fitted on
   retain people (every retain person the evaluation knows; the probe is not a method, so this
@@ -70,7 +71,7 @@ from loka.evaluation.attacks.logit_lens import logit_lens as run_logit_lens
 from loka.evaluation.attacks.membership import ATTACKS, membership_scores, min_k_plus_plus, token_statistics
 from loka.evaluation.attacks.probe import fit_probe
 from loka.evaluation.attacks.quantization import quantization_attack
-from loka.evaluation.attacks.relearning import Relearning, benign_relearn
+from loka.evaluation.attacks.relearning import LORA_LRS, LORA_RANK, LORA_SPLIT_SEEDS, Relearning, benign_relearn
 from loka.evaluation.attacks.relearning import relearn as run_relearning
 from loka.evaluation.result import Detail, UnlearningEvaluation
 from loka.models import load_model
@@ -278,12 +279,15 @@ def evaluate(
         aucs, mia_details = _mia(model, tokenizer, sets.forget, sets.nonmembers, min_k, forget_scores)
         details.update(mia_details)
         extraction = extract(model, tokenizer, sets.passages) if sets.passages is not None else None
-        relearning = benign = None
+        relearning = benign = lora = None
         if relearn and len(sets.forget) >= 2:
             relearning = run_relearning(model, tokenizer, sets.forget, sets.attack_retain)
             details["relearning"] = _relearning_detail(sets.forget, relearning)
             benign = benign_relearn(model, tokenizer, sets.forget, sets.attack_retain)
             details["benign"] = _detail(sets.forget, benign.correct)
+            lora = run_relearning(model, tokenizer, sets.forget, sets.attack_retain, lrs=LORA_LRS,
+                                  split_seeds=LORA_SPLIT_SEEDS, lora_rank=LORA_RANK)  # fmt: skip
+            details["relearning_lora"] = _relearning_detail(sets.forget, lora)
         probe_result = None
         if probe:
             probe_result = fit_probe(model, tokenizer, sets.forget, sets.probe_retain, seed=seed, layer=probe_layer)
@@ -327,6 +331,7 @@ def evaluate(
         extraction=extraction,
         relearning=relearning,
         benign_relearning=benign,
+        lora_relearning=lora,
         probe=probe_result,
         oracle=sub(oracle, "oracle"),
         control=sub(control, "control"),

@@ -53,6 +53,7 @@ class UnlearningEvaluation:
     logit_lens: LogitLens | None = None  # forget answers read from each block's residual stream
     benign_relearning: BenignRelearning | None = None  # forget accuracy after a retain-only fine-tune
     in_context_forget_accuracy: float | None = None  # asked after the person's other forget facts
+    lora_relearning: Relearning | None = None  # the relearning attack through LoRA adapters (held out)
     # per scored item: (whose it is, its value), e.g. "forget" -> first-token correct per forget fact;
     # what the intervals over people (loka.evaluation.intervals) are computed from
     details: Mapping[str, Detail] = field(default_factory=dict, compare=False, repr=False)
@@ -140,6 +141,7 @@ class UnlearningEvaluation:
             return ()
         present = (("membership inference", True), ("relearning", self.relearning is not None),
                    ("benign relearning", self.benign_relearning is not None),
+                   ("LoRA relearning", self.lora_relearning is not None),
                    ("quantization", self.quantization is not None), ("logit lens", self.logit_lens is not None),
                    ("probe", self.probe is not None))  # fmt: skip
         return tuple(name for name, ran in present if ran)
@@ -197,6 +199,8 @@ class UnlearningEvaluation:
             rows += [("relearn: before", self.relearning.before), ("relearn: after", self.relearning.after)]
         if self.benign_relearning is not None:
             rows += [("benign relearn: after", self.benign_relearning.after)]
+        if self.lora_relearning is not None:
+            rows += [("LoRA relearn: after", self.lora_relearning.after)]
         if self.probe is not None:
             rows += [("probe forget accuracy", self.probe.forget_accuracy)]
         if self.quantization is not None:

@@ -43,6 +43,25 @@ calibration were 0.02 -> 0.16 (gradient ascent), 0.08 -> 0.26 (task-vector negat
 ascent, 0.22 for task-vector negation), so the grid stops at 10 steps: 40 full-batch steps on 250
 facts in all, about 12 s of CPU per model on one core of a busy machine.
 
+**LoRA relearning** (``relearn(..., lora_rank=8, lrs=LORA_LRS, split_seeds=LORA_SPLIT_SEEDS)``, in
+every evaluation beside the grid) is the same attack from another family: the weights stay frozen
+and rank-8 adapters of every block weight train (Hu et al. 2021). A method that trained against a
+full-weight relearning step (LOKA's adversary) has not trained against it. Calibration (default
+testbed, split seed 0, 10 steps; held-out accuracy before -> after, at lr 3e-3 / 6e-3 / 1e-2):
+
+==============  ======================  ======================
+model           world 0                 world 1
+==============  ======================  ======================
+original        1.00 -> 0.98 / 0.94 / 0.86   1.00 -> 0.92 / 0.92 / 0.84
+oracle          0.00 -> 0.04 / 0.06 / 0.06   0.08 -> 0.10 / 0.08 / 0.08
+NPO             0.08 -> 0.14 / 0.20 / 0.16   0.04 -> 0.10 / 0.14 / 0.16
+LOKA (default)  0.08 -> 0.24 / 0.54 / 0.56   0.10 -> 0.14 / 0.32 / 0.40
+==============  ======================  ======================
+
+lr 1e-2 damages the original (0.86, 0.84: under the 0.9 the protocol asks), so the grid is 3e-3 and
+6e-3. LOKA's default, trained against a full-weight relearning step, comes back to 0.54 / 0.32
+under LoRA, where the oracle stays at 0.06 / 0.08 and NPO at 0.20 / 0.14.
+
 **Benign relearning** (:func:`benign_relearn`) is the same fine-tune with *no* forget fact in it:
 ``n_retain`` facts about other people only, then every forget fact is scored. It cannot teach the
 forget answers (they are drawn independently of everyone else's), so what comes back was never
@@ -64,6 +83,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.nn.utils import parametrize
 
 from loka.base.distributed import all_reduce_gradients
 from loka.base.errors import UsageError
@@ -83,6 +103,11 @@ __all__ = [
     "DEFAULT_LRS",
     "DEFAULT_SPLIT_SEEDS",
     "DEFAULT_RETAIN_RATIO",
+    "LORA_LRS",
+    "LORA_SPLIT_SEEDS",
+    "LORA_RANK",
+    "LowRank",
+    "add_lora",
 ]
 
 DEFAULT_STEPS = 10
@@ -91,6 +116,9 @@ DEFAULT_SPLIT_SEEDS: tuple[int, ...] = (0, 1)
 DEFAULT_RETAIN_RATIO = 4
 DEFAULT_BENIGN_RETAIN = 100  # retain facts in the benign attack's batch (half what the relearning attack mixes in)
 DEFAULT_BENIGN_LR = 6e-4  # the relearning grid's larger rate
+LORA_RANK = 8  # the LoRA attack's adapters
+LORA_LRS: tuple[float, ...] = (3e-3, 6e-3)  # its grid (adapters start at zero: larger steps than the weights')
+LORA_SPLIT_SEEDS: tuple[int, ...] = (0,)  # one split: the LoRA attack is a second opinion, not a second grid
 _CURVE_POINTS = 4  # the attack scores the held-out half this many times on its way
 
 
@@ -133,6 +161,7 @@ class Relearning:
     split_seeds: tuple[int, ...] = DEFAULT_SPLIT_SEEDS
     retain_ratio: int = DEFAULT_RETAIN_RATIO
     seed: int = 0
+    lora_rank: int | None = None  # the attack trained rank-r adapters of every block weight, not the weights
 
     @property
     def gain(self) -> float:
@@ -151,6 +180,7 @@ def relearn(
     split_seeds: Sequence[int] = DEFAULT_SPLIT_SEEDS,
     retain_ratio: int = DEFAULT_RETAIN_RATIO,
     seed: int = 0,
+    lora_rank: int | None = None,
 ) -> Relearning:
     """Attack ``model`` (a TransformerBridge or HF causal LM; left untouched) over the grid
     ``lrs`` x ``split_seeds`` and return the worst case with every grid point.
@@ -160,9 +190,14 @@ def relearn(
     ``retain_ratio`` x as many facts sampled from ``retain`` (seeded by ``seed`` and the split
     seed; the same sample for every learning rate). ``tokenizer`` may be None for a bridge. The copy
     holds every weight in memory (the attack trains them all), those a ``device_map`` offloads too.
-    ``retain`` must share no fact id and no subject with ``forget``.
+    ``retain`` must share no fact id and no subject with ``forget``. ``lora_rank`` r: the copy's
+    weights stay frozen and rank-r adapters of every block weight train instead (LoRA, Hu et al.
+    2021: ``W + B A``, ``B`` zero at the start, ``A`` seeded), a relearning attack from another
+    family than full fine-tuning (:data:`LORA_LRS` is its grid).
     """
     lrs, split_seeds = _check(forget, retain, steps, lrs, split_seeds, retain_ratio)
+    if lora_rank is not None and (isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1):
+        raise UsageError(f"relearn: lora_rank must be a positive integer or None, got {lora_rank!r}")
     encoder = tokenizer if tokenizer is not None else model
     device = input_device(model)
     best: dict[str, Any] | None = None
@@ -174,7 +209,8 @@ def relearn(
         mixed = _retain_sample(retain, retain_ratio * len(train), seed, split_seed)
         batch = encode_facts(train.facts + mixed, encoder).to(device)
         for lr in lrs:
-            curve, correct = _attack(model, batch, test, encoder, steps=steps, lr=lr, before=before)
+            curve, correct = _attack(model, batch, test, encoder, steps=steps, lr=lr, before=before,
+                                     lora_rank=lora_rank, seed=seed)  # fmt: skip
             after = curve[-1][1]
             grid[(lr, split_seed)] = RelearningPoint(lr, split_seed, before, after)
             if best is None or after > best["after"]:
@@ -199,6 +235,7 @@ def relearn(
         split_seeds=split_seeds,
         retain_ratio=retain_ratio,
         seed=seed,
+        lora_rank=lora_rank,
         **best,
     )
 
@@ -254,13 +291,51 @@ def benign_relearn(
     )  # fmt: skip
 
 
+class LowRank(torch.nn.Module):
+    """A LoRA parametrization of one weight: ``W + B A`` (``B`` ``[d0, r]`` zeros, ``A`` ``[r, d1]``
+    Gaussian / sqrt(d1), seeded), so the model starts unchanged and only ``A`` and ``B`` train."""
+
+    def __init__(self, weight: Tensor, rank: int, generator: torch.Generator) -> None:
+        super().__init__()
+        d0, d1 = weight.shape
+        a = torch.randn(rank, d1, generator=generator, dtype=torch.float32) / math.sqrt(d1)
+        self.a = torch.nn.Parameter(a.to(weight.device, weight.dtype))
+        self.b = torch.nn.Parameter(torch.zeros(d0, rank, device=weight.device, dtype=weight.dtype))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight + self.b @ self.a
+
+
+def add_lora(model: Any, rank: int, seed: int = 0) -> list[torch.nn.Parameter]:
+    """Freeze every weight of ``model`` (an HF model) and give each 2-D weight of its blocks
+    (names containing ``.h.`` or ``.layers.``) a :class:`LowRank` adapter; the adapters' parameters."""
+    generator = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    adapters: list[torch.nn.Parameter] = []
+    for name, module in list(model.named_modules()):
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.nn.Parameter) or weight.ndim != 2:
+            continue
+        if not any(block in f".{name}." for block in (".h.", ".layers.")):
+            continue
+        adapter = LowRank(weight, min(rank, *weight.shape), generator)
+        parametrize.register_parametrization(module, "weight", adapter)
+        adapters += [adapter.a, adapter.b]
+    if not adapters:
+        raise UsageError("relearn: lora_rank found no block weight to adapt (no '.h.' or '.layers.' module)")
+    return adapters
+
+
 def _attack(
-    model: Any, batch: FactBatch, test: KnowledgeSet, encoder: Any, *, steps: int, lr: float, before: float
-) -> tuple[tuple[tuple[int, float], ...], Tensor]:
-    """One grid point: fine-tune a fresh copy on ``batch``; the held-out curve and the final
-    per-fact first-token correctness on ``test``."""
+    model: Any, batch: FactBatch, test: KnowledgeSet, encoder: Any, *, steps: int, lr: float, before: float,
+    lora_rank: int | None = None, seed: int = 0,
+) -> tuple[tuple[tuple[int, float], ...], Tensor]:  # fmt: skip
+    """One grid point: fine-tune a fresh copy on ``batch`` (its weights, or rank-``lora_rank``
+    adapters of them); the held-out curve and the final per-fact first-token correctness on ``test``."""
     attacker = plain_copy(model, onload=hf_state_dict(model))  # it trains every weight: offloaded ones too
-    optimizer = torch.optim.AdamW(attacker.parameters(), lr=lr)
+    params = list(attacker.parameters()) if lora_rank is None else add_lora(attacker, lora_rank, seed)
+    optimizer = torch.optim.AdamW(params, lr=lr)
     checkpoints = {round(steps * i / _CURVE_POINTS) for i in range(1, _CURVE_POINTS + 1)}
     curve = [(0, before)]
     correct = torch.zeros(0, dtype=torch.bool)
@@ -269,7 +344,7 @@ def _attack(
         loss = sharded_lm_loss(attacker, batch)  # data parallel under a process group, as the methods train
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        all_reduce_gradients(attacker.parameters())
+        all_reduce_gradients(params)
         optimizer.step()
         if step in checkpoints:
             attacker.eval()

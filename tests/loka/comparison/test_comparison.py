@@ -132,6 +132,7 @@ def test_uncalibrated_checks_are_reported_as_uninformative(comparison):
         "in-ctx",
         "relearn",
         "benign",
+        "LoRA",
         "quant8",
         "quant4",
         "lens",

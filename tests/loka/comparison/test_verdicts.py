@@ -125,6 +125,7 @@ def test_without_an_oracle_no_calibrated_check_gives_a_verdict():
         "in-ctx",
         "relearn",
         "benign",
+        "LoRA",
         "quant8",
         "quant4",
         "lens",

@@ -13,6 +13,7 @@ import loka
 from loka.base.files import json_default
 from loka.evaluation import UnlearningEvaluation, evaluate
 from loka.evaluation.attacks.membership import membership_scores, min_k_plus_plus, token_statistics
+from loka.evaluation.attacks.relearning import LORA_LRS, LORA_RANK, LORA_SPLIT_SEEDS
 from loka.protocol import Protocol
 from loka.scoring.metrics import score_facts, text_token_log_probs
 
@@ -72,6 +73,13 @@ def test_original_against_oracle(tiny_testbed, tiny_models):
     # never knew from the other half (bounds relative to the models' own numbers)
     assert ev.relearning.after >= 0.9 * ev.relearning.before
     assert ref.relearning.after < ev.relearning.after - 0.3
+    # the LoRA attack: rank-8 adapters over its own grid, per held-out fact in the details
+    lora = ev.lora_relearning
+    assert lora.lora_rank == LORA_RANK and [(p.lr, p.split_seed) for p in lora.grid] == [
+        (lr, s) for lr in LORA_LRS for s in LORA_SPLIT_SEEDS
+    ]
+    assert ev.details["relearning_lora"][1] == tuple(float(c) for c in lora.held_out_correct)
+    assert ("LoRA relearn: after", lora.after) in ev.rows() and ref.lora_relearning is not None
     assert "forget quality insufficient" in ev.verdict()
     table = ev.table()
     assert "oracle" in table and "MIA AUC (loss)" in table

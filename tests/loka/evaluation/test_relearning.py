@@ -163,3 +163,58 @@ def test_benign_relearning_refuses_bad_input(tiny_testbed):
         with pytest.raises(ValueError, match=message) as error:
             benign_relearn(object(), None, tb.forget, **{"retain": tb.retain, **kwargs})
         assert "\n" not in str(error.value) and str(error.value).startswith("benign_relearn: ")
+
+
+# --- the LoRA relearning attack: the same attack through rank-r adapters of frozen weights ------------
+
+
+def test_lora_relearning_is_adam_on_low_rank_adapters_of_every_block_weight(tiny_testbed):
+    """Against a hand-written loop: each block weight W of an HF copy read as W + B A (B zeros,
+    A seeded Gaussian / sqrt(d1), in module order) through torch.func.functional_call, AdamW on
+    the adapters alone, the LM loss of the train half; the held-out half scored on the merged weights."""
+    tb = tiny_testbed
+    model = loka.load_model(tb.model_dir)
+    weights = {name: tensor.clone() for name, tensor in hf_state_dict(model).items()}
+    # no retain facts mixed in and a large rate: the adapters damage the held-out half (a visible change)
+    options = dict(steps=4, lrs=(0.2,), split_seeds=(0,), retain_ratio=0, lora_rank=2, seed=1)
+    result = relearn(model, None, tb.forget, tb.retain, **options)
+    assert result.lora_rank == 2 and [(p.lr, p.split_seed) for p in result.grid] == [(0.2, 0)]
+    assert result.after < result.before  # the adapters moved the answers
+    assert all(torch.equal(weights[n], t) for n, t in hf_state_dict(model).items())  # the model is untouched
+
+    train, test = tb.forget.split(0.5, seed=0)
+    batch = encode_facts(train.facts, model.tokenizer)
+    copy = AutoModelForCausalLM.from_pretrained(tb.model_dir, attn_implementation="eager")
+    generator = torch.Generator().manual_seed(1)
+    adapters = {}
+    for name, module in copy.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.nn.Parameter) and weight.ndim == 2 and ".h." in f".{name}.":
+            rank = min(2, *weight.shape)
+            a = torch.randn(rank, weight.shape[1], generator=generator) / weight.shape[1] ** 0.5
+            adapters[f"{name}.weight"] = (a.requires_grad_(), torch.zeros(weight.shape[0], rank, requires_grad=True))
+    assert len(adapters) == 4 * copy.config.n_layer  # attention in and out, MLP in and out
+    base = dict(copy.named_parameters())
+    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+    optimizer = torch.optim.AdamW([t for pair in adapters.values() for t in pair], lr=0.2)
+    for _ in range(4):
+        merged = {n: base[n].detach() + b @ a for n, (a, b) in adapters.items()}
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": labels}
+        out = torch.func.functional_call(copy, merged, (), inputs)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        for n, (a, b) in adapters.items():
+            base[n] += b @ a
+    copy.eval()
+    correct = score_facts(copy, test, tokenizer=model.tokenizer).first_token_correct
+    assert result.held_out_correct == tuple(bool(c) for c in correct) and result.held_out_ids == test.ids
+
+
+def test_lora_relearning_refuses_a_bad_rank(tiny_testbed):
+    tb = tiny_testbed
+    for rank in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="lora_rank must be a positive integer") as error:
+            relearn(object(), None, tb.forget, tb.retain, lora_rank=rank)
+        assert "\n" not in str(error.value)
