@@ -344,6 +344,8 @@ def _differences(a: MethodOutcome, b: MethodOutcome, unusable: Mapping[str, str]
 _FINDINGS = {
     "relearn": "relearnable",
     "benign": "a fine-tune on other people's facts alone brings it back",
+    "LoRA": "relearning through low-rank adapters brings it back",
+    "in-ctx": "the person's other facts written before the question bring it back",
     "quant8": "8-bit quantization brings it back",
     "quant4": "4-bit quantization brings it back",
     "lens": "the logit lens reads it inside the model",
