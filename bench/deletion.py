@@ -46,18 +46,15 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from larger import load_testbed  # noqa: E402
+from larger import load_case  # noqa: E402
 
 import loka  # noqa: E402
 from ablation import AblationMask, bake  # noqa: E402
 from ablation.selection import random_like_layers  # noqa: E402
-from loka.data import KnowledgeSet  # noqa: E402
 from loka.evaluation.ablation_profile import ablation_profile, per_layer_count, top_per_layer  # noqa: E402
 from loka.evaluation.attacks.relearning import DEFAULT_STEPS, benign_relearn  # noqa: E402
 from loka.methods.localized.localization import MASK_DEFAULTS, locate  # noqa: E402
 from loka.methods.training import accuracy  # noqa: E402
-from loka.protocol import Protocol  # noqa: E402
-from loka.testbed.planted import load_planted  # noqa: E402
 
 MATCHED = (0.99, 0.95, 0.90)
 
@@ -96,20 +93,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    key = None
-    if args.planted:  # the planted people; retain: testbed people planting never used, in two halves
-        planted = load_planted(args.size, ratio=args.planted, world_seed=args.world, seed=args.plant_seed)
-        model_dir, oracle_dir, forget, key = planted.model_dir, planted.oracle_dir, planted.forget, planted.mask
-        half = len(planted.retain) // 2
-        retain = KnowledgeSet(planted.retain.facts[:half], name="retain_train")
-        validation = KnowledgeSet(planted.retain.facts[half:], name="retain_validation")
-        label = f"planted {args.size} w{args.world} ratio {args.planted:g} seed {args.plant_seed}"
-    else:
-        tb = load_testbed(args.size, args.world)
-        model_dir, oracle_dir = tb.model_dir, tb.oracle_dir
-        protocol = Protocol.from_testbed(tb)
-        forget, retain, validation = protocol.forget, protocol.retain_train, protocol.retain_validation
-        label = f"testbed {args.size} w{args.world}"
+    case = load_case(args.size, args.world, args.planted, args.plant_seed)
+    model_dir, oracle_dir, key, label = case.model_dir, case.oracle_dir, case.key, case.label
+    forget, retain, validation = case.forget, case.retain, case.validation
     model = loka.load_model(model_dir)
     print(f"{label}: {len(forget)} forget facts, {len(retain)} retain_train, {len(validation)} retain_validation; "
           f"components {args.components}")  # fmt: skip

@@ -13,11 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import loka  # noqa: E402
+from loka.data import KnowledgeSet  # noqa: E402
+from loka.protocol import Protocol  # noqa: E402
 from loka.testbed import Testbed, TestbedConfig  # noqa: E402
+from loka.testbed.planted import load_planted  # noqa: E402
 from loka.testbed.training import ModelConfig, TrainConfig  # noqa: E402
 from loka.testbed.world import WorldConfig  # noqa: E402
 
@@ -35,6 +39,30 @@ def load_testbed(size: str, world: int) -> Testbed:
     if size == "larger":
         return loka.testbed.load(config=larger_config(world))
     return loka.testbed.load(size, world)  # type: ignore[arg-type]
+
+
+def load_case(size: str, world: int, planted: float | None = None, plant_seed: int = 0) -> SimpleNamespace:
+    """What the deletion benches read: ``model_dir``, ``oracle_dir``, ``forget``, ``retain`` (what
+    locators may read), ``validation`` (retain scored), ``paraphrases`` (None on the planted
+    testbed), ``key`` (the planted neurons, else None) and a ``label``. ``planted``: the planted
+    testbed of that ratio, whose retain people (testbed people planting never used) are halved
+    into train and validation; else the testbed's protocol splits."""
+    if planted:
+        case = load_planted(size, ratio=planted, world_seed=world, seed=plant_seed)  # type: ignore[arg-type]
+        half = len(case.retain) // 2
+        return SimpleNamespace(
+            model_dir=case.model_dir, oracle_dir=case.oracle_dir, forget=case.forget, key=case.mask, paraphrases=None,
+            retain=KnowledgeSet(case.retain.facts[:half], name="retain_train"),
+            validation=KnowledgeSet(case.retain.facts[half:], name="retain_validation"),
+            label=f"planted {size} w{world} ratio {planted:g} seed {plant_seed}",
+        )  # fmt: skip
+    testbed = load_testbed(size, world)
+    protocol = Protocol.from_testbed(testbed)
+    return SimpleNamespace(
+        model_dir=testbed.model_dir, oracle_dir=testbed.oracle_dir, forget=protocol.forget, key=None,
+        retain=protocol.retain_train, validation=protocol.retain_validation, paraphrases=protocol.paraphrase_eval,
+        label=f"testbed {size} w{world}",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

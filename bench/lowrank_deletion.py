@@ -49,19 +49,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from larger import load_testbed  # noqa: E402
+from larger import load_case  # noqa: E402
 
 import loka  # noqa: E402
 from ablation.covariance import key_covariance  # noqa: E402
 from ablation.rewrite import _bake  # noqa: E402
 from ablation.rewrite_keys import read_keys, w_out  # noqa: E402
-from loka.data import KnowledgeSet  # noqa: E402
 from loka.data.knowledge import Prompts  # noqa: E402
 from loka.methods.terms import RetainTerm  # noqa: E402
 from loka.methods.training import accuracy  # noqa: E402
 from loka.models import architecture, plain_copy  # noqa: E402
-from loka.protocol import Protocol  # noqa: E402
-from loka.testbed.planted import load_planted  # noqa: E402
 
 KINDS = ("generalized", "difference", "people", "forget_pca", "random")
 
@@ -143,21 +140,9 @@ def main() -> None:
     ranks = [int(v) for v in args.ranks.split(",")]
     kinds = [*args.kinds.split(","), "random"]
 
-    paraphrases = None
-    if args.planted:
-        planted = load_planted(args.size, ratio=args.planted, world_seed=args.world, seed=args.plant_seed)
-        model_dir, oracle_dir, forget = planted.model_dir, planted.oracle_dir, planted.forget
-        half = len(planted.retain) // 2
-        retain = KnowledgeSet(planted.retain.facts[:half], name="retain_train")
-        validation = KnowledgeSet(planted.retain.facts[half:], name="retain_validation")
-        label = f"planted {args.size} w{args.world} ratio {args.planted:g} seed {args.plant_seed}"
-    else:
-        testbed = load_testbed(args.size, args.world)
-        protocol = Protocol.from_testbed(testbed)
-        model_dir, oracle_dir = testbed.model_dir, testbed.oracle_dir
-        forget, retain, validation = protocol.forget, protocol.retain_train, protocol.retain_validation
-        paraphrases = protocol.paraphrase_eval
-        label = f"testbed {args.size} w{args.world}"
+    case = load_case(args.size, args.world, args.planted, args.plant_seed)
+    model_dir, oracle_dir, label = case.model_dir, case.oracle_dir, case.label
+    forget, retain, validation, paraphrases = case.forget, case.retain, case.validation, case.paraphrases
     model = loka.load_model(model_dir)
     tokenizer = model.tokenizer
 

@@ -11,6 +11,7 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from loka.comparison import Comparison, compare, compare_testbed
+from loka.comparison.outcomes import CALIBRATED
 from loka.comparison.running import _groups
 from loka.evaluation import evaluate
 from loka.methods import Budget
@@ -124,20 +125,7 @@ def test_intervals_are_over_people_and_seeds(comparison):
 
 def test_uncalibrated_checks_are_reported_as_uninformative(comparison):
     informative = comparison.informative()
-    assert set(informative) == {
-        "MIA",
-        "MIA ans",
-        "Min-K",
-        "Min-K++",
-        "in-ctx",
-        "relearn",
-        "benign",
-        "LoRA",
-        "quant8",
-        "quant4",
-        "lens",
-        "probe",
-    }
+    assert set(informative) == set(CALIBRATED)
     blind = dataclasses.replace(comparison["oracle"], runs=comparison["original"].runs)  # oracle = original
     same = dataclasses.replace(comparison, outcomes=(comparison["original"], blind, comparison["task_vector"]))
     assert not any(same.informative().values())
