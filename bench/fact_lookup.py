@@ -162,18 +162,12 @@ def main() -> None:
         if lookup:
             for name in ("lookup", "all"):
                 row(f"{name} in lookup layers", top_per_layer(scores[name], count) & within, percent)
-            draws = []
             for draw in range(args.draws):
                 generator = torch.Generator().manual_seed(draw)
                 chosen = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
                 for layer in lookup:
                     chosen[layer, torch.randperm(d_mlp, generator=generator)[:count]] = True
-                draws.append(chosen)
-            results = []
-            for chosen in draws:
-                rows_before = len(rows)
-                row(f"random in lookup layers #{len(results)}", chosen, percent)
-                results.append(rows[rows_before])
+                row(f"random in lookup layers #{draw}", chosen, percent)
         row("output, every layer", top_per_layer(scores["output"], count), percent)
     if args.out:
         record = {"args": {k: str(v) for k, v in vars(args).items()}, "probe": probes, "rising": rising,

@@ -95,9 +95,10 @@ def repair(model: object, basis: dict[int, torch.Tensor], deltas: dict[int, torc
     edited = plain_copy(_bake(model, deltas))
     spec = architecture(model)
     outputs = {layer: edited.get_parameter(spec.name(spec.mlp_out_weight, layer)) for layer in basis}
-    params = [p for n, p in edited.named_parameters() if any(block in n for block in (".h.", ".layers."))]
-    for name, param in edited.named_parameters():
+    params = []
+    for name, param in edited.named_parameters():  # every block weight trains; embeddings and final norm stay
         param.requires_grad_(any(block in name for block in (".h.", ".layers.")))
+        params += [param] if param.requires_grad else []
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(0)
     curve = [measure(edited)]  # type: ignore[operator]

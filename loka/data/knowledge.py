@@ -196,15 +196,16 @@ class KnowledgeSet:
         ". "; id ``{id}/in-context``): the in-context attack, which gives the model everything else
         it should have forgotten about the person before the question. Facts without a subject or
         without another fact of their person are left out (None if none is left)."""
+        texts: dict[str, list[tuple[str, str]]] = {}
+        for fact in self.facts:
+            if fact.subject is not None:
+                texts.setdefault(fact.subject, []).append((fact.id, fact.text))
         facts = []
         for fact in self.facts:
-            others = [
-                g.text for g in self.facts if g.subject is not None and g.subject == fact.subject and g.id != fact.id
-            ]
-            if fact.subject is None or not others:
-                continue
-            prompt = ". ".join(others) + ". " + fact.prompt
-            facts.append(Fact(f"{fact.id}/in-context", prompt, fact.target, fact.subject, fact.relation))
+            others = [text for id_, text in texts.get(fact.subject, []) if id_ != fact.id]  # none for no subject
+            if others:
+                prompt = ". ".join(others) + ". " + fact.prompt
+                facts.append(Fact(f"{fact.id}/in-context", prompt, fact.target, fact.subject, fact.relation))
         return KnowledgeSet(tuple(facts), name=f"{self.name}/in-context") if facts else None
 
     # tokenization --------------------------------------------------------------------------

@@ -68,7 +68,7 @@ from loka.base.errors import UsageError
 from loka.data.knowledge import KnowledgeSet
 from loka.evaluation.attacks.extraction import extract
 from loka.evaluation.attacks.logit_lens import logit_lens as run_logit_lens
-from loka.evaluation.attacks.membership import ATTACKS, membership_scores, min_k_plus_plus, token_statistics
+from loka.evaluation.attacks.membership import ATTACKS, as_statistics, membership_scores, min_k_plus_plus
 from loka.evaluation.attacks.probe import fit_probe
 from loka.evaluation.attacks.quantization import quantization_attack
 from loka.evaluation.attacks.relearning import LORA_LRS, LORA_RANK, LORA_SPLIT_SEEDS, Relearning, benign_relearn
@@ -110,8 +110,10 @@ def _mia(
     model: Any, tokenizer: Any, forget: KnowledgeSet, nonmembers: KnowledgeSet, k: float, forget_scores: Any
 ) -> tuple[dict[str, float], dict[str, Detail]]:
     """AUCs of every attack, and each text's score (members and non-members) for the intervals."""
-    members = text_token_log_probs(model, forget, tokenizer=tokenizer)
-    others = text_token_log_probs(model, nonmembers, tokenizer=tokenizer)
+    # one pass: each text's token log-probs and its next-token moments (Min-K%++ reads both)
+    member_rows = text_token_log_probs(model, forget, tokenizer=tokenizer, moments=True)
+    other_rows = text_token_log_probs(model, nonmembers, tokenizer=tokenizer, moments=True)
+    members, others = [row[0] for row in member_rows], [row[0] for row in other_rows]
     texts = [f.text for f in forget], [f.text for f in nonmembers]
     labels = np.r_[np.ones(len(forget)), np.zeros(len(nonmembers))]
     aucs, details = {}, {}
@@ -128,10 +130,7 @@ def _mia(
     details["mia.loss_answer.members"] = _detail(forget, answer[0])
     details["mia.loss_answer.nonmembers"] = _detail(nonmembers, answer[1])
     # Min-K%++: the whole next-token distribution at every position standardises each token
-    plus = [
-        np.array([min_k_plus_plus(*stats, k=k) for stats in token_statistics(model, tokenizer, ks)])
-        for ks in (forget, nonmembers)
-    ]
+    plus = [np.array([min_k_plus_plus(*as_statistics(row), k=k) for row in rows]) for rows in (member_rows, other_rows)]
     aucs["min_k_plus_plus"] = float(roc_auc_score(labels, np.r_[plus[0], plus[1]]))
     details["mia.min_k_plus_plus.members"] = _detail(forget, plus[0])
     details["mia.min_k_plus_plus.nonmembers"] = _detail(nonmembers, plus[1])

@@ -30,7 +30,10 @@ from loka.data.knowledge import KnowledgeSet
 from loka.models import input_device
 from loka.models import logits as model_logits
 
-__all__ = ["FactScores", "score_facts", "lm_loss", "sharded_lm_loss", "text_nll", "text_token_log_probs", "zero_loss"]
+__all__ = [
+    "FactScores", "score_facts", "lm_loss", "sharded_lm_loss", "text_nll", "text_token_log_probs", "next_token_moments",
+    "zero_loss",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,13 @@ def text_token_log_probs(
     *,
     tokenizer: Any = None,
     batch_size: int = 64,
-) -> list[Float[Tensor, " tokens"]]:
+    moments: bool = False,
+) -> list[Float[Tensor, " tokens"]] | list[Float[Tensor, "3 tokens"]]:
     """log p(token | everything before it) for every token of each fact's text (prompt + target,
     after BOS): what membership-inference attacks score. One tensor per fact, in order.
+    ``moments=True``: each fact's tensor is ``[3, tokens]``, the log-probs, then the mean and the
+    standard deviation of log p(z) under the next-token distribution z ~ p at the same position
+    (what Min-K%++ standardises by), from the same forward pass.
 
     A collective under a process group, like :func:`score_facts`: each rank runs a contiguous
     block of the batches, and every rank returns every fact's tensor (gathered in rank order)."""
@@ -150,8 +157,23 @@ def text_token_log_probs(
             logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)
             picked = token_log_probs(logits[:, :-1], batch.input_ids[:, 1:])
             keep = batch.attention_mask[:, 1:].bool()
-            out += [row[mask].float().cpu() for row, mask in zip(picked, keep, strict=True)]
+            if moments:
+                picked = torch.stack([picked.float(), *next_token_moments(logits[:, :-1])], dim=1)
+                out += [row[:, mask].cpu() for row, mask in zip(picked, keep, strict=True)]
+            else:
+                out += [row[mask].float().cpu() for row, mask in zip(picked, keep, strict=True)]
     return gather_rows(out)
+
+
+def next_token_moments(
+    logits: Float[Tensor, "batch pos d_vocab"],
+) -> tuple[Float[Tensor, "batch pos"], Float[Tensor, "batch pos"]]:
+    """Mean and standard deviation of log p(z) under z ~ p (the next-token distribution), float32."""
+    log_p = logits.float().log_softmax(-1)
+    p = log_p.exp()
+    mean = (p * log_p).sum(-1)
+    var = (p * log_p.square()).sum(-1) - mean.square()
+    return mean, var.clamp_min(0).sqrt()
 
 
 def lm_loss(model: Any, batch: FactBatch) -> Tensor:

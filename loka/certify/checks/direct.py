@@ -16,7 +16,7 @@ from loka.certify.suite import Suite
 from loka.data.knowledge import KnowledgeSet
 from loka.scoring.metrics import score_facts
 
-__all__ = ["correct", "answers", "with_context", "direct_checks"]
+__all__ = ["correct", "answers", "direct_checks"]
 
 
 def correct(model: Any, tokenizer: Any, knowledge: KnowledgeSet) -> np.ndarray:
@@ -35,11 +35,6 @@ def answers(
     )  # fmt: skip
 
 
-def with_context(knowledge: KnowledgeSet) -> KnowledgeSet | None:
-    """Each fact asked after the same person's other facts (:meth:`KnowledgeSet.in_context`)."""
-    return knowledge.in_context()
-
-
 def direct_checks(
     model: Any, tokenizer: Any, forget: KnowledgeSet, reference: KnowledgeSet, suite: Suite
 ) -> list[Check]:
@@ -51,7 +46,7 @@ def direct_checks(
     else:
         out.append(Check.skip(name, description, "the forget or the reference facts have no paraphrases"))
     name, description = "direct.in_context", "first-token accuracy after the person's other facts"
-    f_ctx, r_ctx = with_context(forget), with_context(reference)
+    f_ctx, r_ctx = forget.in_context(), reference.in_context()
     if f_ctx is None or r_ctx is None:
         out.append(Check.skip(name, description, "no person has two or more facts on both sides"))
         return out

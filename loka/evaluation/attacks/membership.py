@@ -45,19 +45,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from jaxtyping import Float
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score
 
 from loka.base.errors import UsageError
-from loka.data.encoding import encode_facts
 from loka.data.knowledge import KnowledgeSet
-from loka.models import input_device
-from loka.models import logits as model_logits
+from loka.scoring.metrics import text_token_log_probs
 
 __all__ = [
     "ATTACKS", "Attack", "DEFAULT_MIN_K", "membership_scores", "membership_auc", "privleak", "zlib_length",
-    "TokenStatistics", "token_statistics", "min_k_plus_plus",
+    "TokenStatistics", "token_statistics", "as_statistics", "min_k_plus_plus",
 ]  # fmt: skip
 
 Attack = Literal["loss", "zlib", "min_k"]
@@ -164,36 +161,20 @@ def privleak(auc: float, oracle_auc: float) -> float:
 TokenStatistics = tuple[np.ndarray, np.ndarray, np.ndarray]  # per token: log p(x_t), mu_t, sigma_t
 
 
-def _next_token_moments(
-    logits: Float[torch.Tensor, "batch pos d_vocab"],
-) -> tuple[Float[torch.Tensor, "batch pos"], Float[torch.Tensor, "batch pos"]]:
-    """Mean and standard deviation of log p(z) under z ~ p (the next-token distribution)."""
-    log_p = logits.float().log_softmax(-1)
-    p = log_p.exp()
-    mean = (p * log_p).sum(-1)
-    var = (p * log_p.square()).sum(-1) - mean.square()
-    return mean, var.clamp_min(0).sqrt()
-
-
-@torch.no_grad()
 def token_statistics(
     model: Any, tokenizer: Any, knowledge: KnowledgeSet, *, batch_size: int = 32
 ) -> list[TokenStatistics]:
     """For every fact's text (prompt + target, after BOS), per token: ``log p(x_t | x_<t)``,
-    ``mu_t`` and ``sigma_t`` of the next-token distribution it was drawn against (float64 arrays)."""
-    encoder = tokenizer if tokenizer is not None else model
-    device = input_device(model)
-    out: list[TokenStatistics] = []
-    for start in range(0, len(knowledge), batch_size):
-        batch = encode_facts(knowledge.facts[start : start + batch_size], encoder).to(device)
-        logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)[:, :-1]
-        picked = logits.float().log_softmax(-1).gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        mean, sd = _next_token_moments(logits)
-        keep = batch.attention_mask[:, 1:].bool()
-        for i in range(len(batch)):
-            k = keep[i]
-            out.append(tuple(t[i][k].double().cpu().numpy() for t in (picked, mean, sd)))  # type: ignore[arg-type]
-    return out
+    ``mu_t`` and ``sigma_t`` of the next-token distribution it was drawn against (float64 arrays;
+    :func:`loka.scoring.metrics.text_token_log_probs` with ``moments=True``)."""
+    rows = text_token_log_probs(model, knowledge, tokenizer=tokenizer, batch_size=batch_size, moments=True)
+    return [as_statistics(row) for row in rows]
+
+
+def as_statistics(row: torch.Tensor) -> TokenStatistics:
+    """One ``[3, tokens]`` row of ``text_token_log_probs(..., moments=True)`` as float64 arrays."""
+    lp, mu, sd = row.double().numpy()
+    return lp, mu, sd
 
 
 def min_k_plus_plus(log_probs: Sequence[float], means: Sequence[float], stds: Sequence[float], k: float) -> float:
