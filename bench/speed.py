@@ -12,7 +12,9 @@ On one testbed (loaded from the cache; its recorded build time is printed beside
   quantization, the logit lens (their shares of the whole);
 * ``unlearn`` with LOKA's defaults, NPO and gradient ascent at the same budget and seed:
   seconds and the ratios LOKA / NPO and NPO / gradient ascent (issue goal: LOKA <= NPO);
-* a LOKA location control after its LOKA run (ranking reused) against from scratch.
+* a LOKA location control after its LOKA run (ranking reused) against from scratch;
+* a training step (the relearning attack's batch, AdamW) with GPT-2's activation fused
+  (:mod:`loka.models.activations`, what loka runs) against ``transformers``' seven-kernel module.
 
 ``--repeat N`` times each N times and keeps the fastest (a busy machine inflates single runs).
 Run it on a quiet machine with ``OMP_NUM_THREADS=1``; compare ratios, not seconds, across machines.
@@ -29,9 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from transformers import AutoModelForCausalLM  # noqa: E402
+
 import loka  # noqa: E402
+from loka.data.encoding import encode_facts  # noqa: E402
 from loka.evaluation.attacks.logit_lens import logit_lens  # noqa: E402
 from loka.evaluation.attacks.probe import fit_probe  # noqa: E402
 from loka.evaluation.attacks.quantization import quantization_attack  # noqa: E402
@@ -45,8 +52,13 @@ from loka.evaluation.attacks.relearning import (  # noqa: E402
 from loka.evaluation.cache import cached_evaluate  # noqa: E402
 from loka.methods import unlearn  # noqa: E402
 from loka.methods.localized import localization  # noqa: E402
+from loka.models.activations import fuse_activations  # noqa: E402
 from loka.protocol import Protocol  # noqa: E402
-from loka.scoring.metrics import score_facts, text_token_log_probs  # noqa: E402
+from loka.scoring.metrics import (  # noqa: E402
+    lm_loss,
+    score_facts,
+    text_token_log_probs,
+)
 
 
 def timed(call: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -118,6 +130,28 @@ def main() -> None:
         f"\nloka @random after its loka run {reused:.1f} s, from scratch {scratch:.1f} s: "
         f"reused / scratch = {reused / scratch:.2f}"
     )
+
+    batch = encode_facts(forget.facts + protocol.retain_train.facts[: 4 * len(forget)], tokenizer)
+
+    def steps(fused: bool) -> Callable[[], None]:
+        plain = AutoModelForCausalLM.from_pretrained(testbed.model_dir, attn_implementation="eager")
+        if fused:
+            fuse_activations(plain)
+        optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-5)
+
+        def run() -> None:
+            for _ in range(5):
+                loss = lm_loss(plain, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+        return run
+
+    fused, _ = timed(steps(True), max(r, 3))
+    separate, _ = timed(steps(False), max(r, 3))
+    print(f"\n5 training steps on {len(batch)} facts: activation fused {fused:.2f} s, as transformers runs it "
+          f"{separate:.2f} s: fused / separate = {fused / separate:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from loka.base.errors import UsageError
+from loka.models.activations import fuse_activations
 from loka.models.architectures import Model, hf_model
 from loka.models.forward import input_device
 from loka.models.loading import quiet_transformers
@@ -104,6 +105,7 @@ def _assemble(
     config = copy.deepcopy(config if config is not None else source.config)
     with quiet_transformers(), torch.device(device), init_empty_weights(include_buffers=False):
         new = AutoModelForCausalLM.from_config(config, torch_dtype=dtype, attn_implementation="eager")
+    fuse_activations(new)
     empty = new.state_dict(keep_vars=True)
     new_zero = set(new_zero)
     missing, unexpected = set(empty) - set(weights), set(weights) - set(empty)

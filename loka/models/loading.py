@@ -2,7 +2,8 @@
 
 :func:`load_model` boots the checkpoint as a TransformerLens 4 ``TransformerBridge``. The bridge
 wraps the real HF model (``bridge.original_model``) and runs it with eager attention, so its
-logits equal the HF model's while every component exposes hooks such as
+logits equal the HF model's (to rounding: GPT-2's activation runs as one fused kernel,
+:mod:`loka.models.activations`) while every component exposes hooks such as
 ``blocks.{l}.mlp.hook_post``. Paths are checked before anything is loaded, so a wrong path or a
 directory that is not a model fails with a message that says what is missing.
 """
@@ -22,6 +23,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from loka.base.errors import UsageError
+from loka.models.activations import fuse_activations
 from loka.models.architectures import ArchitectureSpec, spec_for
 
 __all__ = [
@@ -234,7 +236,8 @@ def load_model(
     ``name_or_path`` is a local Hugging Face directory (config.json, weights, tokenizer), or a
     hub id such as ``"EleutherAI/pythia-70m"`` (needs network, or ``HF_HUB_OFFLINE=1`` and a
     cached copy). The bridge runs the HF model itself, so its logits equal
-    ``AutoModelForCausalLM.from_pretrained(..., attn_implementation="eager")``'s, and its hooks
+    ``AutoModelForCausalLM.from_pretrained(..., attn_implementation="eager")``'s (to rounding:
+    GPT-2's ``gelu_new`` runs fused, :func:`loka.models.activations.fuse_activations`), and its hooks
     (``blocks.{l}.mlp.hook_post``, ``blocks.{l}.attn.hook_z``, ...) see the real activations.
     Its tokenizer pads with eos when it has no pad token of its own.
 
@@ -291,6 +294,7 @@ def load_model(
     except Exception as err:
         raise UsageError(f"could not load {where}: {type(err).__name__}: {err}") from err
 
+    fuse_activations(bridge.original_model)
     bridge.eval()
     tokenizer = bridge.tokenizer
     if tokenizer is not None and tokenizer.pad_token is None:

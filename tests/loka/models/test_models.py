@@ -93,6 +93,22 @@ def test_load_model_logits_equal_hf_eager(checkpoint: Path, bridge: TransformerB
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
 
 
+def test_gpt2_activation_runs_fused_in_float32_and_as_transformers_in_bfloat16(checkpoint: Path) -> None:
+    from transformers.activations import NewGELUActivation
+
+    from loka.models.activations import FusedGELUTanh, fuse_activations
+
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    torch.testing.assert_close(FusedGELUTanh()(x), NewGELUActivation()(x), atol=1e-12, rtol=0)
+    gelu_new = json.loads((checkpoint / "config.json").read_text()).get("activation_function") == "gelu_new"
+    kinds = lambda m: {type(x) for x in hf_model(m).modules()}  # noqa: E731
+    assert (FusedGELUTanh in kinds(load_model(checkpoint))) == gelu_new
+    assert NewGELUActivation not in kinds(load_model(checkpoint))
+    assert FusedGELUTanh not in kinds(load_model(checkpoint, dtype="bfloat16"))
+    hf = load_hf(checkpoint)
+    assert fuse_activations(hf) == (N_LAYERS if gelu_new else 0) and fuse_activations(hf) == 0
+
+
 def test_component_hooks_fire_for_every_layer(bridge: TransformerBridge, input_ids: Tensor) -> None:
     assert (bridge.cfg.n_layers, bridge.cfg.d_mlp, bridge.cfg.n_heads, bridge.cfg.d_head) == (
         N_LAYERS,
