@@ -22,11 +22,15 @@ from loka.methods.localized.localization import (
 )
 from loka.scoring.objectives import OBJECTIVES, Objective
 
-__all__ = ["SIZES", "LokaConfig"]
+__all__ = ["SIZES", "LRS", "LokaConfig"]
 
 
 SIZES: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.05, 0.1)
 """The sizes (fractions of the component pool) that LOKA's ``size="auto"`` tries, smallest first."""
+
+LRS: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+"""The learning rates that LOKA's ``lr="auto"`` tries for each size, smallest first (the default
+1e-2 and a factor of about 3 on either side)."""
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,10 @@ class LokaConfig(MethodConfig):
     (``location``, ``location_seed``) and edit them (``edit``: ``objective``, ``beta``, ``lr``,
     ``retain_weight``, ``batch_size``; ``ablate_mode``; or the rewrite's ``max_layers`` and
     ``lams``); ``size="auto"`` tries ``sizes`` until validation retain stays at least
-    ``retain_floor`` x the original's. ``min_layer_share`` is the ``"layers"`` control's share
-    of a layer; ``check_scores`` the number of candidates attribution re-measures exactly.
+    ``retain_floor`` x the original's; ``lr="auto"`` (a fine-tuning edit) tries each of ``lrs`` at
+    each size the same way (every try's steps count in the compute), so that a location control
+    gets a learning rate of its own, chosen on validation like LOKA's. ``min_layer_share`` is the
+    ``"layers"`` control's share of a layer; ``check_scores`` the number of candidates attribution re-measures exactly.
     Erasure (:mod:`loka.methods.localized.erasure`): ``erase="subject"`` also locates the forget people's names and
     pulls their whole texts to the likelihood of strangers' (``subject_weight``; the budget's
     check then also waits for the gap to be within ``subject_tolerance`` nats per token);
@@ -70,7 +76,8 @@ class LokaConfig(MethodConfig):
     beta: float = 0.1
     ablate_mode: Literal["zero", "mean"] = "mean"
     retain_floor: float = 0.95
-    lr: float = 1e-2
+    lr: float | Literal["auto"] = 1e-2
+    lrs: tuple[float, ...] = LRS
     retain_weight: float = 3.0
     batch_size: int = 64
     sizes: tuple[float, ...] = SIZES
@@ -113,7 +120,10 @@ class LokaConfig(MethodConfig):
         check_number("beta", self.beta, low=1e-6)
         check_number("retain_floor", self.retain_floor, high=1.0)
         check_number("min_layer_share", self.min_layer_share, high=1.0)
-        check_number("lr", self.lr)
+        if self.lr != "auto":
+            check_number("lr", self.lr)
+        elif self.edit != "finetune":
+            raise UsageError(f"lr='auto' chooses a fine-tuning rate; it works with edit='finetune', got {self.edit!r}")
         check_number("retain_weight", self.retain_weight)
         check_number("batch_size", self.batch_size, low=1, integer=True)
         check_number("max_layers", self.max_layers, low=1, integer=True)
@@ -121,7 +131,11 @@ class LokaConfig(MethodConfig):
         check_number("mask_retain_weight", self.mask_retain_weight)
         check_number("mask_sparsity", self.mask_sparsity)
         check_number("mask_steps", self.mask_steps, low=1, integer=True)
-        lams, sizes = self.lams, self.sizes
+        lams, sizes, lrs = self.lams, self.sizes, self.lrs
+        if not isinstance(lrs, tuple | list) or not lrs or any(
+            isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf") for v in lrs
+        ):  # fmt: skip
+            raise UsageError(f"lrs must be positive learning rates, got {lrs!r}")
         if not isinstance(lams, tuple | list) or not lams or any(
             isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in lams
         ):  # fmt: skip
@@ -132,6 +146,7 @@ class LokaConfig(MethodConfig):
             raise UsageError(f"sizes must be fractions in (0, 1], got {sizes!r}")
         set_field(self, "lams", tuple(lams))
         set_field(self, "sizes", tuple(sizes))
+        set_field(self, "lrs", tuple(float(v) for v in lrs))
         if self.size != "auto":
             count_for_size(self.size, 1 << 62)  # the type and range check; the pool is known after attribution
 

@@ -57,24 +57,26 @@ def run_loka(
                                 erase=config.erase, adversary_weight=config.adversary_weight)  # fmt: skip
     original_retain = accuracy(model, validation_retain, tokenizer)
     floor = config.retain_floor * original_retain
-    candidates = list(config.sizes) if config.size == "auto" else [config.size]
+    sizes = list(config.sizes) if config.size == "auto" else [config.size]
+    lrs = list(config.lrs) if config.lr == "auto" else [config.lr]
     log: list[dict[str, float]] = []
-    best: tuple[float, Any, Localization, list[dict[str, float]]] | None = None
+    best: tuple[float, Any, Localization, list[dict[str, float]], float] | None = None
     located: Localization | None = None
-    for candidate in candidates:
-        if located is None or config.localize == "exact":
-            # a control places itself by the located set, but does not rest on its ranking: no check
-            check = config.check_scores if config.location == "located" else 0
-            located = locate(model, forget, retain, size=candidate, localize=config.localize,
-                             components=config.components, contrast=config.contrast, check=check,
-                             seed=seed, mask=config.mask)  # fmt: skip
-        else:
-            located = located.resized(model, candidate, config.components)
-        if config.erase == "subject":  # the names' own components too
-            located = with_names(model, located, forget, retain, candidate, config, seed)
-        location_seed = seed if config.location_seed is None else config.location_seed
-        chosen = control_mask(model, located, config.location, seed=location_seed,
-                              min_layer_share=config.min_layer_share)  # fmt: skip
+    for candidate, lr in ((size, lr) for size in sizes for lr in lrs):
+        if lr == lrs[0]:  # a new size (a new rate reuses the size's components)
+            if located is None or config.localize == "exact":
+                # a control places itself by the located set, but does not rest on its ranking: no check
+                check = config.check_scores if config.location == "located" else 0
+                located = locate(model, forget, retain, size=candidate, localize=config.localize,
+                                 components=config.components, contrast=config.contrast, check=check,
+                                 seed=seed, mask=config.mask)  # fmt: skip
+            else:
+                located = located.resized(model, candidate, config.components)
+            if config.erase == "subject":  # the names' own components too
+                located = with_names(model, located, forget, retain, candidate, config, seed)
+            location_seed = seed if config.location_seed is None else config.location_seed
+            chosen = control_mask(model, located, config.location, seed=location_seed,
+                                  min_layer_share=config.min_layer_share)  # fmt: skip
         if config.edit == "ablate":
             means = mean_activations(model, retain.encode(tokenizer)) if config.ablate_mode == "mean" else None
             edited = bake(model, chosen.mask.with_mode(config.ablate_mode, means=means), share=config.share)
@@ -84,19 +86,20 @@ def run_loka(
             edited, run = masked_finetune(
                 model, forget, retain, mask=chosen.mask, reference=reference, objective=objective,
                 tokenizer=tokenizer, validation_retain=validation_retain, seed=seed, progress=progress,
-                budget=budget, config=config,
+                budget=budget, config=replace(config, lr=lr),
             )  # fmt: skip
         offset = last_step(log)
-        log += [{**entry, "step": entry["step"] + offset, "size": float(candidate)} for entry in run]
+        tried = {"size": float(candidate)} | ({"lr": float(lr)} if config.lr == "auto" else {})
+        log += [{**entry, "step": entry["step"] + offset, **tried} for entry in run]
         last = run[-1]
         margin = last["retain_accuracy"] - last["forget_accuracy"]
         if best is None or margin > best[0]:
-            best = (margin, edited, chosen, run)
+            best = (margin, edited, chosen, run, lr)
         if budget.reached(last["forget_accuracy"]) and last["retain_accuracy"] >= floor:
-            best = (margin, edited, chosen, run)
+            best = (margin, edited, chosen, run, lr)
             break
     assert best is not None
-    _, edited, chosen, run = best
+    _, edited, chosen, run, lr = best
     last = run[-1]
     if not budget.reached(last["forget_accuracy"]) or last["retain_accuracy"] < floor:
         logger.warning(
@@ -105,6 +108,8 @@ def run_loka(
         )  # fmt: skip
     used["original_validation_retain"] = round(original_retain, 6)
     used["chosen"] = {**chosen.to_dict(), "size": chosen.mask.summary()["total"], "steps": int(last["step"])}
+    if config.lr == "auto":
+        used["chosen"]["lr"] = float(lr)
     return same_kind_as(edited, model), used, log, chosen.mask
 
 

@@ -17,7 +17,7 @@ from attribution import attribute
 from loka.data import Fact, KnowledgeSet
 from loka.methods import unlearn
 from loka.methods.localized.localization import MASK_DEFAULTS, MASK_RETAIN, control_mask, count_for_size, locate
-from loka.models import load_model, plain_copy, same_kind_as
+from loka.models import hf_state_dict, load_model, plain_copy, same_kind_as
 from loka.protocol import Protocol
 from loka.scoring.metrics import score_facts
 from loka.scoring.objectives import answer_log_probs, npo_loss, retain_kl, sequence_log_probs
@@ -329,3 +329,20 @@ def test_auto_size_searches_upward_and_stops_at_the_first_that_reaches_the_targe
     )  # fmt: skip
     assert [entry["size"] for entry in hard.log] == [0.005, 0.01]  # upward, one budget each
     assert [entry["step"] for entry in hard.log] == [2, 4] and hard.compute.steps == 4
+
+
+def test_auto_lr_tries_each_rate_per_size_on_the_same_components_and_counts_every_step(model, protocol) -> None:
+    common = dict(validation=protocol.retain_validation, reference=protocol.reference, max_steps=2, check_every=2,
+                  erase="answer", adversary_weight=0.0, progress=False)  # fmt: skip
+    tuned = unlearn(model, protocol.forget, protocol.retain_train, method="loka", size="auto", sizes=(0.005, 0.01),
+                    lr="auto", lrs=(1e-3, 3e-2), target_forget_accuracy=0.0, **common)  # fmt: skip
+    assert [(e["size"], e["lr"]) for e in tuned.log] == [(0.005, 1e-3), (0.005, 3e-2), (0.01, 1e-3), (0.01, 3e-2)]
+    assert [e["step"] for e in tuned.log] == [2, 4, 6, 8] and tuned.compute.steps == 8
+    margins = {(e["size"], e["lr"]): e["retain_accuracy"] - e["forget_accuracy"] for e in tuned.log}
+    best = max(margins, key=lambda k: margins[k])  # nothing reaches forget 0: the best margin on validation wins
+    assert tuned.config["chosen"]["lr"] == best[1]
+    # each rate alone gives the model the search picked (the same components, the same seed)
+    alone = unlearn(model, protocol.forget, protocol.retain_train, method="loka", size=best[0], lr=best[1],
+                    target_forget_accuracy=0.0, **common)  # fmt: skip
+    for name, tensor in hf_state_dict(alone.model).items():
+        assert torch.equal(tensor, hf_state_dict(tuned.model)[name]), name
