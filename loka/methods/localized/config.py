@@ -42,7 +42,8 @@ class LokaConfig(MethodConfig):
     ``retain_floor`` x the original's; ``lr="auto"`` (a fine-tuning edit) tries each of ``lrs`` at
     each size the same way (every try's steps count in the compute), so that a location control
     gets a learning rate of its own, chosen on validation like LOKA's. ``min_layer_share`` is the
-    ``"layers"`` control's share of a layer; ``check_scores`` the number of candidates attribution re-measures exactly.
+    ``"layers"`` control's share of a layer; ``check_scores`` the number of candidates attribution
+    re-measures exactly.
     Erasure (:mod:`loka.methods.localized.erasure`): ``erase="subject"`` also locates the forget people's names and
     pulls their whole texts to the likelihood of strangers' (``subject_weight``; the budget's
     check then also waits for the gap to be within ``subject_tolerance`` nats per token);
@@ -134,8 +135,8 @@ class LokaConfig(MethodConfig):
         lams, sizes, lrs = self.lams, self.sizes, self.lrs
         if not isinstance(lrs, tuple | list) or not lrs or any(
             isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf") for v in lrs
-        ):  # fmt: skip
-            raise UsageError(f"lrs must be positive learning rates, got {lrs!r}")
+        ) or len(set(lrs)) < len(lrs):  # fmt: skip
+            raise UsageError(f"lrs must be distinct positive learning rates, got {lrs!r}")
         if not isinstance(lams, tuple | list) or not lams or any(
             isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in lams
         ):  # fmt: skip
