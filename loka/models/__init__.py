@@ -18,6 +18,8 @@ This package is the one place that knows how those two views line up; one module
 * :mod:`loka.models.fingerprints`: ``fingerprint`` hashes the weights, so that a result can name
   the exact model it came from.
 * :mod:`loka.models.copies`: ``plain_copy`` and ``same_kind_as``, how an edit returns a new model.
+* :mod:`loka.models.activations`: ``fuse_activations``, GPT-2's ``gelu_new`` as one fused kernel in
+  float32 (loading and every copy apply it).
 
 Example::
 
