@@ -155,21 +155,23 @@ def text_token_log_probs(
         for start in mine:
             batch = encode_facts(knowledge.facts[start : start + batch_size], encoder).to(device)
             logits = model_logits(model, batch.input_ids, attention_mask=batch.attention_mask)
-            picked = token_log_probs(logits[:, :-1], batch.input_ids[:, 1:])
             keep = batch.attention_mask[:, 1:].bool()
-            if moments:
-                picked = torch.stack([picked.float(), *next_token_moments(logits[:, :-1])], dim=1)
-                out += [row[:, mask].cpu() for row, mask in zip(picked, keep, strict=True)]
+            if moments:  # one log-softmax over the vocabulary serves the picked tokens and the moments
+                log_p = logits[:, :-1].float().log_softmax(-1)
+                picked = log_p.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+                stacked = torch.stack([picked, *next_token_moments(log_p)], dim=1)
+                out += [row[:, mask].cpu() for row, mask in zip(stacked, keep, strict=True)]
             else:
+                picked = token_log_probs(logits[:, :-1], batch.input_ids[:, 1:])
                 out += [row[mask].float().cpu() for row, mask in zip(picked, keep, strict=True)]
     return gather_rows(out)
 
 
 def next_token_moments(
-    logits: Float[Tensor, "batch pos d_vocab"],
+    log_p: Float[Tensor, "batch pos d_vocab"],
 ) -> tuple[Float[Tensor, "batch pos"], Float[Tensor, "batch pos"]]:
-    """Mean and standard deviation of log p(z) under z ~ p (the next-token distribution), float32."""
-    log_p = logits.float().log_softmax(-1)
+    """Mean and standard deviation of log p(z) under z ~ p, from the next-token distribution's
+    log-probabilities ``log_p`` (the float32 log-softmax of the logits)."""
     p = log_p.exp()
     mean = (p * log_p).sum(-1)
     var = (p * log_p.square()).sum(-1) - mean.square()
