@@ -108,6 +108,36 @@ def _greedy_continuations(
     return [sequences[i, width : width + n].cpu() for i, n in enumerate(n_new)]
 
 
+def _positions(model: Any) -> int | None:
+    """The most positions the model reads (``max_position_embeddings``; GPT-2's ``n_positions``), if it says."""
+    limit = getattr(hf_model(model).config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def _fitting_groups(
+    prompts: list[torch.Tensor], targets: list[torch.Tensor], limit: int | None, ids: tuple[str, ...]
+) -> list[list[int]]:
+    """Consecutive rows in groups that one left-padded ``generate()`` can continue: the longest
+    prompt plus the longest continuation of a group within ``limit`` positions (each row fits on
+    its own, or the passage is longer than the model reads: a one-line error)."""
+    groups: list[list[int]] = []
+    widest = longest = 0
+    for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+        if limit is not None and len(prompt) + len(target) > limit:
+            raise UsageError(
+                f"passage {ids[i]!r} is {len(prompt) + len(target)} tokens (BOS, first sentence and rest); the "
+                f"model reads at most {limit} positions: shorten it or leave it out"
+            )  # fmt: skip
+        grown = max(widest, len(prompt)) + max(longest, len(target))
+        if groups and (limit is None or grown <= limit):
+            groups[-1].append(i)
+            widest, longest = max(widest, len(prompt)), max(longest, len(target))
+        else:
+            groups.append([i])
+            widest, longest = len(prompt), len(target)
+    return groups
+
+
 @torch.no_grad()
 def extract(model: Any, tokenizer: Any, passages: KnowledgeSet, *, batch_size: int = 16) -> Extraction:
     """Greedy-decode each passage's target from ``BOS + prompt`` and score it (see the module docstring).
@@ -127,7 +157,11 @@ def extract(model: Any, tokenizer: Any, passages: KnowledgeSet, *, batch_size: i
         lengths = batch.attention_mask.sum(-1)
         targets = [row[m] for row, m in zip(batch.target_ids, batch.target_mask, strict=True)]
         prompts = [row[: int(n) - len(t)] for row, n, t in zip(batch.input_ids, lengths, targets, strict=True)]
-        generated = _greedy_continuations(model, prompts, [len(t) for t in targets], pad_id, device)
+        generated = []
+        for group in _fitting_groups(prompts, targets, _positions(model), batch.fact_ids):
+            generated += _greedy_continuations(
+                model, [prompts[i] for i in group], [len(targets[i]) for i in group], pad_id, device
+            )  # fmt: skip
         for new, target in zip(generated, targets, strict=True):
             exact.append(bool(torch.equal(new, target)))
             score = rouge_l(

@@ -10,6 +10,8 @@ from rouge_score import rouge_scorer
 from transformers import AutoModelForCausalLM
 
 import loka
+from loka.data.facts import Fact
+from loka.data.knowledge import KnowledgeSet
 from loka.evaluation.attacks.extraction import (
     Extraction,
     _greedy_continuations,
@@ -111,3 +113,24 @@ def test_batched_generate_is_stepwise_greedy_and_keeps_bridge_hooks(tiny_testbed
         hooked, want = generated(bridge), expected(bridge)
     assert all(torch.equal(got, w) for got, w in zip(hooked, want, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(hooked, unhooked, strict=True))
+
+
+def test_passages_that_fit_one_by_one_are_continued_in_batches_that_fit_and_a_longer_one_is_refused(
+    tiny_testbed, models
+):
+    bridge, plain = models
+    tokenizer = bridge.tokenizer
+    limit = plain["original"].config.n_positions
+    first, second = tiny_testbed.passages_of("forget").facts[:2]
+    n = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    filler = " ".join(["Years later, a lawyer from Sofia found the letters."] * 8)
+    long_prompt = Fact(id="long prompt", prompt=f"{filler} {first.prompt}", target=first.target.split(".")[0] + ".")
+    long_target = Fact(id="long target", prompt=second.prompt, target=f"{second.target} {second.target}")
+    assert n(long_prompt.text) < limit and n(long_target.text) < limit  # each fits alone
+    assert n(long_prompt.prompt) + n(long_target.text) - n(long_target.prompt) > limit  # one padded batch would not
+    passages = KnowledgeSet((long_prompt, long_target), name="passages")
+    for model in (bridge, plain["original"]):
+        assert extract(model, tokenizer, passages) == extract(model, tokenizer, passages, batch_size=1)
+    too_long = KnowledgeSet((Fact(id="too long", prompt=filler, target=f"{filler} {filler}"),), name="passages")
+    with pytest.raises(ValueError, match=f"passage 'too long' is .* tokens .* reads at most {limit} positions"):
+        extract(bridge, tokenizer, too_long)
