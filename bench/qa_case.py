@@ -37,7 +37,8 @@ LOKA's location controls (``--locations``, default random), and prints every col
 intervals over questions and seeds. ``--option`` passes a method's options (``loka.lr=auto``,
 with ``--deletion-size 0``: the deletion variant takes LOKA's options, and it trains no rate).
 The original's and the oracle's evaluations are kept beside the models and read back when
-nothing they depend on changed.
+nothing they depend on changed. ``--out`` gets the comparison (``comparison.json``,
+``report.html``) and the printed table (``table.txt``).
 """
 
 from __future__ import annotations
@@ -192,11 +193,11 @@ def main() -> None:
         seeds=args.seeds, locations=args.locations if "loka" in methods else (), control=False, workers=args.workers,
         progress=False, title="unlearning without subjects: SQuAD 2.0", evaluation_cache=root / "evaluations",
     )  # fmt: skip
-    print(result.table())
-    for name, verdict in result.localization().items():
-        print(f"{name}: {verdict}")
-    if args.out:
-        print(f"wrote {result.save(args.out)}")
+    text = "\n".join([result.table(), *(f"{name}: {verdict}" for name, verdict in result.localization().items())])
+    print(text)
+    if args.out:  # the comparison (JSON and report) and the printed table (as in bench/results/qa_case_squad*.txt)
+        (result.save(args.out) / "table.txt").write_text(text + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
