@@ -105,8 +105,9 @@ def passage_facts(chosen: list[dict]) -> KnowledgeSet:
     return KnowledgeSet(tuple(facts), name="passages")
 
 
-def build(root: Path, forget: list[dict], retain: list[dict], holdout: list[dict]) -> float:
-    """Train the original and the oracle into ``root`` (one worker process each); the seconds."""
+def build(root: Path, forget: list[dict], retain: list[dict], holdout: list[dict]) -> None:
+    """Train the original and the oracle into ``root`` (one worker process each), with ``build.json``
+    (the seconds it took and the training logs)."""
     start = time.perf_counter()
     qa = {name: [(f.prompt, " " + f.target) for f in question_facts(chosen, name).facts]
           for name, chosen in (("forget", forget), ("retain", retain))}  # fmt: skip
@@ -130,7 +131,6 @@ def build(root: Path, forget: list[dict], retain: list[dict], holdout: list[dict
         shutil.rmtree(tmp / "tokenizer")
         seconds = round(time.perf_counter() - start, 1)
         (tmp / "build.json").write_text(json.dumps({"build_seconds": seconds, "training": logs}, indent=1))
-    return seconds
 
 
 def main() -> None:
