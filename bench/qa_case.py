@@ -4,7 +4,7 @@
                             [--holdout-paragraphs 16] [--max-context 800] [--max-answer-words 4]
                             [--split-seed 0] [--seeds 3] [--methods loka,npo,rmu,gradient_ascent,task_vector]
                             [--deletion-size 0.1] [--option METHOD.KEY=VALUE] [--locations random ...]
-                            [--workers 2] [--cache-dir DIR] [--out DIR]
+                            [--max-steps 500] [--workers 2] [--cache-dir DIR] [--out DIR]
 
 The testbed's facts each name a person (a subject) whose name LOKA's default reads; real erasure
 requests often have none. This case is built from SQuAD 2.0 (Rajpurkar et al. 2018; CC BY-SA 4.0):
@@ -62,6 +62,7 @@ from loka.cli.common import key_value, method_options  # noqa: E402
 from loka.comparison import compare  # noqa: E402
 from loka.data.facts import Fact  # noqa: E402
 from loka.data.knowledge import KnowledgeSet  # noqa: E402
+from loka.methods import Budget  # noqa: E402
 from loka.protocol import Protocol  # noqa: E402
 from loka.testbed import worker  # noqa: E402
 from loka.testbed.training import ModelConfig, TrainConfig, train_tokenizer  # noqa: E402
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--option", action="append", type=key_value, metavar="METHOD.KEY=VALUE",
                         help="an option of one method (loka.compare's options), e.g. loka.lr=auto")  # fmt: skip
     parser.add_argument("--locations", nargs="*", default=["random"], help="LOKA's location controls")
+    parser.add_argument("--max-steps", type=int, default=Budget().max_steps, help="the budget's step cap")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--out", type=Path)
@@ -190,8 +192,9 @@ def main() -> None:
     model = root / "original" if args.workers > 1 else loka.load_model(root / "original")
     result = compare(
         model, protocol=protocol, oracle=root / "oracle", methods=methods, options=options, variants=variants,
-        seeds=args.seeds, locations=args.locations if "loka" in methods else (), control=False, workers=args.workers,
-        progress=False, title="unlearning without subjects: SQuAD 2.0", evaluation_cache=root / "evaluations",
+        budget=Budget(max_steps=args.max_steps), seeds=args.seeds, locations=args.locations if "loka" in methods
+        else (), control=False, workers=args.workers, progress=False, title="unlearning without subjects: SQuAD 2.0",
+        evaluation_cache=root / "evaluations",
     )  # fmt: skip
     text = "\n".join([result.table(), *(f"{name}: {verdict}" for name, verdict in result.localization().items())])
     print(text)
