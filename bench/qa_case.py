@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -64,7 +63,7 @@ from loka.data.facts import Fact  # noqa: E402
 from loka.data.knowledge import KnowledgeSet  # noqa: E402
 from loka.methods import Budget  # noqa: E402
 from loka.protocol import Protocol  # noqa: E402
-from loka.testbed import worker  # noqa: E402
+from loka.testbed import default_cache_dir, worker  # noqa: E402
 from loka.testbed.training import ModelConfig, TrainConfig, train_tokenizer  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "squad2_dev_5_articles.jsonl"
@@ -170,7 +169,7 @@ def main() -> None:
         [RECIPE, asdict(MODEL), asdict(TRAIN), [[p["id"], p["context"], p["qas"]] for p in forget + retain + holdout],
          len(forget), len(holdout)],
     ).encode()).hexdigest()[:16]  # fmt: skip
-    cache = args.cache_dir or Path(os.environ.get("LOKA_CACHE_DIR", Path.home() / ".cache" / "loka")) / "qa-case"
+    cache = args.cache_dir or default_cache_dir().parent / "qa-case"  # the testbed cache's sibling, as TOFU's
     root = cache / f"squad-{key}"
     built = worker.build_once(root, "build.json", lambda: build(root, forget, retain, holdout))
     info = json.loads((root / "build.json").read_text())
